@@ -1,0 +1,100 @@
+// What every transport shares: FFI aliases, error helpers, the decoded shape of
+// one collective call, and the lookup of a device's rank in its group.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace jax_symm {
+
+namespace ffi = xla::ffi;
+using ffi::AnyBuffer;
+using ffi::Error;
+using ffi::ErrorCode;
+// ffi::ErrorOr that also converts from a plain Error, so helpers can
+// `return InvalidArgument(...)` whatever they return.
+template <typename T>
+class ErrorOr : public ffi::ErrorOr<T> {
+ public:
+  using ffi::ErrorOr<T>::ErrorOr;
+  ErrorOr(Error error)  // NOLINT
+      : ffi::ErrorOr<T>(ffi::Unexpected<Error>(std::move(error))) {}
+};
+using Int64Span = ffi::Span<const int64_t>;
+
+inline Error Internal(std::string msg) {
+  return Error(ErrorCode::kInternal, "jax_symm: " + std::move(msg));
+}
+inline Error InvalidArgument(std::string msg) {
+  return Error(ErrorCode::kInvalidArgument, "jax_symm: " + std::move(msg));
+}
+inline Error DeadlineExceeded(std::string msg) {
+  return Error(ErrorCode::kDeadlineExceeded, "jax_symm: " + std::move(msg));
+}
+
+// Propagates a failed ffi::Error out of the calling function.
+#define JAX_SYMM_RETURN_IF_ERROR(expr)          \
+  do {                                          \
+    ::xla::ffi::Error jax_symm_err_ = (expr);   \
+    if (jax_symm_err_.failure()) return jax_symm_err_; \
+  } while (0)
+
+// The kinds of collective a window serves; part of the window's identity so
+// that an all-gather and a reduce-scatter never share a buffer by accident.
+enum class CollectiveKind : int64_t { kAllGather = 0, kReduceScatter = 1, kAllReduce = 2 };
+
+// One call site's view of the data, independent of transport.
+//
+// Every collective here moves `world` chunks of `inner_bytes` contiguous bytes
+// for each of `outer` rows: all-gather reads [outer][inner] and writes
+// [outer][world][inner]; reduce-scatter reads [outer][world][inner] and writes
+// [outer][inner]; all-reduce reads and writes [outer][inner]. Lowering computes outer/inner from the gather/scatter dimension
+// so the handlers never look at shapes.
+struct CallLayout {
+  int64_t outer = 1;
+  int64_t inner_bytes = 0;
+  int64_t world = 1;
+  int64_t rank = 0;
+  size_t chunk_bytes() const { return static_cast<size_t>(outer * inner_bytes); }
+};
+
+// The group this device belongs to, decoded from the flattened replica groups
+// (global device ids) that lowering attaches to every call.
+struct GroupRef {
+  std::vector<int64_t> members;  // global device ids, in axis-index order
+  int64_t rank = -1;             // position of this device in `members`
+};
+
+inline ErrorOr<GroupRef> FindGroup(Int64Span groups, int64_t group_size,
+                                   int64_t global_id) {
+  if (group_size <= 0 || groups.size() % group_size != 0) {
+    return InvalidArgument("malformed replica groups attribute");
+  }
+  for (size_t start = 0; start < groups.size(); start += group_size) {
+    for (int64_t i = 0; i < group_size; ++i) {
+      if (groups[start + i] == global_id) {
+        GroupRef ref;
+        ref.members.assign(groups.begin() + start,
+                           groups.begin() + start + group_size);
+        ref.rank = i;
+        return ref;
+      }
+    }
+  }
+  return InvalidArgument("device " + std::to_string(global_id) +
+                         " is in none of the call's replica groups");
+}
+
+inline std::string GroupToString(const std::vector<int64_t>& members) {
+  std::string s = "[";
+  for (size_t i = 0; i < members.size(); ++i) {
+    if (i) s += ",";
+    s += std::to_string(members[i]);
+  }
+  return s + "]";
+}
+
+}  // namespace jax_symm

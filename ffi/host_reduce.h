@@ -1,0 +1,122 @@
+// Element-wise sums over the ranks' slots for the host transport.
+//
+// Floating types accumulate in at least float32 and round once, in rank order;
+// integers wrap around as XLA's do (two's complement), so signed types are
+// summed as their unsigned twins to stay clear of undefined overflow.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "ffi_common.h"
+
+namespace jax_symm {
+namespace host_reduce {
+
+inline float HalfToFloat(uint16_t h) {
+  uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+  uint32_t bits;
+  if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (man << 13);  // inf / nan
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112) << 23) | (man << 13);
+  } else if (man == 0) {
+    bits = sign;
+  } else {  // subnormal: normalise
+    int e = -1;
+    do { ++e; man <<= 1; } while ((man & 0x400u) == 0);
+    bits = sign | ((112 - e) << 23) | ((man & 0x3ffu) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+inline uint16_t FloatToHalf(float f) {  // round to nearest even
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  uint32_t sign = (x >> 16) & 0x8000u;
+  uint32_t absx = x & 0x7fffffffu;
+  if (absx >= 0x7f800000u) {  // inf or nan
+    return static_cast<uint16_t>(sign | 0x7c00u | (absx > 0x7f800000u ? 0x200u : 0));
+  }
+  if (absx >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // overflow
+  if (absx < 0x38800000u) {  // subnormal or zero in half
+    if (absx < 0x33000000u) return static_cast<uint16_t>(sign);
+    uint32_t man = (absx & 0x7fffffu) | 0x800000u;
+    int shift = 126 - static_cast<int>(absx >> 23);  // 14..24
+    uint32_t half = man >> shift;
+    uint32_t rem = man & ((1u << shift) - 1), mid = 1u << (shift - 1);
+    if (rem > mid || (rem == mid && (half & 1))) ++half;
+    return static_cast<uint16_t>(sign | half);
+  }
+  uint32_t half = ((absx - 0x38000000u) >> 13);
+  uint32_t rem = absx & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (half & 1))) ++half;
+  return static_cast<uint16_t>(sign | half);
+}
+
+inline float Bf16ToFloat(uint16_t b) {
+  uint32_t bits = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+inline uint16_t FloatToBf16(float f) {  // round to nearest even, nan stays nan
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40);
+  x += 0x7fffu + ((x >> 16) & 1);
+  return static_cast<uint16_t>(x >> 16);
+}
+
+// dst[i] = sum over s of srcs[s][i], i < count, in the given element type.
+template <typename T, typename Acc, typename Load, typename Store>
+void SumWith(void* dst, const std::vector<const char*>& srcs, size_t count,
+             Load load, Store store) {
+  T* out = static_cast<T*>(dst);
+  for (size_t i = 0; i < count; ++i) {
+    Acc acc = load(reinterpret_cast<const T*>(srcs[0])[i]);
+    for (size_t s = 1; s < srcs.size(); ++s) {
+      acc += load(reinterpret_cast<const T*>(srcs[s])[i]);
+    }
+    out[i] = store(acc);
+  }
+}
+
+template <typename T>
+void SumPlain(void* dst, const std::vector<const char*>& srcs, size_t count) {
+  SumWith<T, T>(dst, srcs, count, [](T v) { return v; }, [](T v) { return v; });
+}
+
+// True when `dtype` has a host sum; the Python layer rejects the others at
+// trace time, this is the last line of defence.
+inline Error Sum(ffi::DataType dtype, void* dst,
+                 const std::vector<const char*>& srcs, size_t count) {
+  using DT = ffi::DataType;
+  switch (dtype) {
+    case DT::F32: SumPlain<float>(dst, srcs, count); break;
+    case DT::F64: SumPlain<double>(dst, srcs, count); break;
+    case DT::C64: SumPlain<float>(dst, srcs, 2 * count); break;
+    case DT::C128: SumPlain<double>(dst, srcs, 2 * count); break;
+    case DT::F16:
+      SumWith<uint16_t, float>(dst, srcs, count, HalfToFloat, FloatToHalf);
+      break;
+    case DT::BF16:
+      SumWith<uint16_t, float>(dst, srcs, count, Bf16ToFloat, FloatToBf16);
+      break;
+    case DT::S8: case DT::U8: SumPlain<uint8_t>(dst, srcs, count); break;
+    case DT::S16: case DT::U16: SumPlain<uint16_t>(dst, srcs, count); break;
+    case DT::S32: case DT::U32: SumPlain<uint32_t>(dst, srcs, count); break;
+    case DT::S64: case DT::U64: SumPlain<uint64_t>(dst, srcs, count); break;
+    default:
+      return InvalidArgument("no host sum for element type " +
+                             std::to_string(static_cast<int>(dtype)));
+  }
+  return Error::Success();
+}
+
+}  // namespace host_reduce
+}  // namespace jax_symm

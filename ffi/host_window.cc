@@ -1,0 +1,287 @@
+#include "host_window.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <climits>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "host_reduce.h"
+
+namespace jax_symm {
+
+namespace {
+
+constexpr size_t kPage = 4096;
+constexpr uint64_t kMagic = 0x6a61785f73796d6dull;  // "jax_symm"
+
+size_t AlignUp(size_t n, size_t a) { return (n + a - 1) / a * a; }
+
+std::mutex config_mu;
+HostConfig& Config() {
+  static auto* config = new HostConfig();
+  return *config;
+}
+
+std::string ErrnoMessage(const std::string& what) {
+  return what + ": " + std::strerror(errno);
+}
+
+uint64_t Fnv1a(uint64_t h, uint64_t v) {
+  for (int i = 0; i < 8; ++i) {
+    h ^= (v >> (8 * i)) & 0xff;
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+int FutexWait(std::atomic<uint32_t>* addr, uint32_t expected, double seconds) {
+  timespec ts;
+  ts.tv_sec = static_cast<time_t>(seconds);
+  ts.tv_nsec = static_cast<long>((seconds - ts.tv_sec) * 1e9);
+  // Not FUTEX_PRIVATE: waiters and wakers may live in different processes.
+  return syscall(SYS_futex, reinterpret_cast<uint32_t*>(addr), FUTEX_WAIT,
+                 expected, &ts, nullptr, 0);
+}
+
+void FutexWakeAll(std::atomic<uint32_t>* addr) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(addr), FUTEX_WAKE, INT_MAX,
+          nullptr, nullptr, 0);
+}
+
+bool ProcessGone(int32_t pid) {
+  return pid > 0 && kill(pid, 0) != 0 && errno == ESRCH;
+}
+
+// Every window this process has mapped, by segment name. Never destroyed:
+// XLA may still run a handler on another thread while the interpreter exits.
+std::mutex windows_mu;
+std::map<std::string, HostWindow*>& Windows() {
+  static auto* windows = new std::map<std::string, HostWindow*>();
+  return *windows;
+}
+
+}  // namespace
+
+// Lives at the start of every segment; zero-filled by ftruncate, which is the
+// valid initial state, so no process has to initialise it first.
+struct HostWindow::Header {
+  struct alignas(64) RankState {
+    std::atomic<uint64_t> epoch;  // calls this rank has entered
+    std::atomic<int32_t> pid;     // the process serving this rank
+  };
+  std::atomic<uint64_t> magic;
+  std::atomic<uint64_t> world;
+  alignas(64) std::atomic<uint64_t> arrived;     // barrier arrivals, ever
+  alignas(64) std::atomic<uint32_t> generation;  // last completed barrier (futex word)
+  alignas(64) RankState ranks[1];                // `world` of them
+
+  static size_t Bytes(size_t world) {
+    return AlignUp(offsetof(Header, ranks) + world * sizeof(RankState), kPage);
+  }
+};
+
+static_assert(std::atomic<uint64_t>::is_always_lock_free, "need lock-free atomics");
+static_assert(std::atomic<uint32_t>::is_always_lock_free, "need lock-free atomics");
+
+void SetHostConfig(const HostConfig& config) {
+  std::lock_guard<std::mutex> lock(config_mu);
+  Config() = config;
+}
+
+HostConfig GetHostConfig() {
+  std::lock_guard<std::mutex> lock(config_mu);
+  return Config();
+}
+
+ErrorOr<HostWindow*> HostWindow::Get(CollectiveKind kind, int64_t channel,
+                                     const std::vector<int64_t>& members,
+                                     size_t slot_bytes) {
+  const HostConfig config = GetHostConfig();
+  if (config.session.empty()) {
+    return Internal("host transport used before jax_symm set up its session");
+  }
+  // Round the slot up to a power of two so that call sites of similar size
+  // share a segment size and growth is geometric.
+  size_t slot = kPage;
+  while (slot < slot_bytes) slot *= 2;
+
+  uint64_t h = 0xcbf29ce484222325ull;
+  h = Fnv1a(h, static_cast<uint64_t>(kind));
+  h = Fnv1a(h, static_cast<uint64_t>(channel));
+  h = Fnv1a(h, slot);
+  for (int64_t m : members) h = Fnv1a(h, static_cast<uint64_t>(m));
+  char hex[17];
+  snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(h));
+  std::string name = "/jax_symm-" + config.session + "-" + hex;
+
+  std::lock_guard<std::mutex> lock(windows_mu);
+  auto& windows = Windows();
+  if (auto it = windows.find(name); it != windows.end()) return it->second;
+
+  const size_t world = members.size();
+  const size_t header_bytes = Header::Bytes(world);
+  const size_t total = header_bytes + 2 * world * slot;
+
+  int fd = shm_open(name.c_str(), O_CREAT | O_RDWR, 0600);
+  if (fd < 0) return Internal(ErrnoMessage("shm_open " + name));
+  // Every opener asks for the same size, so this is idempotent and race-free.
+  if (ftruncate(fd, static_cast<off_t>(total)) != 0) {
+    Error err = Internal(ErrnoMessage("ftruncate " + name + " to " +
+                                      std::to_string(total) + " bytes"));
+    close(fd);
+    return err;
+  }
+  void* base = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  close(fd);
+  if (base == MAP_FAILED) return Internal(ErrnoMessage("mmap " + name));
+
+  auto* window = new HostWindow();
+  window->name_ = name;
+  window->members_ = members;
+  window->slot_bytes_ = slot;
+  window->mapped_bytes_ = total;
+  window->header_ = static_cast<Header*>(base);
+  window->data_ = static_cast<char*>(base) + header_bytes;
+  window->header_->magic.store(kMagic);
+  window->header_->world.store(world);
+  windows[name] = window;
+  return window;
+}
+
+uint64_t HostWindow::BeginCall(int64_t rank, char** buffer) {
+  auto& me = header_->ranks[rank];
+  me.pid.store(static_cast<int32_t>(getpid()), std::memory_order_relaxed);
+  const uint64_t epoch = me.epoch.load(std::memory_order_relaxed) + 1;
+  *buffer = data_ + (epoch & 1) * members_.size() * slot_bytes_;
+  return epoch;
+}
+
+Error HostWindow::Barrier(int64_t rank, uint64_t epoch) {
+  Header* h = header_;
+  const uint64_t world = members_.size();
+  h->ranks[rank].epoch.store(epoch, std::memory_order_release);
+  const uint64_t arrived = h->arrived.fetch_add(1, std::memory_order_acq_rel) + 1;
+  if (arrived == epoch * world) {  // last to arrive releases everyone
+    h->generation.store(static_cast<uint32_t>(epoch), std::memory_order_release);
+    FutexWakeAll(&h->generation);
+    return Error::Success();
+  }
+  auto done = [&](uint32_t gen) {
+    return static_cast<int32_t>(gen - static_cast<uint32_t>(epoch)) >= 0;
+  };
+  // A short spin catches peers that are a few microseconds behind.
+  for (int i = 0; i < 2000; ++i) {
+    if (done(h->generation.load(std::memory_order_acquire))) return Error::Success();
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#endif
+  }
+  const HostConfig config = GetHostConfig();
+  const auto start = std::chrono::steady_clock::now();
+  while (true) {
+    const uint32_t gen = h->generation.load(std::memory_order_acquire);
+    if (done(gen)) return Error::Success();
+    FutexWait(&h->generation, gen, config.poll_s);
+    if (done(h->generation.load(std::memory_order_acquire))) return Error::Success();
+
+    // Still waiting: name the ranks that have not arrived, and give up at
+    // once if one of their processes is gone.
+    std::string missing;
+    bool peer_died = false;
+    for (uint64_t r = 0; r < world; ++r) {
+      if (h->ranks[r].epoch.load(std::memory_order_acquire) >= epoch) continue;
+      const int32_t pid = h->ranks[r].pid.load(std::memory_order_relaxed);
+      const bool gone = ProcessGone(pid);
+      peer_died |= gone;
+      missing += (missing.empty() ? "" : ", ") + std::string("rank ") +
+                 std::to_string(r) + " (device " + std::to_string(members_[r]) +
+                 (pid > 0 ? ", pid " + std::to_string(pid) : std::string()) +
+                 (gone ? ", exited" : "") + ")";
+    }
+    const double waited = std::chrono::duration<double>(
+                              std::chrono::steady_clock::now() - start).count();
+    if (peer_died || waited > config.timeout_s) {
+      // Our arrival stays counted: this window is now unusable, which is
+      // right, since the group has lost a member or is out of step.
+      return DeadlineExceeded(
+          std::string(peer_died ? "a peer process exited" : "timed out") +
+          " during a collective on group " + GroupToString(members_) +
+          " (rank " + std::to_string(rank) + ", call " + std::to_string(epoch) +
+          ", waited " + std::to_string(waited) + " s); not arrived: " + missing +
+          ". Raise JAX_SYMM_TIMEOUT_S if peers are merely slow.");
+    }
+  }
+}
+
+Error HostWindow::AllGather(const CallLayout& layout, const void* in, void* out) {
+  char* buffer;
+  const uint64_t epoch = BeginCall(layout.rank, &buffer);
+  std::memcpy(Slot(buffer, layout.rank), in, layout.chunk_bytes());
+  JAX_SYMM_RETURN_IF_ERROR(Barrier(layout.rank, epoch));
+  char* dst = static_cast<char*>(out);
+  const size_t inner = static_cast<size_t>(layout.inner_bytes);
+  for (int64_t o = 0; o < layout.outer; ++o) {
+    for (int64_t q = 0; q < layout.world; ++q) {
+      std::memcpy(dst, Slot(buffer, q) + o * inner, inner);
+      dst += inner;
+    }
+  }
+  return Error::Success();
+}
+
+Error HostWindow::ReduceScatter(const CallLayout& layout, ffi::DataType dtype,
+                                const void* in, void* out) {
+  char* buffer;
+  const uint64_t epoch = BeginCall(layout.rank, &buffer);
+  const size_t inner = static_cast<size_t>(layout.inner_bytes);
+  std::memcpy(Slot(buffer, layout.rank), in, layout.chunk_bytes() * layout.world);
+  JAX_SYMM_RETURN_IF_ERROR(Barrier(layout.rank, epoch));
+  const size_t count = inner / ffi::ByteWidth(dtype);
+  std::vector<const char*> srcs(layout.world);
+  for (int64_t o = 0; o < layout.outer; ++o) {
+    for (int64_t q = 0; q < layout.world; ++q) {
+      srcs[q] = Slot(buffer, q) + (o * layout.world + layout.rank) * inner;
+    }
+    JAX_SYMM_RETURN_IF_ERROR(host_reduce::Sum(
+        dtype, static_cast<char*>(out) + o * inner, srcs, count));
+  }
+  return Error::Success();
+}
+
+Error HostWindow::AllReduce(const CallLayout& layout, ffi::DataType dtype,
+                            const void* in, void* out) {
+  char* buffer;
+  const uint64_t epoch = BeginCall(layout.rank, &buffer);
+  const size_t bytes = layout.chunk_bytes();
+  std::memcpy(Slot(buffer, layout.rank), in, bytes);
+  JAX_SYMM_RETURN_IF_ERROR(Barrier(layout.rank, epoch));
+  std::vector<const char*> srcs(layout.world);
+  for (int64_t q = 0; q < layout.world; ++q) srcs[q] = Slot(buffer, q);
+  return host_reduce::Sum(dtype, out, srcs, bytes / ffi::ByteWidth(dtype));
+}
+
+void HostWindow::UnlinkAll() {
+  std::lock_guard<std::mutex> lock(windows_mu);
+  for (auto& [name, window] : Windows()) shm_unlink(name.c_str());
+}
+
+std::vector<std::pair<std::string, size_t>> HostWindow::List() {
+  std::lock_guard<std::mutex> lock(windows_mu);
+  std::vector<std::pair<std::string, size_t>> out;
+  for (auto& [name, window] : Windows()) out.emplace_back(name, window->mapped_bytes());
+  return out;
+}
+
+}  // namespace jax_symm

@@ -1,0 +1,69 @@
+"""Data that processes of one job must agree on, through jax.distributed.
+
+Everything travels through the distributed key-value store under a private
+prefix; in a single process nothing needs to travel.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+
+from . import _compat
+
+PREFIX = "jax_symm/"
+
+
+def timeout_ms() -> int:
+    return int(float(os.environ.get("JAX_SYMM_BOOTSTRAP_TIMEOUT_S", "120")) * 1000)
+
+
+def _client():
+    client = _compat.distributed_client()
+    if client is None:
+        raise RuntimeError(
+            "jax_symm: this is a multi-process program but jax.distributed is "
+            "not initialised; call jax.distributed.initialize() first.")
+    return client
+
+
+def agree_on(key: str, make_value) -> str:
+    """Process 0 makes the value; every process returns the same string."""
+    import jax
+
+    if _compat.process_count() == 1:
+        return make_value()
+    client = _client()
+    full_key = PREFIX + key
+    if jax.process_index() == 0:
+        value = make_value()
+        client.key_value_set(full_key, value)
+        return value
+    try:
+        return client.blocking_key_value_get(full_key, timeout_ms())
+    except Exception as e:  # the client raises XlaRuntimeError on timeout
+        raise TimeoutError(
+            f"jax_symm: process {jax.process_index()} waited "
+            f"{timeout_ms() / 1000:.0f} s for '{full_key}' from process 0: {e}. "
+            "Is every process running the same program? "
+            "(JAX_SYMM_BOOTSTRAP_TIMEOUT_S sets the wait.)") from e
+
+
+def host_names() -> dict[int, str]:
+    """Hostname of every process (process index -> name)."""
+    import jax
+
+    me = socket.gethostname()
+    if _compat.process_count() == 1:
+        return {0: me}
+    client = _client()
+    client.key_value_set(f"{PREFIX}host/{jax.process_index()}", me)
+    return {
+        p: client.blocking_key_value_get(f"{PREFIX}host/{p}", timeout_ms())
+        for p in range(_compat.process_count())
+    }
+
+
+def new_session_id() -> str:
+    return f"{os.getpid():x}{secrets.token_hex(4)}"

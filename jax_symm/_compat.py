@@ -1,0 +1,142 @@
+"""Every use of JAX internals, in one place.
+
+jax_symm's primitives need pieces of ``jax._src`` (the varying-axes type
+system, axis environment, batching tables, replica groups) that move between
+releases. Keeping them here means a JAX release breaks this file, not every op.
+Supported: jax 0.10 to 0.12.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+import jax
+from jax._src import core
+from jax._src.interpreters import ad, batching, mlir, pxla
+from jax._src.lax import parallel as lax_parallel
+
+JAX_VERSION = tuple(int(p) for p in jax.__version__.split(".")[:3] if p.isdigit())
+
+Primitive = core.Primitive
+named_axis_effect = core.NamedAxisEffect
+deflinear2 = ad.deflinear2
+register_lowering = mlir.register_lowering
+lower_fun = mlir.lower_fun
+ir_type_of = mlir.aval_to_ir_type
+
+
+def reshape_to(ctx, x, aval):
+    """An HLO reshape of `x` to `aval`'s shape (a group of one moves no data)."""
+    from jax._src.lib.mlir.dialects import hlo
+
+    return hlo.reshape(mlir.aval_to_ir_type(ctx.module_context, aval), x)
+
+
+def typeof(x: Any) -> core.AbstractValue:
+    return core.typeof(x)
+
+
+def varying_axes(aval: core.AbstractValue) -> frozenset:
+    """The manual mesh axes along which `aval` varies (its vma set)."""
+    mat = getattr(aval, "mat", None)
+    if mat is not None:
+        return frozenset(mat.varying)
+    return frozenset(getattr(aval, "vma", frozenset()))
+
+
+def update_aval(aval: core.AbstractValue, shape: Sequence[int], vma: frozenset):
+    """`aval` with a new shape and varying-axes set."""
+    mat = getattr(aval, "mat", None)
+    if mat is not None:
+        return aval.update(shape=tuple(shape), manual_axis_type=mat.update(varying=vma))
+    return aval.update(shape=tuple(shape), vma=vma)
+
+
+def collective_vma(prim_name: str, axes: tuple, aval) -> frozenset:
+    """lax's rule: a collective's input must vary over its axes; output keeps them."""
+    return lax_parallel.collective_vma_rule(prim_name, axes, aval)
+
+
+def pvary_for_collective(axes: tuple, x):
+    """Inserts the pvary that lax inserts before a collective (auto pcast)."""
+    return lax_parallel.insert_collective_pvary(axes, x)
+
+
+def check_axis_names(axes: tuple, api_name: str) -> None:
+    lax_parallel._check_axis_names(axes, api_name)
+
+
+def check_unreduced(avals, axes: tuple, api_name: str) -> None:
+    fn = getattr(lax_parallel, "check_unreduced_args", None)
+    if fn is not None:
+        fn(avals, axes, api_name)
+
+
+def axis_size(axes: tuple) -> int:
+    """Product of the sizes of the named axes (trace-time constant)."""
+    return int(lax_parallel._axis_size(axes))
+
+
+def skip_one_sized_axes(axes: tuple) -> tuple:
+    """lax.psum_scatter drops axes of size one before binding."""
+    fn = getattr(lax_parallel, "_maybe_skip_one_sized_axes", None)
+    return tuple(fn(axes)) if fn is not None else axes
+
+
+def input_kind(aval, axes: tuple, api_name: str) -> str:
+    """'varying', 'unreduced', 'reduced' or 'invarying' for `aval` over `axes`."""
+    fn = getattr(lax_parallel, "_get_from", None)
+    return fn(aval, axes, api_name) if fn is not None else "varying"
+
+
+def register_collective_batcher(prim, rule) -> None:
+    """Registers a batcher that also sees the vmapped axis (a 'fancy' batcher)."""
+    batching.fancy_primitive_batchers[prim] = rule
+
+
+def spmd_device_ids(axis_ctx) -> np.ndarray:
+    """Global device ids of the lowering's mesh, in mesh (logical) order."""
+    mesh = getattr(axis_ctx, "mesh", None)
+    devices = getattr(mesh, "devices", None) if mesh is not None else None
+    if devices is None or getattr(devices, "dtype", None) != object:
+        raise NotImplementedError(
+            "jax_symm needs a concrete device mesh at lowering time; pass a "
+            "jax.sharding.Mesh to jax.shard_map (or set one with jax.set_mesh) "
+            "rather than an AbstractMesh.")
+    return np.vectorize(lambda d: d.id, otypes=[np.int64])(devices).reshape(-1)
+
+
+def replica_groups(axis_ctx, axes: tuple) -> np.ndarray:
+    """Groups over `axes` as a (num_groups, group_size) array of global ids.
+
+    lax emits the same groups as logical ids with use_global_device_ids; the
+    executable's device assignment maps logical id i to mesh.devices.flat[i].
+    """
+    logical = np.asarray(pxla.axis_groups(axis_ctx, axes), dtype=np.int64)
+    return spmd_device_ids(axis_ctx)[logical]
+
+
+def lax_lowering(prim, platform: str | None = None):
+    """The lowering rule that lax registered for `prim` (for fallbacks)."""
+    rules = mlir._platform_specific_lowerings.get(platform) if platform else None
+    if rules is not None and prim in rules:
+        return rules[prim]
+    return mlir._lowerings[prim]
+
+
+all_gather_p = lax_parallel.all_gather_p
+reduce_scatter_p = lax_parallel.reduce_scatter_p
+psum_p = lax_parallel.psum_p
+
+
+def distributed_client():
+    """The jax.distributed key-value client, or None in a single process."""
+    from jax._src import distributed
+
+    return distributed.global_state.client
+
+
+def process_count() -> int:
+    return jax.process_count()

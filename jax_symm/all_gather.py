@@ -1,0 +1,124 @@
+"""`jax_symm.all_gather`: jax.lax.all_gather through jax_symm's transports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax._src.util import canonicalize_axis
+
+from . import _checks, _compat, _lowering
+
+all_gather_p = _compat.Primitive("jax_symm_all_gather")
+
+
+def all_gather(x: Any, axis_name: Any, *, axis: int = 0, tiled: bool = False,
+               axis_index_groups: Any = None, to: str = "varying") -> Any:
+    """Gathers `x` from every device along the mesh axes `axis_name`.
+
+    Same arguments, result and varying-axes typing as :func:`jax.lax.all_gather`
+    (``to='reduced'`` is passed through to lax). `x` may be a pytree; each leaf
+    is gathered. Must be called inside :func:`jax.shard_map`.
+    """
+    _checks.reject_axis_index_groups(axis_index_groups, "all_gather")
+    allowed = {"varying", "invarying", "reduced"}
+    if to not in allowed:
+        raise ValueError(f"jax_symm.all_gather: `to` must be one of {sorted(allowed)}, got {to!r}")
+    if to == "reduced":
+        return lax.all_gather(x, axis_name, axis=axis, tiled=tiled, to=to)
+    axes = _checks.axis_tuple(axis_name)
+    if not axes:
+        return x
+    size = _compat.axis_size(axes)
+
+    def bind(leaf):
+        _checks.check_gatherable(leaf, "all_gather")
+        leaf = _compat.pvary_for_collective(axes, leaf)
+        ndim = jnp.ndim(leaf)
+        return all_gather_p.bind(
+            leaf,
+            all_gather_dimension=canonicalize_axis(axis, ndim if tiled else ndim + 1),
+            axes=axes, axis_size=size, tiled=bool(tiled), invariant=(to == "invarying"))
+
+    return jax.tree_util.tree_map(bind, x)
+
+
+def _abstract_eval(x_aval, *, all_gather_dimension, axes, axis_size, tiled, invariant):
+    _compat.check_axis_names(axes, "jax_symm.all_gather")
+    _compat.check_unreduced([x_aval], axes, "all_gather")
+    shape = list(x_aval.shape)
+    if tiled:
+        shape[all_gather_dimension] *= axis_size
+    else:
+        shape.insert(all_gather_dimension, axis_size)
+    if invariant:
+        vma = frozenset(a for a in _compat.varying_axes(x_aval) if a not in axes)
+    else:
+        vma = _compat.collective_vma("all_gather", axes, x_aval)
+    return (_compat.update_aval(x_aval, shape, vma),
+            {*map(_compat.named_axis_effect, axes)})
+
+
+def _transpose(ct, x, *, all_gather_dimension, axes, axis_size, tiled, invariant):
+    from .reduce_scatter import reduce_scatter
+
+    if invariant:  # each device keeps its own slice of the invariant cotangent
+        chunk = ct.shape[all_gather_dimension] // axis_size
+        start = lax.axis_index(axes) * chunk
+        out = lax.dynamic_slice_in_dim(ct, start, chunk, axis=all_gather_dimension)
+        return (out if tiled else lax.squeeze(out, [all_gather_dimension]),)
+    return (reduce_scatter(ct, axes, scatter_dimension=all_gather_dimension, tiled=tiled),)
+
+
+def _batch(axis_data, vals_in, dims_in, *, all_gather_dimension, axes, axis_size,
+           tiled, invariant):
+    (x,), (d,) = vals_in, dims_in
+    params = dict(axes=axes, axis_size=axis_size, tiled=tiled, invariant=invariant)
+    if axis_data.name not in axes:
+        if d is None:
+            return all_gather_p.bind(x, all_gather_dimension=all_gather_dimension,
+                                     **params), None
+        if d <= all_gather_dimension:
+            all_gather_dimension += 1
+        elif not tiled:  # a new output dimension lands before the batch dim
+            d += 1
+        return all_gather_p.bind(x, all_gather_dimension=all_gather_dimension,
+                                 **params), d
+    # Gathering over the vmapped axis itself: the batch already holds every
+    # member's value, as in lax's batching rule; no communication is needed.
+    if len(axes) > 1:
+        raise NotImplementedError(
+            "jax_symm.all_gather over a vmapped axis together with other axes")
+    if d is None:
+        y = jnp.broadcast_to(jnp.expand_dims(x, all_gather_dimension),
+                             (*x.shape[:all_gather_dimension], axis_size,
+                              *x.shape[all_gather_dimension:]))
+    else:
+        y = jnp.moveaxis(x, d, all_gather_dimension)
+    if tiled:
+        y = y.reshape(*y.shape[:all_gather_dimension], -1, *y.shape[all_gather_dimension + 2:])
+    return y, None
+
+
+def _to_lax(params):
+    return dict(all_gather_dimension=params["all_gather_dimension"],
+                axis_name=params["axes"], axis_index_groups=None,
+                axis_size=params["axis_size"], tiled=params["tiled"])
+
+
+def _layout(x_aval, params):
+    return _lowering.layout(x_aval.shape, params["all_gather_dimension"],
+                            x_aval.dtype.itemsize)
+
+
+def _identity(ctx, x, **_):
+    return [_compat.reshape_to(ctx, x, ctx.avals_out[0])]
+
+
+all_gather_p.def_effectful_abstract_eval(_abstract_eval)
+_compat.deflinear2(all_gather_p, _transpose)
+_compat.register_collective_batcher(all_gather_p, _batch)
+_lowering.register(all_gather_p, "all_gather", _compat.all_gather_p, _to_lax, _layout,
+                   _identity)

@@ -1,0 +1,124 @@
+"""`jax_symm.reduce_scatter` (alias `psum_scatter`): jax.lax.psum_scatter
+through jax_symm's transports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from jax import lax
+
+from . import _checks, _compat, _lowering
+
+reduce_scatter_p = _compat.Primitive("jax_symm_reduce_scatter")
+
+
+def reduce_scatter(x: Any, axis_name: Any, *, scatter_dimension: int = 0,
+                   tiled: bool = False, axis_index_groups: Any = None) -> Any:
+    """Sums `x` over the mesh axes `axis_name` and keeps this device's slice.
+
+    Same arguments, result and varying-axes typing as :func:`jax.lax.psum_scatter`.
+    `x` may be a pytree; each leaf is reduced. Must be called inside
+    :func:`jax.shard_map`.
+    """
+    _checks.reject_axis_index_groups(axis_index_groups, "psum_scatter")
+    axes = _compat.skip_one_sized_axes(_checks.axis_tuple(axis_name))
+    if not axes:
+        return x
+    size = _compat.axis_size(axes)
+
+    def bind(leaf):
+        _checks.check_summable(leaf, "reduce_scatter")
+        if _compat.input_kind(_compat.typeof(leaf), axes, "jax_symm.reduce_scatter") == "unreduced":
+            return lax.psum_scatter(leaf, axes, scatter_dimension=scatter_dimension,
+                                    tiled=tiled)
+        leaf = _compat.pvary_for_collective(axes, leaf)
+        return reduce_scatter_p.bind(
+            leaf, scatter_dimension=scatter_dimension, axes=axes, axis_size=size,
+            tiled=bool(tiled))
+
+    return jax.tree_util.tree_map(bind, x)
+
+
+psum_scatter = reduce_scatter
+
+
+def _abstract_eval(x_aval, *, scatter_dimension, axes, axis_size, tiled):
+    _compat.check_axis_names(axes, "jax_symm.reduce_scatter")
+    _compat.check_unreduced([x_aval], axes, "reduce_scatter")
+    shape = list(x_aval.shape)
+    if not 0 <= scatter_dimension < len(shape):
+        raise ValueError(f"jax_symm.reduce_scatter: scatter_dimension {scatter_dimension} "
+                         f"is out of bounds for an operand of rank {len(shape)}")
+    n = shape[scatter_dimension]
+    if tiled:
+        if n % axis_size:
+            raise ValueError(
+                f"jax_symm.reduce_scatter: tiled scatter dimension {scatter_dimension} "
+                f"has size {n}, which is not divisible by the axis size {axis_size}")
+        shape[scatter_dimension] = n // axis_size
+    else:
+        if n != axis_size:
+            raise ValueError(
+                f"jax_symm.reduce_scatter: scatter dimension {scatter_dimension} has "
+                f"size {n}, which must equal the axis size {axis_size} (or pass tiled=True)")
+        del shape[scatter_dimension]
+    vma = _compat.collective_vma("reduce_scatter", axes, x_aval)
+    return (_compat.update_aval(x_aval, shape, vma),
+            {*map(_compat.named_axis_effect, axes)})
+
+
+def _transpose(ct, x, *, scatter_dimension, axes, axis_size, tiled):
+    from .all_gather import all_gather
+
+    return (all_gather(ct, axes, axis=scatter_dimension, tiled=tiled),)
+
+
+def _batch(axis_data, vals_in, dims_in, *, scatter_dimension, axes, axis_size, tiled):
+    (x,), (d,) = vals_in, dims_in
+    params = dict(axes=axes, axis_size=axis_size, tiled=tiled)
+    if axis_data.name not in axes:
+        if d is None:
+            return reduce_scatter_p.bind(x, scatter_dimension=scatter_dimension,
+                                         **params), None
+        if d <= scatter_dimension:
+            scatter_dimension += 1
+        elif not tiled:  # the scattered dimension disappears before d
+            d -= 1
+        return reduce_scatter_p.bind(x, scatter_dimension=scatter_dimension,
+                                     **params), d
+    # Reducing over the vmapped axis itself: sum the batch, and the scattered
+    # dimension becomes the new batch dimension, as in lax's batching rule.
+    if len(axes) > 1:
+        raise NotImplementedError(
+            "jax_symm.reduce_scatter over a vmapped axis together with other axes")
+    y = x * axis_size if d is None else x.sum(axis=d, dtype=x.dtype)
+    if tiled:
+        n = y.shape[scatter_dimension]
+        y = y.reshape(*y.shape[:scatter_dimension], axis_size, n // axis_size,
+                      *y.shape[scatter_dimension + 1:])
+    return y, scatter_dimension
+
+
+def _to_lax(params):
+    return dict(scatter_dimension=params["scatter_dimension"], axis_name=params["axes"],
+                axis_index_groups=None, axis_size=params["axis_size"],
+                tiled=params["tiled"])
+
+
+def _layout(x_aval, params):
+    dim, size = params["scatter_dimension"], params["axis_size"]
+    shape = list(x_aval.shape)
+    shape[dim] //= size
+    return _lowering.layout(shape, dim, x_aval.dtype.itemsize)
+
+
+def _identity(ctx, x, **_):
+    return [_compat.reshape_to(ctx, x, ctx.avals_out[0])]
+
+
+reduce_scatter_p.def_effectful_abstract_eval(_abstract_eval)
+_compat.deflinear2(reduce_scatter_p, _transpose)
+_compat.register_collective_batcher(reduce_scatter_p, _batch)
+_lowering.register(reduce_scatter_p, "reduce_scatter", _compat.reduce_scatter_p, _to_lax,
+                   _layout, _identity)

@@ -1,0 +1,373 @@
+"""Run a function in several JAX processes on this host and collect the results.
+
+    from jax_symm.testing import run_multiprocess
+    results = run_multiprocess("my_workers:check", num_processes=2,
+                               devices_per_process=2, args=(seed,))
+
+Each process is a fresh ``python -m jax_symm.testing --worker ...`` that, before
+any JAX backend exists, selects the CPU platform with ``devices_per_process``
+devices and gloo collectives, joins ``jax.distributed`` (process 0 hosts the
+coordinator on a free 127.0.0.1 port), calls ``fn(*args, **kwargs)`` and
+pickles the return value back to the parent. The result is the list of return
+values ordered by process id.
+
+``fn`` must be importable in a fresh interpreter: a top-level function of an
+importable module, passed as the function itself or as ``"module:function"``.
+For a function object, the directory its module was imported from is put on
+the worker's ``sys.path`` (so modules next to a test file, e.g. ``tests/`` that
+has no ``__init__.py``, work); for a string, put the module's directory on
+``PYTHONPATH`` through ``env`` or use the ``sys_path`` argument.
+
+On any failure (a worker raised, exited non-zero, or ``timeout_s`` passed) every
+worker's process group is terminated (SIGTERM, SIGKILL after a short grace) and
+:class:`MultiProcessError` is raised, carrying every process's exit status and
+the tail of its combined stdout/stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pickle
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+__all__ = ["MultiProcessError", "free_port", "run_multiprocess"]
+
+_TAIL_LINES = 60
+_TERM_GRACE_S = 3.0
+_POLL_S = 0.05
+_DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
+class MultiProcessError(RuntimeError):
+    """A multi-process run failed; the message holds every worker's status and log tail.
+
+    Attributes: ``pids`` (worker pids, by process id; each led its own process
+    group), ``returncodes`` (exit status by process id; negative: killed by that
+    signal), ``logs`` (log tail by process id), ``timed_out``.
+    """
+
+    def __init__(self, message: str, *, pids: Sequence[int] = (),
+                 returncodes: Sequence[int | None] = (), logs: Sequence[str] = (),
+                 timed_out: bool = False):
+        super().__init__(message)
+        self.pids = list(pids)
+        self.returncodes = list(returncodes)
+        self.logs = list(logs)
+        self.timed_out = timed_out
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on `host` that was free a moment ago (bound to port 0, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _fn_spec(fn: Callable[..., Any] | str) -> tuple[str, list[str]]:
+    """("module:qualname", extra sys.path entries) for `fn`."""
+    if isinstance(fn, str):
+        if ":" not in fn:
+            raise ValueError(f"expected 'module:function', got {fn!r}")
+        return fn, []
+    module_name = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", "")
+    if not module_name or module_name == "__main__" or "<" in qualname:
+        raise ValueError(
+            f"{fn!r} is not importable by name; use a top-level function of an "
+            "importable module (or a 'module:function' string)")
+    paths = []
+    module_file = getattr(sys.modules.get(module_name), "__file__", None)
+    if module_file:
+        # The sys.path root the module was found under: strip one directory per
+        # package level (and one more for a package's __init__.py).
+        root = os.path.dirname(os.path.abspath(module_file))
+        levels = module_name.count(".")
+        if os.path.basename(module_file).startswith("__init__."):
+            levels += 1
+        for _ in range(levels):
+            root = os.path.dirname(root)
+        paths.append(root)
+    return f"{module_name}:{qualname}", paths
+
+
+def _child_env(env: Mapping[str, str] | None, devices: int) -> dict[str, str]:
+    out = dict(os.environ)
+    out.update(env or {})
+    out["JAX_PLATFORMS"] = "cpu"
+    out["PYTHONUNBUFFERED"] = "1"
+    # A device count inherited through XLA_FLAGS (e.g. from a test conftest)
+    # would fight jax_num_cpu_devices; the worker sets the count itself.
+    flags = re.sub(_DEVICE_COUNT_FLAG + r"=\S*", "", out.get("XLA_FLAGS", "")).strip()
+    if not _has_num_cpu_devices_option():
+        flags = f"{flags} {_DEVICE_COUNT_FLAG}={devices}".strip()
+    out["XLA_FLAGS"] = flags
+    return out
+
+
+def _has_num_cpu_devices_option() -> bool:
+    import jax
+
+    return "jax_num_cpu_devices" in jax.config.values
+
+
+def _tail(path: str, lines: int = _TAIL_LINES) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 256 * 1024))
+            text = f.read().decode("utf-8", "replace")
+    except OSError as e:
+        return f"<no log: {e}>"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _kill_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # the worker leads its own session / group
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _kill_all(procs: Sequence[subprocess.Popen]) -> None:
+    """SIGTERM every worker's process group, then SIGKILL what is left; reap."""
+    for p in procs:
+        _kill_group(p, signal.SIGTERM)
+    deadline = time.monotonic() + _TERM_GRACE_S
+    for p in procs:
+        try:
+            p.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for p in procs:
+        # Also kills grandchildren that outlived a group leader which did exit.
+        _kill_group(p, signal.SIGKILL)
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+@dataclass
+class _Outcome:
+    ok: bool
+    value: Any = None
+    error: str = ""
+
+
+def _read_outcome(path: str) -> _Outcome | None:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # truncated or unpicklable on this side
+        return _Outcome(ok=False, error=f"could not read the worker's result: {e!r}")
+
+
+def _status(rc: int | None) -> str:
+    if rc is None:
+        return "still running"
+    if rc < 0:
+        try:
+            return f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"exit status {rc}"
+
+
+def run_multiprocess(fn: Callable[..., Any] | str, *, num_processes: int = 2,
+                     devices_per_process: int = 2, args: Sequence[Any] = (),
+                     kwargs: Mapping[str, Any] | None = None, timeout_s: float = 120.0,
+                     env: Mapping[str, str] | None = None,
+                     sys_path: Sequence[str] = ()) -> list[Any]:
+    """Runs ``fn(*args, **kwargs)`` in `num_processes` JAX processes; returns their results.
+
+    Every process sees `devices_per_process` CPU devices and the whole job
+    ``num_processes * devices_per_process`` global devices. `args`/`kwargs`
+    and the return values must be picklable. `env` adds to (overrides) the
+    parent's environment; `sys_path` entries are prepended to the workers'
+    ``sys.path``. Raises :class:`MultiProcessError` when a worker raises or
+    exits non-zero, or after `timeout_s` seconds; no worker outlives the call.
+    """
+    if num_processes < 1 or devices_per_process < 1:
+        raise ValueError("num_processes and devices_per_process must be >= 1")
+    spec, paths = _fn_spec(fn)
+    paths = [os.path.abspath(p) for p in sys_path] + paths
+    child_env = _child_env(env, devices_per_process)
+    port = free_port()
+    procs: list[subprocess.Popen] = []
+    with tempfile.TemporaryDirectory(prefix="jax_symm_mp_") as tmp:
+        in_path = os.path.join(tmp, "input.pkl")
+        with open(in_path, "wb") as f:
+            pickle.dump((tuple(args), dict(kwargs or {})), f)
+        logs = [os.path.join(tmp, f"process{i}.log") for i in range(num_processes)]
+        outs = [os.path.join(tmp, f"process{i}.pkl") for i in range(num_processes)]
+        try:
+            for i in range(num_processes):
+                cmd = [sys.executable, "-m", "jax_symm.testing", "--worker",
+                       "--fn", spec, "--process-id", str(i),
+                       "--num-processes", str(num_processes),
+                       "--devices", str(devices_per_process),
+                       "--coordinator", f"127.0.0.1:{port}",
+                       "--input", in_path, "--output", outs[i]]
+                for p in paths:
+                    cmd += ["--path", p]
+                with open(logs[i], "wb") as log:
+                    procs.append(subprocess.Popen(
+                        cmd, stdin=subprocess.DEVNULL, stdout=log,
+                        stderr=subprocess.STDOUT, env=child_env, start_new_session=True))
+
+            deadline = time.monotonic() + timeout_s
+            failed: list[int] = []
+            timed_out = False
+            while True:
+                codes = [p.poll() for p in procs]
+                failed = [i for i, rc in enumerate(codes) if rc not in (None, 0)]
+                if failed or all(rc == 0 for rc in codes):
+                    break
+                if time.monotonic() > deadline:
+                    timed_out = True
+                    break
+                time.sleep(_POLL_S)
+
+            outcomes = [_read_outcome(o) for o in outs]
+            codes = [p.poll() for p in procs]
+            if not failed and not timed_out and all(o is not None and o.ok for o in outcomes):
+                return [o.value for o in outcomes]
+
+            # Failure: stop everyone first, then collect what each one left.
+            _kill_all(procs)
+            codes_before_kill = codes
+            codes = [p.poll() for p in procs]
+            outcomes = [_read_outcome(o) for o in outs]
+            if timed_out:
+                head = (f"multi-process run of {spec} timed out after {timeout_s:g} s "
+                        f"({num_processes} processes x {devices_per_process} devices)")
+            else:
+                head = (f"multi-process run of {spec} failed "
+                        f"({num_processes} processes x {devices_per_process} devices)")
+            parts = [head]
+            for i, p in enumerate(procs):
+                before = codes_before_kill[i]
+                status = _status(before) if before is not None else (
+                    f"{_status(codes[i])} (by the launcher)")
+                parts.append(f"\n===== process {i} (pid {p.pid}): {status} =====")
+                o = outcomes[i]
+                if o is not None and not o.ok:
+                    parts.append(f"--- raised ---\n{o.error.rstrip()}")
+                parts.append(f"--- last {_TAIL_LINES} lines of output ---\n{_tail(logs[i])}")
+            raise MultiProcessError(
+                "\n".join(parts), pids=[p.pid for p in procs], returncodes=codes,
+                logs=[_tail(log) for log in logs], timed_out=timed_out)
+        finally:
+            if any(p.poll() is None for p in procs):
+                _kill_all(procs)
+
+
+# ---------------------------------------------------------------- worker side
+
+
+def _resolve(spec: str) -> Callable[..., Any]:
+    module_name, _, qualname = spec.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _cleanup_shared_memory() -> None:
+    """Unlinks jax_symm's shared-memory segments (atexit does not run on os._exit)."""
+    native = sys.modules.get("jax_symm._native")
+    if native is not None:
+        try:
+            native.ext.host_unlink_all()
+        except Exception:
+            pass
+
+
+def _write_outcome(path: str, outcome: _Outcome) -> None:
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            pickle.dump(outcome, f)
+    except Exception:
+        outcome = _Outcome(ok=False, error="the result could not be pickled:\n"
+                           + traceback.format_exc() + f"\n(original: {outcome.error})")
+        with open(tmp, "wb") as f:
+            pickle.dump(outcome, f)
+    os.replace(tmp, path)  # the parent never sees a half-written file
+
+
+def _hard_exit(code: int) -> None:
+    # No atexit / interpreter teardown: with jax.distributed up, a normal exit
+    # can block on peers that will never arrive.
+    _cleanup_shared_memory()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _worker_main(argv: Sequence[str]) -> None:
+    ap = argparse.ArgumentParser(prog="python -m jax_symm.testing")
+    ap.add_argument("--worker", action="store_true", required=True)
+    ap.add_argument("--fn", required=True)
+    ap.add_argument("--process-id", type=int, required=True)
+    ap.add_argument("--num-processes", type=int, required=True)
+    ap.add_argument("--devices", type=int, required=True)
+    ap.add_argument("--coordinator", required=True)
+    ap.add_argument("--input", required=True)
+    ap.add_argument("--output", required=True)
+    ap.add_argument("--path", action="append", default=[])
+    a = ap.parse_args(argv)
+
+    signal.signal(signal.SIGTERM, lambda *_: _hard_exit(128 + signal.SIGTERM))
+    for p in reversed(a.path):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    os.environ["JAX_PLATFORMS"] = "cpu"
+
+    try:
+        import jax  # backends are created lazily: the config below still applies
+
+        if "jax_num_cpu_devices" in jax.config.values:
+            jax.config.update("jax_num_cpu_devices", a.devices)
+        # (otherwise the parent put --xla_force_host_platform_device_count in XLA_FLAGS)
+        if "jax_cpu_collectives_implementation" in jax.config.values:
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=a.coordinator,
+                                   num_processes=a.num_processes, process_id=a.process_id)
+        with open(a.input, "rb") as f:
+            args, kwargs = pickle.load(f)
+        value = _resolve(a.fn)(*args, **kwargs)
+    except BaseException:
+        err = traceback.format_exc()
+        print(f"[jax_symm.testing] process {a.process_id} raised:\n{err}",
+              file=sys.stderr, flush=True)
+        _write_outcome(a.output, _Outcome(ok=False, error=err))
+        _hard_exit(1)
+        return
+
+    try:
+        jax.distributed.shutdown()
+    except Exception:  # the result is what matters; keep the error in the log
+        print(f"[jax_symm.testing] process {a.process_id}: jax.distributed.shutdown() "
+              f"failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+    _write_outcome(a.output, _Outcome(ok=True, value=value))
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
+if __name__ == "__main__":
+    _worker_main(sys.argv[1:])

@@ -66,6 +66,7 @@ struct CallLayout {
 struct GroupRef {
   std::vector<int64_t> members;  // global device ids, in axis-index order
   int64_t rank = -1;             // position of this device in `members`
+  int64_t index = -1;            // which of the call's groups this is
 };
 
 inline ErrorOr<GroupRef> FindGroup(Int64Span groups, int64_t group_size,
@@ -80,6 +81,7 @@ inline ErrorOr<GroupRef> FindGroup(Int64Span groups, int64_t group_size,
         ref.members.assign(groups.begin() + start,
                            groups.begin() + start + group_size);
         ref.rank = i;
+        ref.index = static_cast<int64_t>(start / group_size);
         return ref;
       }
     }

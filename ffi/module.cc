@@ -5,7 +5,12 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <nanobind/stl/tuple.h>
+
+#include "cuda_api.h"
+#include "cuda_collectives.h"
 #include "device_table.h"
+#include "nccl_transport.h"
 #include "host_collectives.h"
 #include "host_window.h"
 
@@ -18,6 +23,17 @@ nb::capsule Capsule(Fn* fn) {
   static_assert(std::is_invocable_r_v<XLA_FFI_Error*, Fn, XLA_FFI_CallFrame*>,
                 "not an XLA FFI handler");
   return nb::capsule(reinterpret_cast<void*>(fn));
+}
+
+// Set-up calls raise RuntimeError with the library's own message.
+void Raise(const jax_symm::Error& err) {
+  if (err.failure()) throw std::runtime_error(err.message());
+}
+
+template <typename T>
+T Value(jax_symm::ErrorOr<T> v) {
+  if (v.has_error()) throw std::runtime_error(v.error().message());
+  return std::move(*v);
 }
 
 }  // namespace
@@ -48,4 +64,81 @@ NB_MODULE(_jax_symm, m) {
         "(name, bytes) of each shared-memory window this process mapped.");
   m.def("host_unlink_all", &jax_symm::HostWindow::UnlinkAll,
         "Unlinks this process's shared-memory windows (mappings stay valid).");
+
+  m.def("nccl_handlers", []() {
+    nb::dict d;
+    d["all_gather"] = Capsule(jax_symm::NcclAllGather);
+    d["reduce_scatter"] = Capsule(jax_symm::NcclReduceScatter);
+    d["all_reduce"] = Capsule(jax_symm::NcclAllReduce);
+    return d;
+  });
+
+  m.def(
+      "nccl_load",
+      [](const std::string& hint) {
+        const jax_symm::CudaApi* api = Value(jax_symm::LoadCudaApi(hint));
+        nb::dict d;
+        d["version"] = api->nccl_version;
+        d["path"] = api->nccl_path;
+        d["symmetric_windows"] = api->symmetric_windows();
+        return d;
+      },
+      nb::arg("nccl_hint"),
+      "Resolves the CUDA driver and the libnccl.so.2 JAX loaded (else `nccl_hint`).");
+
+  m.def("nccl_unique_id", []() {
+    std::string id = Value(jax_symm::NcclNewUniqueId());
+    return nb::bytes(id.data(), id.size());
+  });
+
+  m.def(
+      "nccl_init_group",
+      [](std::vector<int64_t> members, std::vector<std::tuple<int64_t, int, int>> local,
+         nb::bytes unique_id) {
+        std::vector<jax_symm::LocalRankSpec> specs;
+        for (auto& [gid, ordinal, rank] : local) specs.push_back({gid, ordinal, rank});
+        std::string id(unique_id.c_str(), unique_id.size());
+        nb::gil_scoped_release release;  // peers in other processes may need ours
+        Raise(jax_symm::NcclInitGroup(members, specs, id));
+      },
+      nb::arg("members"), nb::arg("local"), nb::arg("unique_id"),
+      "Creates this process's ranks (global id, CUDA ordinal, rank) of a group.");
+
+  m.def(
+      "nccl_ensure_arena",
+      [](std::vector<int64_t> members, size_t bytes, size_t min_bytes) {
+        nb::gil_scoped_release release;
+        return Value(jax_symm::NcclEnsureArena(members, bytes, min_bytes));
+      },
+      nb::arg("members"), nb::arg("bytes"), nb::arg("min_bytes"),
+      "Grows the group's symmetric arena to at least `bytes`; returns its size.");
+
+  m.def("nccl_groups", []() {
+    nb::list out;
+    for (auto& g : jax_symm::NcclGroups()) {
+      nb::dict d;
+      d["members"] = g.members;
+      d["local_devices"] = g.local_global_ids;
+      d["arena_bytes"] = g.arena_bytes;
+      out.append(d);
+    }
+    return out;
+  });
+
+  m.def("nccl_shutdown", []() {
+    nb::gil_scoped_release release;
+    jax_symm::NcclShutdown();
+  });
+
+  m.def(
+      "nccl_time_raw",
+      [](std::vector<int64_t> members, int kind, size_t bytes_per_rank, int dtype, int iters,
+         int repeats) {
+        nb::gil_scoped_release release;
+        return Value(jax_symm::NcclTimeRaw(members, static_cast<jax_symm::CollectiveKind>(kind),
+                                           bytes_per_rank, dtype, iters, repeats));
+      },
+      nb::arg("members"), nb::arg("kind"), nb::arg("bytes_per_rank"), nb::arg("dtype"),
+      nb::arg("iters"), nb::arg("repeats"),
+      "Microseconds per raw NCCL call on the group's arena (CUDA events).");
 }

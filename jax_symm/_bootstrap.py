@@ -28,26 +28,34 @@ def _client():
     return client
 
 
+def publish(key: str, make_value) -> str:
+    """Makes a value and shares it under `key`; returns it."""
+    value = make_value()
+    if _compat.process_count() > 1:
+        _client().key_value_set(PREFIX + key, value)
+    return value
+
+
+def fetch(key: str) -> str:
+    """Waits for the value another process published under `key`."""
+    import jax
+
+    try:
+        return _client().blocking_key_value_get(PREFIX + key, timeout_ms())
+    except Exception as e:  # the client raises XlaRuntimeError on timeout
+        raise TimeoutError(
+            f"jax_symm: process {jax.process_index()} waited {timeout_ms() / 1000:.0f} s "
+            f"for '{PREFIX + key}': {e}. Is every process running the same program? "
+            "(JAX_SYMM_BOOTSTRAP_TIMEOUT_S sets the wait.)") from e
+
+
 def agree_on(key: str, make_value) -> str:
     """Process 0 makes the value; every process returns the same string."""
     import jax
 
-    if _compat.process_count() == 1:
-        return make_value()
-    client = _client()
-    full_key = PREFIX + key
-    if jax.process_index() == 0:
-        value = make_value()
-        client.key_value_set(full_key, value)
-        return value
-    try:
-        return client.blocking_key_value_get(full_key, timeout_ms())
-    except Exception as e:  # the client raises XlaRuntimeError on timeout
-        raise TimeoutError(
-            f"jax_symm: process {jax.process_index()} waited "
-            f"{timeout_ms() / 1000:.0f} s for '{full_key}' from process 0: {e}. "
-            "Is every process running the same program? "
-            "(JAX_SYMM_BOOTSTRAP_TIMEOUT_S sets the wait.)") from e
+    if _compat.process_count() == 1 or jax.process_index() == 0:
+        return publish(key, make_value)
+    return fetch(key)
 
 
 def host_names() -> dict[int, str]:

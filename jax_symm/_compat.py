@@ -121,9 +121,8 @@ def replica_groups(axis_ctx, axes: tuple) -> np.ndarray:
 def lax_lowering(prim, platform: str | None = None):
     """The lowering rule that lax registered for `prim` (for fallbacks)."""
     rules = mlir._platform_specific_lowerings.get(platform) if platform else None
-    if rules is not None and prim in rules:
-        return rules[prim]
-    return mlir._lowerings[prim]
+    entry = rules[prim] if rules is not None and prim in rules else mlir._lowerings[prim]
+    return getattr(entry, "rule", entry)  # a LoweringRuleEntry since jax 0.5
 
 
 all_gather_p = lax_parallel.all_gather_p

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import warnings
 from typing import Callable
 
@@ -44,25 +45,33 @@ def _groups_process_indices(groups: np.ndarray) -> set[int]:
     return {by_id[int(i)] for i in groups.reshape(-1)}
 
 
+def _require_mesh(kind: str, ctx):
+    axis_ctx = ctx.module_context.axis_context
+    if not hasattr(axis_ctx, "mesh"):
+        raise NotImplementedError(
+            f"jax_symm.{kind} must be used inside jax.shard_map (it has no pmap "
+            "or auto-sharding lowering).")
+    return axis_ctx
+
+
+def disabled() -> bool:
+    """JAX_SYMM_DISABLE=1 lowers every jax_symm op to XLA's own collective."""
+    return os.environ.get("JAX_SYMM_DISABLE", "0") not in ("", "0", "false", "False")
+
+
 def lower_host(kind: str, lax_rule: Callable, ctx, x, *, axes: tuple,
                outer: int, inner_bytes: int, **lax_params):
     """XLA:CPU lowering: the shared-memory host transport."""
     from . import _host
     from ._native import HOST_TARGETS
 
-    axis_ctx = ctx.module_context.axis_context
-    if not hasattr(axis_ctx, "mesh"):
-        raise NotImplementedError(
-            f"jax_symm.{kind} must be used inside jax.shard_map (it has no pmap "
-            "or auto-sharding lowering).")
-    groups = _compat.replica_groups(axis_ctx, axes)
-    if _compat.process_count() > 1:
-        _host.setup()
-        if not _host.group_is_host_local(_groups_process_indices(groups)):
-            _warn_once("jax_symm: a group spans several hosts; the CPU transport "
-                       "is shared memory, so these calls use XLA's own collectives.")
-            return lax_rule(ctx, x, **lax_params)
+    groups = _compat.replica_groups(_require_mesh(kind, ctx), axes)
     _host.setup()
+    if _compat.process_count() > 1 and not _host.group_is_host_local(
+            _groups_process_indices(groups)):
+        _warn_once("jax_symm: a group spans several hosts; the CPU transport "
+                   "is shared memory, so these calls use XLA's own collectives.")
+        return lax_rule(ctx, x, **lax_params)
     channel = next(ctx.module_context.channel_iterator)
     rule = jax.ffi.ffi_lowering(HOST_TARGETS[kind], has_side_effect=True)
     return rule(
@@ -75,27 +84,76 @@ def lower_host(kind: str, lax_rule: Callable, ctx, x, *, axes: tuple,
     )
 
 
+# NCCL has no 16-bit integer type: those sums stay with XLA.
+_NCCL_UNSUMMABLE = {np.dtype(np.int16), np.dtype(np.uint16)}
+
+
+def lower_nccl(kind: str, lax_rule: Callable, ctx, x, *, axes: tuple,
+               outer: int, inner_bytes: int, **lax_params):
+    """XLA:GPU lowering: NCCL collectives on symmetric windows.
+
+    Creates the group's communicators and grows its arena here, at lowering
+    time, the one point every process passes in step. No side effect is
+    declared: identical calls may be merged or dropped, on every device alike,
+    and XLA stays free to capture the calls into CUDA graphs.
+    """
+    from . import _nccl
+
+    axis_ctx = _require_mesh(kind, ctx)
+    if not _nccl.usable():
+        return lax_rule(ctx, x, **lax_params)
+    if kind != "all_gather" and np.dtype(ctx.avals_in[0].dtype) in _NCCL_UNSUMMABLE:
+        return lax_rule(ctx, x, **lax_params)
+    groups = _compat.replica_groups(axis_ctx, axes)
+    _nccl.ensure_groups(groups)
+    world = groups.shape[1]
+    need = outer * inner_bytes * (1 if kind == "all_reduce" else world)
+    arenas = _nccl.ensure_arenas(groups, need)
+    rule = jax.ffi.ffi_lowering(_nccl.NCCL_TARGETS[kind])
+    return rule(
+        ctx, x,
+        groups=np.ascontiguousarray(groups.reshape(-1), dtype=np.int64),
+        group_size=np.int64(world),
+        outer=np.int64(outer),
+        inner_bytes=np.int64(inner_bytes),
+        arena_bytes=arenas,
+    )
+
+
+_TRANSPORTS = {"cpu": lower_host, "cuda": lower_nccl}
+
+
 def register(prim, kind: str, lax_prim, to_lax_params: Callable, layout_of: Callable,
              identity_rule: Callable) -> None:
-    """Registers `prim`'s lowerings: host transport on CPU, lax elsewhere.
+    """Registers `prim`'s lowerings: a jax_symm transport on CPU and CUDA, lax
+    elsewhere (and wherever jax_symm is disabled).
 
     `to_lax_params(params)` maps our parameters to lax's primitive's, for the
     fallback; `layout_of(aval_in, params)` gives (outer, inner_bytes);
     `identity_rule(ctx, x, **params)` lowers a group of one (no communication).
     """
 
+    def lax_rule(platform):
+        rule = _compat.lax_lowering(lax_prim, platform)
+        return lambda ctx, x, **params: rule(ctx, x, **params)
+
     def fallback(platform):
         def rule(ctx, x, **params):
-            return _compat.lax_lowering(lax_prim, platform)(ctx, x, **to_lax_params(params))
+            return lax_rule(platform)(ctx, x, **to_lax_params(params))
         return rule
 
-    def host_rule(ctx, x, **params):
-        if params["axis_size"] == 1:
-            return identity_rule(ctx, x, **params)
-        outer, inner = layout_of(ctx.avals_in[0], params)
-        lax_rule = _compat.lax_lowering(lax_prim, "cpu")
-        return lower_host(kind, lax_rule, ctx, x, axes=params["axes"], outer=outer,
-                          inner_bytes=inner, **to_lax_params(params))
+    def transport_rule(platform):
+        def rule(ctx, x, **params):
+            if params["axis_size"] == 1:
+                return identity_rule(ctx, x, **params)
+            if disabled():
+                return fallback(platform)(ctx, x, **params)
+            outer, inner = layout_of(ctx.avals_in[0], params)
+            return _TRANSPORTS[platform](kind, lax_rule(platform), ctx, x, axes=params["axes"],
+                                         outer=outer, inner_bytes=inner,
+                                         **to_lax_params(params))
+        return rule
 
     _compat.register_lowering(prim, fallback(None))
-    _compat.register_lowering(prim, host_rule, platform="cpu")
+    for platform in _TRANSPORTS:
+        _compat.register_lowering(prim, transport_rule(platform), platform=platform)

@@ -1,0 +1,117 @@
+#include "cuda_api.h"
+
+#include <dlfcn.h>
+#include <link.h>
+
+#include <mutex>
+
+namespace jax_symm {
+namespace {
+
+std::mutex api_mu;
+CudaApi* loaded_api = nullptr;  // never freed: handlers may run during exit
+
+template <typename Fn>
+bool Resolve(void* lib, const char* name, Fn* fn) {
+  *fn = reinterpret_cast<Fn>(dlsym(lib, name));
+  return *fn != nullptr;
+}
+
+std::string LibraryPath(void* lib, void* symbol) {
+  Dl_info info;
+  if (symbol != nullptr && dladdr(symbol, &info) && info.dli_fname) return info.dli_fname;
+  return "?";
+}
+
+}  // namespace
+
+Error CudaCheck(CUresult result, const char* what) {
+  if (result == 0) return Error::Success();
+  const char* msg = "unknown CUDA error";
+  if (loaded_api && loaded_api->cuGetErrorString) loaded_api->cuGetErrorString(result, &msg);
+  return Internal(std::string(what) + " failed: CUDA error " + std::to_string(result) +
+                  ": " + msg);
+}
+
+Error NcclCheck(ncclResult_t result, const char* what, ncclComm_t comm) {
+  if (result == 0) return Error::Success();
+  std::string msg = loaded_api ? loaded_api->ncclGetErrorString(result) : "unknown";
+  if (loaded_api && loaded_api->ncclGetLastError) {
+    const char* last = loaded_api->ncclGetLastError(comm);
+    if (last && *last) msg += " (" + std::string(last) + ")";
+  }
+  return Internal(std::string(what) + " failed: NCCL error " + std::to_string(result) +
+                  ": " + msg);
+}
+
+const CudaApi* LoadedCudaApi() {
+  std::lock_guard<std::mutex> lock(api_mu);
+  return loaded_api;
+}
+
+ErrorOr<const CudaApi*> LoadCudaApi(const std::string& nccl_hint) {
+  std::lock_guard<std::mutex> lock(api_mu);
+  if (loaded_api) return static_cast<const CudaApi*>(loaded_api);
+
+  void* cuda = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
+  if (!cuda) return Internal(std::string("cannot load the CUDA driver: ") + dlerror());
+  // The copy JAX loaded, if any; else the wheel's copy that JAX would load.
+  void* nccl = dlopen("libnccl.so.2", RTLD_NOW | RTLD_NOLOAD);
+  if (!nccl && !nccl_hint.empty()) nccl = dlopen(nccl_hint.c_str(), RTLD_NOW | RTLD_GLOBAL);
+  if (!nccl) {
+    return Internal("cannot find libnccl.so.2 (is jax's CUDA plugin with the nvidia-nccl "
+                    "wheel installed?): " + std::string(dlerror() ? dlerror() : ""));
+  }
+
+  auto* api = new CudaApi();
+  bool ok = Resolve(cuda, "cuInit", &api->cuInit) &&
+            Resolve(cuda, "cuDeviceGet", &api->cuDeviceGet) &&
+            Resolve(cuda, "cuDevicePrimaryCtxRetain", &api->cuDevicePrimaryCtxRetain) &&
+            Resolve(cuda, "cuCtxSetCurrent", &api->cuCtxSetCurrent) &&
+            Resolve(cuda, "cuCtxSynchronize", &api->cuCtxSynchronize) &&
+            Resolve(cuda, "cuGetErrorString", &api->cuGetErrorString) &&
+            Resolve(cuda, "cuMemcpyDtoDAsync_v2", &api->cuMemcpyDtoDAsync) &&
+            Resolve(cuda, "cuMemcpy2DAsync_v2", &api->cuMemcpy2DAsync) &&
+            Resolve(cuda, "cuStreamCreate", &api->cuStreamCreate) &&
+            Resolve(cuda, "cuStreamDestroy_v2", &api->cuStreamDestroy) &&
+            Resolve(cuda, "cuStreamSynchronize", &api->cuStreamSynchronize) &&
+            Resolve(cuda, "cuEventCreate", &api->cuEventCreate) &&
+            Resolve(cuda, "cuEventRecord", &api->cuEventRecord) &&
+            Resolve(cuda, "cuEventSynchronize", &api->cuEventSynchronize) &&
+            Resolve(cuda, "cuEventElapsedTime", &api->cuEventElapsedTime) &&
+            Resolve(cuda, "cuEventDestroy_v2", &api->cuEventDestroy);
+  if (!ok) {
+    delete api;
+    return Internal("the CUDA driver lacks a required entry point");
+  }
+  ok = Resolve(nccl, "ncclGetVersion", &api->ncclGetVersion) &&
+       Resolve(nccl, "ncclGetUniqueId", &api->ncclGetUniqueId) &&
+       Resolve(nccl, "ncclCommInitRank", &api->ncclCommInitRank) &&
+       Resolve(nccl, "ncclCommDestroy", &api->ncclCommDestroy) &&
+       Resolve(nccl, "ncclCommAbort", &api->ncclCommAbort) &&
+       Resolve(nccl, "ncclGroupStart", &api->ncclGroupStart) &&
+       Resolve(nccl, "ncclGroupEnd", &api->ncclGroupEnd) &&
+       Resolve(nccl, "ncclGetErrorString", &api->ncclGetErrorString) &&
+       Resolve(nccl, "ncclAllGather", &api->ncclAllGather) &&
+       Resolve(nccl, "ncclReduceScatter", &api->ncclReduceScatter) &&
+       Resolve(nccl, "ncclAllReduce", &api->ncclAllReduce);
+  if (!ok) {
+    delete api;
+    return Internal("libnccl.so.2 lacks a required entry point");
+  }
+  // Optional: newer NCCLs only.
+  Resolve(nccl, "ncclGetLastError", &api->ncclGetLastError);
+  Resolve(nccl, "ncclMemAlloc", &api->ncclMemAlloc);
+  Resolve(nccl, "ncclMemFree", &api->ncclMemFree);
+  Resolve(nccl, "ncclCommWindowRegister", &api->ncclCommWindowRegister);
+  Resolve(nccl, "ncclCommWindowDeregister", &api->ncclCommWindowDeregister);
+  api->nccl_path = LibraryPath(nccl, reinterpret_cast<void*>(api->ncclGetVersion));
+  loaded_api = api;  // CudaCheck/NcclCheck may use it from here on
+  Error err = NcclCheck(api->ncclGetVersion(&api->nccl_version), "ncclGetVersion");
+  if (err.failure()) return err;
+  err = CudaCheck(api->cuInit(0), "cuInit");
+  if (err.failure()) return err;
+  return static_cast<const CudaApi*>(api);
+}
+
+}  // namespace jax_symm

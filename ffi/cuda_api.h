@@ -1,0 +1,115 @@
+// The slice of the CUDA driver API and of NCCL's host API that jax_symm uses,
+// declared here and resolved at run time with dlopen/dlsym.
+//
+// Why not link them: JAX already loaded its own libnccl.so.2 (from the
+// nvidia-nccl wheel) and a second copy in one process corrupts NCCL's state;
+// and one built package must serve both the CUDA 12 and the CUDA 13 JAX
+// stacks, so no libcudart of either major may be linked. The driver API and
+// this part of NCCL's API are ABI-stable, as SGLang's and vLLM's ctypes
+// wrappers rely on too.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "ffi_common.h"
+
+namespace jax_symm {
+
+// ---- CUDA driver API ----
+using CUresult = int;
+using CUdevice = int;
+using CUdeviceptr = unsigned long long;
+using CUcontext = struct CUctx_st*;
+using CUstream = struct CUstream_st*;
+constexpr int kCuMemoryTypeDevice = 2;
+
+struct CudaMemcpy2D {  // CUDA_MEMCPY2D
+  size_t srcXInBytes, srcY;
+  int srcMemoryType;
+  const void* srcHost;
+  CUdeviceptr srcDevice;
+  void* srcArray;
+  size_t srcPitch;
+  size_t dstXInBytes, dstY;
+  int dstMemoryType;
+  void* dstHost;
+  CUdeviceptr dstDevice;
+  void* dstArray;
+  size_t dstPitch;
+  size_t WidthInBytes, Height;
+};
+
+// ---- NCCL ----
+using ncclResult_t = int;
+using ncclComm_t = struct ncclComm*;
+using ncclWindow_t = struct ncclWindow_vidmem*;
+struct ncclUniqueId {
+  char internal[128];
+};
+enum NcclDataType : int {
+  kNcclInt8 = 0, kNcclUint8 = 1, kNcclInt32 = 2, kNcclUint32 = 3, kNcclInt64 = 4,
+  kNcclUint64 = 5, kNcclFloat16 = 6, kNcclFloat32 = 7, kNcclFloat64 = 8,
+  kNcclBfloat16 = 9, kNcclFloat8e4m3 = 10, kNcclFloat8e5m2 = 11,
+};
+constexpr int kNcclSum = 0;
+constexpr int kNcclWinCollSymmetric = 0x01;
+constexpr int kNcclInProgress = 7;
+
+struct CudaApi {
+  // driver
+  CUresult (*cuInit)(unsigned int);
+  CUresult (*cuDeviceGet)(CUdevice*, int);
+  CUresult (*cuDevicePrimaryCtxRetain)(CUcontext*, CUdevice);
+  CUresult (*cuCtxSetCurrent)(CUcontext);
+  CUresult (*cuCtxSynchronize)();
+  CUresult (*cuGetErrorString)(CUresult, const char**);
+  CUresult (*cuMemcpyDtoDAsync)(CUdeviceptr, CUdeviceptr, size_t, CUstream);
+  CUresult (*cuMemcpy2DAsync)(const CudaMemcpy2D*, CUstream);
+  CUresult (*cuStreamCreate)(CUstream*, unsigned int);
+  CUresult (*cuStreamDestroy)(CUstream);
+  CUresult (*cuStreamSynchronize)(CUstream);
+  CUresult (*cuEventCreate)(void**, unsigned int);
+  CUresult (*cuEventRecord)(void*, CUstream);
+  CUresult (*cuEventSynchronize)(void*);
+  CUresult (*cuEventElapsedTime)(float*, void*, void*);
+  CUresult (*cuEventDestroy)(void*);
+  // nccl
+  ncclResult_t (*ncclGetVersion)(int*);
+  ncclResult_t (*ncclGetUniqueId)(ncclUniqueId*);
+  ncclResult_t (*ncclCommInitRank)(ncclComm_t*, int, ncclUniqueId, int);
+  ncclResult_t (*ncclCommDestroy)(ncclComm_t);
+  ncclResult_t (*ncclCommAbort)(ncclComm_t);
+  ncclResult_t (*ncclGroupStart)();
+  ncclResult_t (*ncclGroupEnd)();
+  const char* (*ncclGetErrorString)(ncclResult_t);
+  const char* (*ncclGetLastError)(ncclComm_t);
+  ncclResult_t (*ncclAllGather)(const void*, void*, size_t, int, ncclComm_t, CUstream);
+  ncclResult_t (*ncclReduceScatter)(const void*, void*, size_t, int, int, ncclComm_t,
+                                    CUstream);
+  ncclResult_t (*ncclAllReduce)(const void*, void*, size_t, int, int, ncclComm_t,
+                                CUstream);
+  // >= 2.19 / >= 2.27: null when the loaded NCCL is older.
+  ncclResult_t (*ncclMemAlloc)(void**, size_t);
+  ncclResult_t (*ncclMemFree)(void*);
+  ncclResult_t (*ncclCommWindowRegister)(ncclComm_t, void*, size_t, ncclWindow_t*, int);
+  ncclResult_t (*ncclCommWindowDeregister)(ncclComm_t, ncclWindow_t);
+
+  int nccl_version = 0;      // e.g. 22809 for 2.28.9
+  std::string nccl_path;     // the file the symbols came from
+  bool symmetric_windows() const {
+    return ncclCommWindowRegister != nullptr && nccl_version >= 22703;
+  }
+};
+
+// Resolves the API once. `nccl_hint` is the wheel's libnccl.so.2, used only
+// when no libnccl.so.2 is loaded in the process yet.
+ErrorOr<const CudaApi*> LoadCudaApi(const std::string& nccl_hint);
+// The API if LoadCudaApi has succeeded, else nullptr.
+const CudaApi* LoadedCudaApi();
+
+Error CudaCheck(CUresult result, const char* what);
+Error NcclCheck(ncclResult_t result, const char* what, ncclComm_t comm = nullptr);
+
+}  // namespace jax_symm

@@ -1,0 +1,121 @@
+"""Set-up of the GPU transport: NCCL, communicators and symmetric arenas.
+
+Called while a program is lowered, which every process does for the same
+program in the same order: that is the collective point where communicators
+are created and arenas grow. Handlers never do either.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import functools
+import os
+import warnings
+
+import numpy as np
+import jax
+
+from . import _bootstrap, _compat
+from ._native import ext, publish_local_devices
+
+NCCL_TARGETS = {
+    "all_gather": "jax_symm_nccl_all_gather",
+    "reduce_scatter": "jax_symm_nccl_reduce_scatter",
+    "all_reduce": "jax_symm_nccl_all_reduce",
+}
+
+_ready_groups: set[tuple[int, ...]] = set()
+
+
+def _wheel_nccl() -> str:
+    """The nvidia-nccl wheel's libnccl.so.2, the copy JAX's plugin loads."""
+    try:
+        import nvidia.nccl as pkg
+    except ImportError:
+        return ""
+    for base in list(getattr(pkg, "__path__", [])):
+        path = os.path.join(base, "lib", "libnccl.so.2")
+        if os.path.exists(path):
+            return path
+    return ""
+
+
+def min_arena_bytes() -> int:
+    """JAX_SYMM_ARENA_MB: the smallest arena registered per communicator."""
+    return int(float(os.environ.get("JAX_SYMM_ARENA_MB", "64")) * (1 << 20))
+
+
+@functools.cache
+def load() -> dict:
+    """Loads NCCL (JAX's copy) and registers the GPU handlers; idempotent."""
+    info = ext.nccl_load(_wheel_nccl())
+    for op, capsule in ext.nccl_handlers().items():
+        jax.ffi.register_ffi_target(NCCL_TARGETS[op], capsule, platform="CUDA")
+    publish_local_devices("gpu")
+    atexit.register(shutdown)
+    if not info["symmetric_windows"]:
+        warnings.warn(
+            f"jax_symm: NCCL {version_string(info['version'])} has no symmetric windows "
+            "(needs >= 2.27.3); jax_symm ops use XLA's plain NCCL collectives.",
+            RuntimeWarning, stacklevel=2)
+    return info
+
+
+def version_string(code: int) -> str:
+    return f"{code // 10000}.{code // 100 % 100}.{code % 100}"
+
+
+def usable() -> bool:
+    return bool(load()["symmetric_windows"])
+
+
+def shutdown() -> None:
+    ext.nccl_shutdown()
+    _ready_groups.clear()
+
+
+def _unique_id(members: tuple[int, ...], owner_is_local: bool) -> bytes:
+    if _compat.process_count() == 1:
+        return ext.nccl_unique_id()
+    key = "nccl_id/" + "-".join(map(str, members))
+    make = lambda: base64.b64encode(ext.nccl_unique_id()).decode()
+    if owner_is_local:
+        return base64.b64decode(_bootstrap.publish(key, make))
+    return base64.b64decode(_bootstrap.fetch(key))
+
+
+def _local_rows(groups: np.ndarray) -> list[int]:
+    me = jax.process_index()
+    by_id = {d.id: d for d in jax.devices()}
+    return [g for g in range(groups.shape[0])
+            if any(by_id[int(i)].process_index == me for i in groups[g])]
+
+
+def ensure_groups(groups: np.ndarray) -> None:
+    """Creates the communicators of every group with a device in this process."""
+    load()
+    me = jax.process_index()
+    by_id = {d.id: d for d in jax.devices()}
+    for g in _local_rows(groups):
+        members = tuple(int(i) for i in groups[g])
+        if members in _ready_groups:
+            continue
+        local = [(gid, by_id[gid].local_hardware_id, rank)
+                 for rank, gid in enumerate(members) if by_id[gid].process_index == me]
+        uid = _unique_id(members, owner_is_local=by_id[members[0]].process_index == me)
+        ext.nccl_init_group(list(members), local, uid)
+        _ready_groups.add(members)
+
+
+def ensure_arenas(groups: np.ndarray, nbytes: int) -> np.ndarray:
+    """Per group, the size of an arena of at least `nbytes` (0 if not local)."""
+    sizes = np.zeros(groups.shape[0], dtype=np.int64)
+    for g in _local_rows(groups):
+        sizes[g] = ext.nccl_ensure_arena([int(i) for i in groups[g]], int(nbytes),
+                                         min_arena_bytes())
+    return sizes
+
+
+def groups_info() -> list[dict]:
+    return list(ext.nccl_groups())

@@ -14,4 +14,13 @@ from .all_gather import all_gather
 from .reduce_scatter import psum_scatter, reduce_scatter
 
 __version__ = "0.1.0"
-__all__ = ["all_gather", "reduce_scatter", "psum_scatter"]
+
+
+def info() -> dict:
+    """NCCL version and path, communicators, arena sizes, host windows."""
+    from .info import info as _info
+
+    return _info()
+
+
+__all__ = ["all_gather", "reduce_scatter", "psum_scatter", "info"]

@@ -1,0 +1,50 @@
+"""What jax_symm sees: versions, NCCL, communicators, arenas, host windows.
+
+    python -m jax_symm.info
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jax
+
+
+def info() -> dict[str, Any]:
+    """A snapshot of jax_symm's state in this process (plain data)."""
+    from . import _nccl, __version__
+    from ._native import ext
+
+    out: dict[str, Any] = {
+        "jax_symm": __version__,
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "process": f"{jax.process_index()} of {jax.process_count()}",
+        "host_windows": [{"name": n, "bytes": b} for n, b in ext.host_windows()],
+    }
+    if jax.default_backend() == "gpu":
+        try:
+            nccl = _nccl.load()
+            out["nccl"] = {"version": _nccl.version_string(nccl["version"]),
+                           "path": nccl["path"],
+                           "symmetric_windows": nccl["symmetric_windows"],
+                           "min_arena_bytes": _nccl.min_arena_bytes()}
+            groups = _nccl.groups_info()
+            out["nccl"]["communicators"] = groups
+            out["nccl"]["arena_bytes_total"] = sum(
+                sum(g["arena_bytes"]) * len(g["local_devices"]) for g in groups)
+        except RuntimeError as e:
+            out["nccl"] = {"error": str(e)}
+    else:
+        out["nccl"] = None
+    return out
+
+
+def main() -> None:
+    print(json.dumps(info(), indent=2))
+
+
+if __name__ == "__main__":
+    main()

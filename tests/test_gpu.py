@@ -1,0 +1,131 @@
+"""The NCCL symmetric-memory path on GPUs, against jax.lax.
+
+Runs only where JAX sees GPUs (skipped on CPU-only machines, such as CI).
+With one GPU the groups have one rank; JAX_SYMM_SINGLETON_CALLS=1 keeps the
+custom call (normally dropped for a group of one) so the handlers, the
+1-rank communicator and its registered window are exercised all the same.
+Each check poisons freed device memory first, so an output the handler
+failed to write cannot pass by holding an old right answer.
+"""
+
+import numpy as np
+import pytest
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
+
+import jax_symm
+from _util import GATHER_DTYPES, SUM_DTYPES, assert_same, random_array, shard
+
+pytestmark = pytest.mark.skipif(
+    not any(d.platform == "gpu" for d in jax.devices()), reason="needs a GPU")
+
+
+@pytest.fixture(autouse=True)
+def singleton_calls(monkeypatch):
+    monkeypatch.setenv("JAX_SYMM_SINGLETON_CALLS", "1")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng()
+
+
+@pytest.fixture
+def mesh():
+    return Mesh(np.array(jax.devices()), ("x",))
+
+
+def poison():
+    """Fill, then free, a large block so that new buffers start out as NaN."""
+    jnp.full((64 << 20,), jnp.nan, jnp.float32).block_until_ready()
+
+
+def run(fn, x, mesh, spec=P("x"), out_spec=P("x")):
+    poison()
+    f = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=spec, out_specs=out_spec))
+    return np.asarray(f(shard(x, mesh, spec)))
+
+
+def test_lowers_to_nccl_custom_calls(mesh, rng):
+    x = shard(random_array(rng, (64 * mesh.size,), np.float32), mesh, P("x"))
+    f = jax.jit(jax.shard_map(lambda a: jax_symm.psum_scatter(
+        jax_symm.all_gather(a, "x"), "x"), mesh=mesh, in_specs=P("x"), out_specs=P("x")))
+    text = f.lower(x).as_text()
+    assert "jax_symm_nccl_all_gather" in text and "jax_symm_nccl_reduce_scatter" in text
+    info = jax_symm.info()["nccl"]
+    assert info["symmetric_windows"], info
+    assert info["communicators"] and all(c["arena_bytes"] for c in info["communicators"])
+
+
+@pytest.mark.parametrize("dtype", GATHER_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_all_gather_parity(dtype, mesh, rng):
+    n = mesh.size
+    for local_shape, axis in [((1000,), 0), ((3, 40), 0), ((3, 40), 1), ((2, 3, 40), 1),
+                              ((2, 3, 40), 2)]:
+        for tiled in (False, True):
+            x = random_array(rng, (local_shape[0] * n, *local_shape[1:]), dtype)
+            ours = run(lambda a: jax_symm.all_gather(a, "x", axis=axis, tiled=tiled), x, mesh)
+            ref = run(lambda a: jax.lax.all_gather(a, "x", axis=axis, tiled=tiled), x, mesh)
+            assert_same(ours, ref, dtype, n)
+
+
+@pytest.mark.parametrize("dtype", SUM_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_reduce_scatter_parity(dtype, mesh, rng):
+    n = mesh.size
+    for local_shape, dim in [((n * 1000,), 0), ((n * 3, 40), 0), ((3, n * 40), 1),
+                             ((2, n * 3, 40), 1), ((2, 3, n * 40), 2)]:
+        x = random_array(rng, (local_shape[0] * n, *local_shape[1:]), dtype)
+        ours = run(lambda a: jax_symm.psum_scatter(a, "x", scatter_dimension=dim, tiled=True),
+                   x, mesh)
+        ref = run(lambda a: jax.lax.psum_scatter(a, "x", scatter_dimension=dim, tiled=True),
+                  x, mesh)
+        assert_same(ours, ref, dtype, n)
+
+
+def test_large_message_grows_the_arena(mesh, rng):
+    before = max(max(c["arena_bytes"]) for c in jax_symm.info()["nccl"]["communicators"]) \
+        if jax_symm.info()["nccl"]["communicators"] else 0
+    n = mesh.size
+    x = random_array(rng, (n * (before // 4 + 4096),), np.float32)
+    ours = run(lambda a: jax_symm.all_gather(a, "x", tiled=True), x, mesh)
+    ref = run(lambda a: jax.lax.all_gather(a, "x", tiled=True), x, mesh)
+    assert_same(ours, ref, np.float32, n)
+    after = max(max(c["arena_bytes"]) for c in jax_symm.info()["nccl"]["communicators"])
+    assert after > before
+
+
+def test_captured_chain_on_changing_inputs(mesh, rng):
+    """Many calls in one program (so XLA may capture them into a CUDA graph),
+    replayed on fresh inputs each time."""
+    def chain(gather, scatter):
+        def f(a):
+            for i in range(8):
+                a = scatter(gather(a, "x", tiled=True) * (1.0 + i / 8), "x", tiled=True)
+            return a
+        return jax.jit(jax.shard_map(f, mesh=mesh, in_specs=P("x"), out_specs=P("x")))
+
+    ours = chain(jax_symm.all_gather, jax_symm.psum_scatter)
+    ref = chain(jax.lax.all_gather, jax.lax.psum_scatter)
+    for _ in range(5):
+        x = shard(random_array(rng, (mesh.size * 4096,), np.float32), mesh, P("x"))
+        poison()
+        assert_same(ours(x), ref(x), np.float32, mesh.size)
+
+
+def test_mixed_with_lax_and_grad(mesh, rng):
+    def step(gather, scatter):
+        def loss(w, a):
+            h = gather(a, "x", tiled=True) @ w
+            out = scatter(jnp.tanh(h), "x", tiled=True)
+            return jax.lax.psum(jnp.sum(out ** 2), "x")
+        f = jax.shard_map(jax.value_and_grad(loss), mesh=mesh, in_specs=(P(), P("x")),
+                          out_specs=(P(), P()), check_vma=False)
+        return jax.jit(f)
+
+    w = jnp.asarray(random_array(rng, (16, 16), np.float32))
+    x = shard(random_array(rng, (mesh.size * mesh.size * 8, 16), np.float32), mesh, P("x"))
+    (l1, g1), (l2, g2) = step(jax_symm.all_gather, jax_symm.psum_scatter)(w, x), \
+        step(jax.lax.all_gather, jax.lax.psum_scatter)(w, x)
+    assert_same(l1, l2, np.float32)
+    assert_same(g1, g2, np.float32)

@@ -16,12 +16,12 @@ struct CallSite {
 // `in_chunks`/`out_chunks`: how many [outer][inner] chunks the input and the
 // output hold (1 or world), so a shape mismatch between lowering and the
 // buffers is an error rather than an overrun.
-inline ErrorOr<CallSite> ResolveCallSite(int32_t ordinal, Int64Span groups,
+inline ErrorOr<CallSite> ResolveCallSite(Platform platform, int32_t ordinal, Int64Span groups,
                                          int64_t group_size, int64_t outer,
                                          int64_t inner_bytes, bool in_is_world,
                                          bool out_is_world, const AnyBuffer& in,
                                          const AnyBuffer& out) {
-  ErrorOr<int64_t> global_id = GlobalIdOfOrdinal(ordinal);
+  ErrorOr<int64_t> global_id = GlobalIdOfOrdinal(platform, ordinal);
   if (global_id.has_error()) return global_id.error();
   ErrorOr<GroupRef> group = FindGroup(groups, group_size, *global_id);
   if (group.has_error()) return group.error();

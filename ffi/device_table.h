@@ -1,5 +1,10 @@
-// Maps XLA's local device ordinals to global device ids, so a handler can find
-// its rank in a replica group (groups are written in global ids at lowering).
+// Maps the device ordinal XLA hands a handler to the device's global id, so
+// a handler can find its rank in a replica group (groups are written in
+// global ids at lowering).
+//
+// What the "ordinal" is differs by platform: XLA:GPU passes the local CUDA
+// ordinal, XLA:CPU the device's id (2048 and up in a second process). So
+// each platform has its own table, filled from Python by the rule that fits.
 #pragma once
 
 #include <cstdint>
@@ -9,8 +14,11 @@
 
 namespace jax_symm {
 
-// Set once from Python (jax.local_devices()); read by every handler call.
-void SetLocalDevices(const std::vector<int64_t>& global_id_by_ordinal);
-ErrorOr<int64_t> GlobalIdOfOrdinal(int32_t ordinal);
+enum class Platform : int { kHost = 0, kCuda = 1 };
+
+// `ordinals[i]` is the ordinal XLA reports for the device with `global_ids[i]`.
+void SetLocalDevices(Platform platform, const std::vector<int64_t>& ordinals,
+                     const std::vector<int64_t>& global_ids);
+ErrorOr<int64_t> GlobalIdOfOrdinal(Platform platform, int32_t ordinal);
 
 }  // namespace jax_symm

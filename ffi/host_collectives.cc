@@ -18,7 +18,7 @@ Error HostCollective(CollectiveKind kind, int32_t ordinal, AnyBuffer in,
   const bool in_is_world = kind == CollectiveKind::kReduceScatter;
   const bool out_is_world = kind == CollectiveKind::kAllGather;
   ErrorOr<CallSite> site =
-      ResolveCallSite(ordinal, groups, group_size, outer, inner_bytes,
+      ResolveCallSite(Platform::kHost, ordinal, groups, group_size, outer, inner_bytes,
                       in_is_world, out_is_world, in, *out);
   if (site.has_error()) return site.error();
   const CallLayout& layout = site->layout;

@@ -49,9 +49,16 @@ NB_MODULE(_jax_symm, m) {
     return d;
   });
 
-  m.def("set_local_devices", &jax_symm::SetLocalDevices,
-        nb::arg("global_id_by_ordinal"),
-        "Tells handlers which global device id each local ordinal is.");
+  m.def(
+      "set_local_devices",
+      [](const std::string& platform, const std::vector<int64_t>& ordinals,
+         const std::vector<int64_t>& global_ids) {
+        jax_symm::SetLocalDevices(
+            platform == "cpu" ? jax_symm::Platform::kHost : jax_symm::Platform::kCuda,
+            ordinals, global_ids);
+      },
+      nb::arg("platform"), nb::arg("ordinals"), nb::arg("global_ids"),
+      "Tells handlers which global device id each XLA device ordinal is.");
 
   m.def(
       "set_host_config",

@@ -278,7 +278,7 @@ Error NcclCollective(CollectiveKind kind, CUstream stream, int32_t ordinal,
   if (api_or.has_error()) return api_or.error();
   const CudaApi& api = **api_or;
   ErrorOr<CallSite> site =
-      ResolveCallSite(ordinal, groups, group_size, outer, inner_bytes,
+      ResolveCallSite(Platform::kCuda, ordinal, groups, group_size, outer, inner_bytes,
                       kind == CollectiveKind::kReduceScatter,
                       kind == CollectiveKind::kAllGather, in, out);
   if (site.has_error()) return site.error();

@@ -10,17 +10,13 @@ On CPU the data moves through shared-memory windows between the devices (and
 processes) of one host.
 """
 
+__version__ = "0.1.0"
+
 from .all_gather import all_gather
 from .reduce_scatter import psum_scatter, reduce_scatter
 
-__version__ = "0.1.0"
-
-
-def info() -> dict:
-    """NCCL version and path, communicators, arena sizes, host windows."""
-    from .info import info as _info
-
-    return _info()
+# `info` the function shadows `info` the module (still `python -m jax_symm.info`).
+from .info import info
 
 
 __all__ = ["all_gather", "reduce_scatter", "psum_scatter", "info"]

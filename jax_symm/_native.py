@@ -23,10 +23,11 @@ def register_host_targets() -> None:
 
 @functools.cache
 def publish_local_devices(platform: str) -> None:
-    """Tells the handlers which global device id each local ordinal is."""
+    """Tells the handlers which global device id each XLA ordinal is.
+
+    XLA:GPU reports the local CUDA ordinal (local_hardware_id); XLA:CPU
+    reports the device id itself (2048 and up in a second process).
+    """
     devices = jax.local_devices(backend=platform)
-    size = max(d.local_hardware_id for d in devices) + 1
-    table = [-1] * size
-    for d in devices:
-        table[d.local_hardware_id] = d.id
-    ext.set_local_devices(table)
+    ordinals = [d.id if platform == "cpu" else d.local_hardware_id for d in devices]
+    ext.set_local_devices(platform, ordinals, [d.id for d in devices])

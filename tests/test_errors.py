@@ -77,9 +77,10 @@ def test_native_error_becomes_python_exception(mesh):
                               in_specs=P("x"), out_specs=P("x")))
     f(x).block_until_ready()  # sets up the device table
     try:
-        ext.set_local_devices([])  # handlers can no longer find their device
+        ext.set_local_devices("cpu", [], [])  # handlers can no longer find their device
         with pytest.raises(Exception, match="jax_symm: device ordinal .* is unknown"):
             f(x).block_until_ready()
     finally:
-        ext.set_local_devices([d.id for d in jax.local_devices()])
+        ids = [d.id for d in jax.local_devices(backend="cpu")]
+        ext.set_local_devices("cpu", ids, ids)
     np.testing.assert_array_equal(np.asarray(f(x))[:64], np.arange(64, dtype=np.float32))

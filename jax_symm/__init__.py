@@ -5,6 +5,8 @@ Drop-in replacements for jax.lax collectives, for use inside jax.shard_map:
     jax_symm.all_gather(x, axis_name, *, axis=0, tiled=False)
     jax_symm.reduce_scatter(x, axis_name, *, scatter_dimension=0, tiled=False)
     jax_symm.psum_scatter  (same as reduce_scatter)
+    jax_symm.all_reduce(x, axis_name)
+    jax_symm.psum          (same as all_reduce)
 
 On CPU the data moves through shared-memory windows between the devices (and
 processes) of one host.
@@ -13,10 +15,13 @@ processes) of one host.
 __version__ = "0.1.0"
 
 from .all_gather import all_gather
+from .all_reduce import all_reduce, psum
 from .reduce_scatter import psum_scatter, reduce_scatter
+from .scope import use_symmetric_memory
 
 # `info` the function shadows `info` the module (still `python -m jax_symm.info`).
 from .info import info
 
 
-__all__ = ["all_gather", "reduce_scatter", "psum_scatter", "info"]
+__all__ = ["all_gather", "reduce_scatter", "psum_scatter", "all_reduce", "psum", "use_symmetric_memory",
+           "info"]

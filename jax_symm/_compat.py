@@ -59,6 +59,22 @@ def collective_vma(prim_name: str, axes: tuple, aval) -> frozenset:
     return lax_parallel.collective_vma_rule(prim_name, axes, aval)
 
 
+def pvary(x, axes: tuple):
+    """Marks `x` as varying over `axes` (no data moves)."""
+    return core.pvary(x, axes)
+
+
+def check_vma_enabled() -> bool:
+    """Whether shard_map is tracking varying axes (check_vma=True)."""
+    from jax._src import config
+
+    return bool(config._check_vma.value)
+
+
+def is_tracer(x: Any) -> bool:
+    return isinstance(x, core.Tracer)
+
+
 def pvary_for_collective(axes: tuple, x):
     """Inserts the pvary that lax inserts before a collective (auto pcast)."""
     return lax_parallel.insert_collective_pvary(axes, x)
@@ -123,6 +139,11 @@ def lax_lowering(prim, platform: str | None = None):
     rules = mlir._platform_specific_lowerings.get(platform) if platform else None
     entry = rules[prim] if rules is not None and prim in rules else mlir._lowerings[prim]
     return getattr(entry, "rule", entry)  # a LoweringRuleEntry since jax 0.5
+
+
+def lax_primitive(name: str):
+    """lax's collective primitive `<name>_p`, or None if this jax has none."""
+    return getattr(lax_parallel, f"{name}_p", None)
 
 
 all_gather_p = lax_parallel.all_gather_p

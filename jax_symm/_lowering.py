@@ -55,12 +55,15 @@ def _require_mesh(kind: str, ctx):
 
 
 def disabled() -> bool:
-    """JAX_SYMM_DISABLE=1 lowers every jax_symm op to XLA's own collective."""
-    return os.environ.get("JAX_SYMM_DISABLE", "0") not in ("", "0", "false", "False")
+    """jax_symm_disable (env JAX_SYMM_DISABLE=1) lowers every jax_symm op to
+    XLA's own collective."""
+    from . import _config
+
+    return bool(_config.disable.value)
 
 
 def lower_host(kind: str, lax_rule: Callable, ctx, x, *, axes: tuple,
-               outer: int, inner_bytes: int, **lax_params):
+               outer: int, inner_bytes: int, lax_params: dict):
     """XLA:CPU lowering: the shared-memory host transport."""
     from . import _host
     from ._native import HOST_TARGETS
@@ -89,7 +92,7 @@ _NCCL_UNSUMMABLE = {np.dtype(np.int16), np.dtype(np.uint16)}
 
 
 def lower_nccl(kind: str, lax_rule: Callable, ctx, x, *, axes: tuple,
-               outer: int, inner_bytes: int, **lax_params):
+               outer: int, inner_bytes: int, lax_params: dict):
     """XLA:GPU lowering: NCCL collectives on symmetric windows.
 
     Creates the group's communicators and grows its arena here, at lowering
@@ -157,7 +160,7 @@ def register(prim, kind: str, lax_prim, to_lax_params: Callable, layout_of: Call
             outer, inner = layout_of(ctx.avals_in[0], params)
             return _TRANSPORTS[platform](kind, lax_rule(platform), ctx, x, axes=params["axes"],
                                          outer=outer, inner_bytes=inner,
-                                         **to_lax_params(params))
+                                         lax_params=to_lax_params(params))
         return rule
 
     _compat.register_lowering(prim, fallback(None))

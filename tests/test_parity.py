@@ -152,3 +152,17 @@ def test_check_vma_false(rng):
     ref = run_sharded(lambda a: jax.lax.psum_scatter(a, "x", tiled=True), x, mesh,
                       P("x"), P("x"), check_vma=False)
     assert_same(ours, ref, np.float32)
+
+
+@pytest.mark.parametrize("dtype", SUM_DTYPES + [jnp.bool_], ids=lambda d: np.dtype(d).name)
+def test_all_reduce_dtypes(dtype, rng):
+    mesh = cpu_mesh((2, 4), ("a", "b"))
+    spec = P(("a", "b"))
+    for axes in MESH_2D_AXES:
+        for check_vma in (True, False):
+            x = random_array(rng, (8 * 3, 5), dtype)
+            ours = run_sharded(lambda a: jax_symm.psum(a, axes), x, mesh, spec, spec,
+                               check_vma=check_vma)
+            ref = run_sharded(lambda a: jax.lax.psum(a, axes), x, mesh, spec, spec,
+                              check_vma=check_vma)
+            assert_same(ours, ref, np.int32 if dtype == jnp.bool_ else dtype, 8)

@@ -17,6 +17,7 @@ OPS = {
                            lambda x: jax.lax.all_gather(x, "x", axis=0)),
     "reduce_scatter": (lambda x: jax_symm.psum_scatter(x, "x", scatter_dimension=1, tiled=True),
                        lambda x: jax.lax.psum_scatter(x, "x", scatter_dimension=1, tiled=True)),
+    "all_reduce": (lambda x: jax_symm.psum(x, "x"), lambda x: jax.lax.psum(x, "x")),
 }
 
 

@@ -1,0 +1,128 @@
+"""`jax_symm.use_symmetric_memory()`: adopt jax_symm without rewriting a model.
+
+Inside the scope, every `jax.lax.all_gather`, `jax.lax.psum_scatter` and
+`jax.lax.psum` that is traced (library code such as a Flax model included)
+binds the jax_symm primitive instead of lax's. Outside it nothing changes.
+Where jax_symm cannot serve a call (axis_index_groups, positional axes, a
+dtype without a jax_symm sum) the lax op runs unchanged, as it does when the
+scope is disabled or jax_symm is disabled globally (JAX_SYMM_DISABLE=1 or
+`jax.config.update("jax_symm_disable", True)`). Groups of one device move no
+data either way.
+
+This follows SGLang's `use_symmetric_memory(group)` context manager, which
+allocates a model's collective buffers from NCCL symmetric memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from typing import Iterator
+
+import numpy as np
+
+from . import _checks, _compat, _config
+from .all_gather import all_gather_p
+from .all_reduce import all_reduce_p
+from .reduce_scatter import reduce_scatter_p
+
+_PASS = object()  # a reroute's answer for "let lax handle this call"
+
+
+def _gatherable(x) -> bool:
+    try:
+        _checks.check_gatherable(x, "all_gather")
+        return True
+    except TypeError:
+        return False
+
+
+def _summable(x) -> bool:
+    try:
+        _checks.check_summable(x, "psum")
+        return True
+    except TypeError:
+        return False
+
+
+def _named(axes) -> tuple | None:
+    axes = tuple(axes) if isinstance(axes, (tuple, list)) else (axes,)
+    return None if any(isinstance(a, int) for a in axes) else axes
+
+
+def _all_gather(x, *, all_gather_dimension, axis_name, axis_index_groups, axis_size, tiled):
+    axes = _named(axis_name)
+    if axis_index_groups is not None or axes is None or not _gatherable(x):
+        return _PASS
+    return all_gather_p.bind(x, all_gather_dimension=all_gather_dimension, axes=axes,
+                             axis_size=axis_size, tiled=tiled, invariant=False)
+
+
+def _all_gather_invariant(x, *, all_gather_dimension, axis_name, axis_size, tiled):
+    axes = _named(axis_name)
+    if axes is None or not _gatherable(x):
+        return _PASS
+    return all_gather_p.bind(x, all_gather_dimension=all_gather_dimension, axes=axes,
+                             axis_size=axis_size, tiled=tiled, invariant=True)
+
+
+def _reduce_scatter(x, *, scatter_dimension, axis_name, axis_index_groups, axis_size, tiled):
+    axes = _named(axis_name)
+    if axis_index_groups is not None or axes is None or not _summable(x):
+        return _PASS
+    return reduce_scatter_p.bind(x, scatter_dimension=scatter_dimension, axes=axes,
+                                 axis_size=axis_size, tiled=tiled)
+
+
+def _psum(x, *, axes, axis_index_groups=None, invariant):
+    named = _named(axes)
+    if axis_index_groups is not None or named is None or not _summable(x):
+        return _PASS
+    return all_reduce_p.bind(x, axes=named, axis_size=_compat.axis_size(named),
+                             invariant=invariant)
+
+
+_REROUTES = {
+    "all_gather": _all_gather,
+    "all_gather_invariant": _all_gather_invariant,
+    "reduce_scatter": _reduce_scatter,
+    "psum_invariant": functools.partial(_psum, invariant=True),
+    "psum": functools.partial(_psum, invariant=False),
+}
+
+_install_lock = threading.Lock()
+
+
+@functools.cache
+def _install() -> None:
+    """Wraps the lax primitives' bind once; the wrappers consult the scope."""
+    with _install_lock:
+        for name, reroute in _REROUTES.items():
+            prim = _compat.lax_primitive(name)
+            if prim is None:
+                continue
+            original = prim.bind
+
+            def bind(*args, _original=original, _reroute=reroute, **params):
+                if (_config.use_symmetric_memory.value and not _config.disable.value
+                        and len(args) == 1):
+                    out = _reroute(*args, **params)
+                    if out is not _PASS:
+                        return out
+                return _original(*args, **params)
+
+            prim.bind = bind
+
+
+@contextlib.contextmanager
+def use_symmetric_memory(disabled: bool = False) -> Iterator[None]:
+    """Routes lax all_gather / psum_scatter / psum traced inside to jax_symm.
+
+    ``disabled=True`` makes the scope a pass-through (handy for A/B runs).
+    Thread-safe and nestable: the setting is per thread and restored on exit,
+    also when the body raises.
+    """
+    _install()
+    with _config.use_symmetric_memory(not disabled):
+        yield

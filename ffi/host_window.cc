@@ -1,5 +1,6 @@
 #include "host_window.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/futex.h>
@@ -156,6 +157,9 @@ ErrorOr<HostWindow*> HostWindow::Get(CollectiveKind kind, int64_t channel,
   window->data_ = static_cast<char*>(base) + header_bytes;
   window->header_->magic.store(kMagic);
   window->header_->world.store(world);
+  // Alone, nobody else needs the name: unlink now, so that not even a
+  // SIGKILL can leave the segment behind.
+  if (config.single_process) shm_unlink(name.c_str());
   windows[name] = window;
   return window;
 }
@@ -275,6 +279,50 @@ Error HostWindow::AllReduce(const CallLayout& layout, ffi::DataType dtype,
 void HostWindow::UnlinkAll() {
   std::lock_guard<std::mutex> lock(windows_mu);
   for (auto& [name, window] : Windows()) shm_unlink(name.c_str());
+}
+
+std::vector<std::string> HostWindow::ReapStale() {
+  std::vector<std::string> removed;
+  DIR* dir = opendir("/dev/shm");
+  if (dir == nullptr) return removed;
+  const std::string prefix = "jax_symm-";
+  while (dirent* entry = readdir(dir)) {
+    const std::string file = entry->d_name;
+    if (file.compare(0, prefix.size(), prefix) != 0) continue;
+    const std::string name = "/" + file;
+    {
+      std::lock_guard<std::mutex> lock(windows_mu);
+      if (Windows().count(name)) continue;  // ours
+    }
+    int fd = shm_open(name.c_str(), O_RDONLY, 0);
+    if (fd < 0) continue;
+    struct stat st;
+    bool stale = false;
+    if (fstat(fd, &st) == 0 && static_cast<size_t>(st.st_size) >= sizeof(Header)) {
+      void* base = mmap(nullptr, st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+      if (base != MAP_FAILED) {
+        const Header* h = static_cast<const Header*>(base);
+        const uint64_t world = h->world.load();
+        if (h->magic.load() == kMagic && world > 0 &&
+            Header::Bytes(world) <= static_cast<size_t>(st.st_size)) {
+          // Stale when some rank has run and every rank that ran is gone.
+          bool any_pid = false, any_alive = false;
+          for (uint64_t r = 0; r < world; ++r) {
+            const int32_t pid = h->ranks[r].pid.load();
+            if (pid <= 0) continue;
+            any_pid = true;
+            any_alive |= !ProcessGone(pid);
+          }
+          stale = any_pid && !any_alive;
+        }
+        munmap(base, st.st_size);
+      }
+    }
+    close(fd);
+    if (stale && shm_unlink(name.c_str()) == 0) removed.push_back(name);
+  }
+  closedir(dir);
+  return removed;
 }
 
 std::vector<std::pair<std::string, size_t>> HostWindow::List() {

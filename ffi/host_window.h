@@ -27,6 +27,7 @@ struct HostConfig {
   std::string session;          // shared by every process of one job
   double timeout_s = 300.0;     // longest wait for a live peer at a barrier
   double poll_s = 0.05;         // how often a waiter checks that peers live
+  bool single_process = false;  // no other process will open our segments
 };
 void SetHostConfig(const HostConfig& config);
 HostConfig GetHostConfig();
@@ -51,6 +52,9 @@ class HostWindow {
   // Unlinks every segment this process opened (mappings stay valid until
   // exit, so a handler still running on another thread cannot fault).
   static void UnlinkAll();
+  // Unlinks segments in /dev/shm left by jobs whose processes are all gone
+  // (killed before they could clean up). Returns the names removed.
+  static std::vector<std::string> ReapStale();
   // (name, bytes) of every segment this process has mapped.
   static std::vector<std::pair<std::string, size_t>> List();
 

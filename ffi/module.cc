@@ -62,10 +62,12 @@ NB_MODULE(_jax_symm, m) {
 
   m.def(
       "set_host_config",
-      [](std::string session, double timeout_s, double poll_s) {
-        jax_symm::SetHostConfig({std::move(session), timeout_s, poll_s});
+      [](std::string session, double timeout_s, double poll_s, bool single_process) {
+        jax_symm::SetHostConfig({std::move(session), timeout_s, poll_s, single_process});
       },
-      nb::arg("session"), nb::arg("timeout_s"), nb::arg("poll_s"));
+      nb::arg("session"), nb::arg("timeout_s"), nb::arg("poll_s"), nb::arg("single_process"));
+  m.def("host_reap_stale", &jax_symm::HostWindow::ReapStale,
+        "Unlinks /dev/shm segments of jax_symm jobs whose processes are all gone.");
 
   m.def("host_windows", &jax_symm::HostWindow::List,
         "(name, bytes) of each shared-memory window this process mapped.");

@@ -12,7 +12,7 @@ import atexit
 import functools
 import os
 
-from . import _bootstrap
+from . import _bootstrap, _compat
 from ._native import ext, publish_local_devices, register_host_targets
 
 
@@ -25,8 +25,9 @@ def setup() -> None:
     """Idempotent; the first lowering of a jax_symm op on CPU calls it."""
     register_host_targets()
     publish_local_devices("cpu")
+    ext.host_reap_stale()  # segments of earlier jobs that were killed
     session = _bootstrap.agree_on("host_session", _bootstrap.new_session_id)
-    ext.set_host_config(session, timeout_s(), 0.05)
+    ext.set_host_config(session, timeout_s(), 0.05, _compat.process_count() == 1)
     atexit.register(ext.host_unlink_all)
 
 

@@ -27,6 +27,7 @@ the tail of its combined stdout/stderr.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
 import os
 import pickle
@@ -44,7 +45,7 @@ from typing import Any, Callable, Mapping, Sequence
 __all__ = ["MultiProcessError", "free_port", "run_multiprocess"]
 
 _TAIL_LINES = 60
-_TERM_GRACE_S = 3.0
+_TERM_GRACE_S = 2.0
 _POLL_S = 0.05
 _DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 
@@ -105,6 +106,11 @@ def _child_env(env: Mapping[str, str] | None, devices: int) -> dict[str, str]:
     out = dict(os.environ)
     out.update(env or {})
     out["JAX_PLATFORMS"] = "cpu"
+    # Workers import the same jax_symm as the parent (not whichever copy comes
+    # first on their own path).
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out["PYTHONPATH"] = os.pathsep.join(
+        [root] + [p for p in out.get("PYTHONPATH", "").split(os.pathsep) if p])
     out["PYTHONUNBUFFERED"] = "1"
     # A device count inherited through XLA_FLAGS (e.g. from a test conftest)
     # would fight jax_num_cpu_devices; the worker sets the count itself.
@@ -140,7 +146,19 @@ def _kill_group(proc: subprocess.Popen, sig: int) -> None:
 
 
 def _kill_all(procs: Sequence[subprocess.Popen]) -> None:
-    """SIGTERM every worker's process group, then SIGKILL what is left; reap."""
+    """SIGTERM every worker's process group, then SIGKILL what is left; reap.
+
+    Workers still running first get SIGUSR1, on which they write the Python
+    stacks of all their threads to their log (see the worker's faulthandler).
+    """
+    running = [p for p in procs if p.poll() is None]
+    for p in running:
+        try:
+            p.send_signal(signal.SIGUSR1)
+        except ProcessLookupError:
+            pass
+    if running:
+        time.sleep(0.5)
     for p in procs:
         _kill_group(p, signal.SIGTERM)
     deadline = time.monotonic() + _TERM_GRACE_S
@@ -166,10 +184,12 @@ class _Outcome:
     error: str = ""
 
 
+# Outcomes travel as plain dicts: in the worker this module is __main__, so a
+# pickled _Outcome would not load in the parent.
 def _read_outcome(path: str) -> _Outcome | None:
     try:
         with open(path, "rb") as f:
-            return pickle.load(f)
+            return _Outcome(**pickle.load(f))
     except FileNotFoundError:
         return None
     except Exception as e:  # truncated or unpicklable on this side
@@ -260,20 +280,26 @@ def run_multiprocess(fn: Callable[..., Any] | str, *, num_processes: int = 2,
                         f"({num_processes} processes x {devices_per_process} devices)")
             parts = [head]
             for i, p in enumerate(procs):
-                before = codes_before_kill[i]
-                status = _status(before) if before is not None else (
-                    f"{_status(codes[i])} (by the launcher)")
+                status = _status(codes[i])
+                if codes_before_kill[i] is None and codes[i] in (
+                        -signal.SIGTERM, -signal.SIGKILL, 128 + signal.SIGTERM):
+                    status += " (stopped by the launcher)"
                 parts.append(f"\n===== process {i} (pid {p.pid}): {status} =====")
+                tail = _tail(logs[i])
                 o = outcomes[i]
-                if o is not None and not o.ok:
+                if o is None and codes_before_kill[i] == 0:
+                    status += " without a result"
+                if o is not None and not o.ok and o.error.rstrip() not in tail:
                     parts.append(f"--- raised ---\n{o.error.rstrip()}")
-                parts.append(f"--- last {_TAIL_LINES} lines of output ---\n{_tail(logs[i])}")
+                parts.append(f"--- last {_TAIL_LINES} lines of output ---\n{tail}")
             raise MultiProcessError(
                 "\n".join(parts), pids=[p.pid for p in procs], returncodes=codes,
                 logs=[_tail(log) for log in logs], timed_out=timed_out)
         finally:
             if any(p.poll() is None for p in procs):
                 _kill_all(procs)
+            for p in procs:  # whatever a worker left behind in its group
+                _kill_group(p, signal.SIGKILL)
 
 
 # ---------------------------------------------------------------- worker side
@@ -297,17 +323,20 @@ def _cleanup_shared_memory() -> None:
             pass
 
 
-def _write_outcome(path: str, outcome: _Outcome) -> None:
+def _write_outcome(path: str, outcome: _Outcome) -> bool:
+    """Pickles `outcome` to `path` atomically; False if the value did not pickle."""
     tmp = path + ".tmp"
+    ok = True
     try:
         with open(tmp, "wb") as f:
-            pickle.dump(outcome, f)
+            pickle.dump(vars(outcome), f)
     except Exception:
-        outcome = _Outcome(ok=False, error="the result could not be pickled:\n"
-                           + traceback.format_exc() + f"\n(original: {outcome.error})")
+        ok = False
+        err = "the return value could not be pickled:\n" + traceback.format_exc()
         with open(tmp, "wb") as f:
-            pickle.dump(outcome, f)
+            pickle.dump(vars(_Outcome(ok=False, error=err)), f)
     os.replace(tmp, path)  # the parent never sees a half-written file
+    return ok  # the parent never sees a half-written file
 
 
 def _hard_exit(code: int) -> None:
@@ -332,7 +361,10 @@ def _worker_main(argv: Sequence[str]) -> None:
     ap.add_argument("--path", action="append", default=[])
     a = ap.parse_args(argv)
 
-    signal.signal(signal.SIGTERM, lambda *_: _hard_exit(128 + signal.SIGTERM))
+    # Stacks on SIGUSR1 (sent by the launcher before it kills a stuck worker),
+    # written from the C signal handler, so even a thread blocked in XLA dumps.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    faulthandler.enable(all_threads=True)  # and on crashes (SIGSEGV, SIGABRT, ...)
     for p in reversed(a.path):
         if p not in sys.path:
             sys.path.insert(0, p)
@@ -348,6 +380,10 @@ def _worker_main(argv: Sequence[str]) -> None:
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator_address=a.coordinator,
                                    num_processes=a.num_processes, process_id=a.process_id)
+        # After initialize, which installs jax's own (preemption) SIGTERM hook:
+        # exit at once, unlinking jax_symm's shared memory. (A thread blocked
+        # in C++ never gets here; the launcher's SIGKILL follows.)
+        signal.signal(signal.SIGTERM, lambda *_: _hard_exit(128 + signal.SIGTERM))
         with open(a.input, "rb") as f:
             args, kwargs = pickle.load(f)
         value = _resolve(a.fn)(*args, **kwargs)
@@ -359,12 +395,13 @@ def _worker_main(argv: Sequence[str]) -> None:
         _hard_exit(1)
         return
 
+    if not _write_outcome(a.output, _Outcome(ok=True, value=value)):
+        _hard_exit(1)
     try:
         jax.distributed.shutdown()
     except Exception:  # the result is what matters; keep the error in the log
         print(f"[jax_symm.testing] process {a.process_id}: jax.distributed.shutdown() "
               f"failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
-    _write_outcome(a.output, _Outcome(ok=True, value=value))
     sys.stdout.flush()
     sys.stderr.flush()
 

@@ -164,6 +164,14 @@ ErrorOr<HostWindow*> HostWindow::Get(CollectiveKind kind, int64_t channel,
   return window;
 }
 
+void HostWindow::ClaimRanks(const std::vector<int64_t>& ranks) {
+  for (int64_t r : ranks) {
+    if (r >= 0 && static_cast<size_t>(r) < members_.size()) {
+      header_->ranks[r].pid.store(static_cast<int32_t>(getpid()));
+    }
+  }
+}
+
 uint64_t HostWindow::BeginCall(int64_t rank, char** buffer) {
   auto& me = header_->ranks[rank];
   me.pid.store(static_cast<int32_t>(getpid()), std::memory_order_relaxed);

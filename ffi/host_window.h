@@ -40,6 +40,10 @@ class HostWindow {
                                   const std::vector<int64_t>& members,
                                   size_t slot_bytes);
 
+  // Records which process serves `ranks`, before any call: a peer killed
+  // before its first call is then recognised as gone, not waited for.
+  void ClaimRanks(const std::vector<int64_t>& ranks);
+
   Error AllGather(const CallLayout& layout, const void* in, void* out);
   Error ReduceScatter(const CallLayout& layout, ffi::DataType dtype,
                       const void* in, void* out);

@@ -66,6 +66,18 @@ NB_MODULE(_jax_symm, m) {
         jax_symm::SetHostConfig({std::move(session), timeout_s, poll_s, single_process});
       },
       nb::arg("session"), nb::arg("timeout_s"), nb::arg("poll_s"), nb::arg("single_process"));
+  m.def(
+      "host_prepare",
+      [](int kind, int64_t channel, std::vector<int64_t> members, size_t slot_bytes,
+         std::vector<int64_t> local_ranks) {
+        auto window = jax_symm::HostWindow::Get(static_cast<jax_symm::CollectiveKind>(kind),
+                                                channel, members, slot_bytes);
+        if (window.has_error()) throw std::runtime_error(window.error().message());
+        (*window)->ClaimRanks(local_ranks);
+      },
+      nb::arg("kind"), nb::arg("channel"), nb::arg("members"), nb::arg("slot_bytes"),
+      nb::arg("local_ranks"),
+      "Maps a call site's window ahead of its first call and claims our ranks in it.");
   m.def("host_reap_stale", &jax_symm::HostWindow::ReapStale,
         "Unlinks /dev/shm segments of jax_symm jobs whose processes are all gone.");
 

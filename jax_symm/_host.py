@@ -40,3 +40,22 @@ def group_is_host_local(process_indices) -> bool:
     """True when every process in the group runs on this host."""
     hosts = _process_hosts()
     return len({hosts[p] for p in process_indices}) <= 1
+
+
+_KIND_CODES = {"all_gather": 0, "reduce_scatter": 1, "all_reduce": 2}
+
+
+def prepare(kind: str, channel: int, groups, chunk_bytes: int) -> None:
+    """Maps the windows of a call site's local groups ahead of its first call,
+    recording this process as the server of its ranks there."""
+    import jax
+
+    me = jax.process_index()
+    owner = {d.id: d.process_index for d in jax.devices()}
+    world = groups.shape[1]
+    slot = chunk_bytes * (world if kind == "reduce_scatter" else 1)
+    for row in groups:
+        mine = [r for r, gid in enumerate(row) if owner[int(gid)] == me]
+        if mine:
+            ext.host_prepare(_KIND_CODES[kind], int(channel), [int(g) for g in row], int(slot),
+                             mine)

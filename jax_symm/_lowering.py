@@ -76,6 +76,7 @@ def lower_host(kind: str, lax_rule: Callable, ctx, x, *, axes: tuple,
                    "is shared memory, so these calls use XLA's own collectives.")
         return lax_rule(ctx, x, **lax_params)
     channel = next(ctx.module_context.channel_iterator)
+    _host.prepare(kind, channel, groups, outer * inner_bytes)
     rule = jax.ffi.ffi_lowering(HOST_TARGETS[kind], has_side_effect=True)
     return rule(
         ctx, x,

@@ -129,3 +129,27 @@ def test_mixed_with_lax_and_grad(mesh, rng):
         step(jax.lax.all_gather, jax.lax.psum_scatter)(w, x)
     assert_same(l1, l2, np.float32)
     assert_same(g1, g2, np.float32)
+
+
+@pytest.mark.parametrize("dtype", SUM_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_all_reduce_parity(dtype, mesh, rng):
+    for shape in [(mesh.size * 1000,), (mesh.size * 3, 40)]:
+        x = random_array(rng, shape, dtype)
+        ours = run(lambda a: jax_symm.psum(a, "x"), x, mesh)
+        ref = run(lambda a: jax.lax.psum(a, "x"), x, mesh)
+        assert_same(ours, ref, dtype, mesh.size)
+
+
+def test_scope_reroutes_on_gpu(mesh, rng):
+    def model(a):
+        g = jax.lax.all_gather(a, "x", tiled=True)
+        return jax.lax.psum_scatter(jnp.tanh(g) * jax.lax.psum(jnp.sum(g), "x"), "x",
+                                    tiled=True)
+
+    f = jax.jit(jax.shard_map(model, mesh=mesh, in_specs=P("x"), out_specs=P("x")))
+    x = shard(random_array(rng, (mesh.size * 4096,), np.float32), mesh, P("x"))
+    ref = f(x)
+    with jax_symm.use_symmetric_memory():
+        assert f.lower(x).as_text().count("custom_call @jax_symm_nccl") == 3
+        poison()
+        assert_same(f(x), ref, np.float32, mesh.size)

@@ -1,0 +1,264 @@
+"""python -m jax_symm.bench: jax_symm vs jax.lax collectives over message sizes.
+
+Measures all-gather and reduce-scatter for every per-rank message size from
+--min-bytes to --max-bytes (powers of two) and every dtype, with each method:
+
+  jax_symm            jax_symm's custom calls (GPU: NCCL symmetric windows;
+                      CPU: shared memory between the devices)
+  lax                 jax.lax collectives, XLA's default flags
+  lax_symm            jax.lax with XLA's own NCCL symmetric-buffer path
+                      (--xla_gpu_experimental_enable_nccl_symmetric_buffers,
+                      --xla_gpu_enable_nccl_user_buffers)            GPU only
+  nccl_raw            raw NCCL on jax_symm's symmetric windows, no JAX GPU only
+  <m>[nocmdbuf]       with --cmdbuf-variants: <m> with XLA command buffers
+                      (CUDA graphs) off                              GPU only
+
+Methods needing other XLA flags run in worker processes (flags are per
+process), one at a time, so each has the devices to itself.
+
+Timing: a jitted program of K dependent calls (--k); per repeat
+t_op = (t(K) - t(1)) / (K - 1), wall clock until the result is ready, so
+dispatch and launch cancel; median and p10/p90 over --repeats. nccl_raw is
+timed with CUDA events around K back-to-back calls. Every method's result is
+checked once per size (not timed) against jax.lax in the same process; lax
+itself against numpy while the arrays are small (--host-check-bytes). A
+failed check reports no figure. Bandwidths as nccl-tests: algbw = world *
+bytes_per_rank / t (all-gather: output size; reduce-scatter: input size),
+busbw = algbw * (world - 1) / world; speedup = t(lax) / t(method).
+
+Writes to --out: results.csv, table.txt, bench.png, env.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from . import deps, envinfo, methods as methods_mod, report, units
+from .ops import DTYPES, OPS
+
+_DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+_COLLECTIVE_MEM = "XLA_PYTHON_CLIENT_COLLECTIVE_MEM_SIZE_MB"
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _csv_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m jax_symm.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ops", type=_csv_list, default=list(OPS),
+                   help=f"comma-separated ops (default: {','.join(OPS)})")
+    p.add_argument("--dtypes", type=_csv_list, default=list(DTYPES),
+                   help=f"comma-separated dtypes (default: {','.join(DTYPES)})")
+    p.add_argument("--methods", type=_csv_list, default=list(methods_mod.METHODS),
+                   help="comma-separated methods (default: all; GPU-only ones are skipped "
+                        f"on CPU): {','.join(methods_mod.METHODS)}")
+    p.add_argument("--cmdbuf-variants", action="store_true",
+                   help="GPU: also run jax_symm, lax, lax_symm with XLA command buffers off "
+                        "(--xla_gpu_enable_command_buffer=), as '<method>[nocmdbuf]'")
+    p.add_argument("--min-bytes", type=units.parse_bytes, default=None,
+                   help="smallest message PER RANK, e.g. 1KiB (default 1KiB)")
+    p.add_argument("--max-bytes", type=units.parse_bytes, default=None,
+                   help="largest message PER RANK, e.g. 256MiB (default: 256MiB on GPU, "
+                        "1MiB on CPU)")
+    p.add_argument("--k", type=int, default=None,
+                   help="dependent calls per timed program (default: 20 on GPU, 10 on CPU)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed repeats per case (default: 20 on GPU, 5 on CPU)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed runs first (default: 3 on GPU, 1 on CPU)")
+    p.add_argument("--devices", type=int, default=None,
+                   help="devices in the mesh (default: all; on CPU 8 virtual devices are "
+                        "created unless XLA_FLAGS sets a count)")
+    p.add_argument("--platform", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="JAX platform of the workers (default auto: GPU if present)")
+    p.add_argument("--seed", type=int, default=0, help="random inputs' seed (default 0)")
+    p.add_argument("--host-check-bytes", type=units.parse_bytes, default=128 << 20,
+                   help="check lax against numpy while input + output (global) fit in "
+                        "this (default 128MiB)")
+    p.add_argument("--collective-mem-mb", type=int, default=None,
+                   help=f"lax_symm: {_COLLECTIVE_MEM} (default: enough for the largest "
+                        "size, at least 256, or the environment's value)")
+    p.add_argument("--out", default="bench_out", help="output directory (default bench_out/)")
+    p.add_argument("--worker-timeout", type=float, default=3600,
+                   help="seconds before a worker process is killed (default 3600)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--verbose", action="store_true", help="tracebacks of failed cases")
+    p.add_argument("--worker", nargs=2, metavar=("SPEC", "RESULT"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    bad = [o for o in args.ops if o not in OPS]
+    if bad:
+        p.error(f"unknown op(s) {bad}; known: {list(OPS)}")
+    if not args.dtypes:
+        p.error("--dtypes is empty")
+    for name in ("k", "repeats"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1")
+    return args
+
+
+def _child_env(args, group: list, world: int | None, max_bytes: int | None) -> tuple[dict, dict]:
+    """(the worker's environment, what differs from ours)."""
+    env = dict(os.environ)
+    changes: dict[str, str] = {}
+    flags = env.get("XLA_FLAGS", "")
+    if _DEVICE_COUNT_FLAG not in flags:
+        flags += f" {_DEVICE_COUNT_FLAG}={args.devices or 8}"
+    for flag in group[0].xla_flags:
+        flags += f" {flag}"
+    changes["XLA_FLAGS"] = flags.strip()
+    if args.platform != "auto":
+        changes["JAX_PLATFORMS"] = {"cpu": "cpu", "gpu": "cuda"}[args.platform]
+    if group[0].collective_mem:
+        need = 256
+        if world and max_bytes:
+            need = max(need, math.ceil(4 * world * max_bytes / (1 << 20)) + 64)
+        mb = args.collective_mem_mb or max(need, int(env.get(_COLLECTIVE_MEM, "0") or 0))
+        changes[_COLLECTIVE_MEM] = str(mb)
+    changes["PYTHONPATH"] = os.pathsep.join(
+        [_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env.update(changes)
+    return env, changes
+
+
+def _spec(args, group: list, label: str, cfg: dict | None) -> dict:
+    spec = {"ops": args.ops, "dtypes": args.dtypes, "min_bytes": args.min_bytes,
+            "max_bytes": args.max_bytes, "k": args.k, "repeats": args.repeats,
+            "warmup": args.warmup, "devices": args.devices, "seed": args.seed,
+            "host_check_bytes": args.host_check_bytes, "label": label,
+            "progress": not args.no_progress, "verbose": args.verbose,
+            "methods": [{"label": m.label, "impl": m.impl, "gpu_only": m.gpu_only}
+                        for m in group]}
+    if cfg:  # later workers: the first worker's resolved settings
+        for key in ("min_bytes", "max_bytes", "k", "repeats", "warmup"):
+            spec[key] = cfg[key]
+    return spec
+
+
+def _run_worker(args, group, label, cfg, facts, tmp) -> dict:
+    world = facts["world"] if facts else None
+    env, changes = _child_env(args, group, world, cfg["max_bytes"] if cfg else None)
+    spec_path = os.path.join(tmp, f"{label}.spec.json")
+    result_path = os.path.join(tmp, f"{label}.result.json")
+    with open(spec_path, "w") as f:
+        json.dump(_spec(args, group, label, cfg), f)
+    cmd = [sys.executable, "-m", "jax_symm.bench", "--worker", spec_path, result_path]
+    start = time.perf_counter()
+    try:
+        rc = subprocess.run(cmd, env=env, timeout=args.worker_timeout).returncode
+    except subprocess.TimeoutExpired:
+        rc = "timeout"
+    info = {"label": label, "methods": [m.label for m in group], "env_changes": changes,
+            "returncode": rc, "wall_s": round(time.perf_counter() - start, 2)}
+    if rc == 0 and os.path.exists(result_path):
+        with open(result_path) as f:
+            info.update(json.load(f))
+    return info
+
+
+def _failed_records(group, cfg, facts, why: str) -> list[dict]:
+    from .worker import _record
+    out = []
+    for op in cfg["ops"]:
+        for dtype in cfg["dtypes"]:
+            for b in cfg["sizes"]:
+                for m in group:
+                    r = _record(op, dtype, b, facts["world"],
+                                {"label": m.label, "impl": m.impl}, cfg)
+                    r["status"], r["error"] = "error", why
+                    out.append(r)
+    return out
+
+
+def main(argv=None) -> None:
+    args = parse(argv)
+    if args.worker:
+        from . import worker
+        worker.main(*args.worker)
+        return
+    deps.check_all()
+    wall = time.perf_counter()
+    chosen = methods_mod.select(args.methods, args.cmdbuf_variants)
+    groups = methods_mod.groups(chosen)
+    default = [m for m in groups[0] if not m.xla_flags and not m.collective_mem]
+    later = [g for g in groups if g is not groups[0] or not default]
+    out = report.ensure_dir(args.out)
+    host = envinfo.host_facts()
+    print("jax_symm.bench", " ".join(sys.argv[1:]))
+    for line in envinfo.summary_lines(host, None):
+        print(line)
+    sys.stdout.flush()
+
+    workers, records, notes = [], [], []
+    with tempfile.TemporaryDirectory(prefix="jax_symm_bench_") as tmp:
+        first = _run_worker(args, default, "default", None, None, tmp)
+        workers.append(first)
+        if "records" not in first:
+            raise SystemExit(f"jax_symm.bench: the first worker failed (rc={first['returncode']})")
+        cfg, facts = first["config"], first["facts"]
+        for line in envinfo.summary_lines(host, facts)[2:]:
+            print(line)
+        sys.stdout.flush()
+        records += first["records"]
+        for i, group in enumerate(later):
+            labels = [m.label for m in group]
+            if facts["backend"] != "gpu":
+                notes.append(f"{', '.join(labels)}: GPU only, skipped on {facts['backend']}")
+                continue
+            label = f"w{i + 1}"
+            print(f"worker {label}: {', '.join(labels)}  flags {' '.join(group[0].xla_flags)}")
+            sys.stdout.flush()
+            info = _run_worker(args, group, label, cfg, facts, tmp)
+            workers.append(info)
+            if "records" in info:
+                records += info["records"]
+            else:
+                why = f"worker {label} failed (rc={info['returncode']})"
+                notes.append(why)
+                records += _failed_records(group, cfg, facts, why)
+
+    if facts["world"] == 1:
+        notes.append("world=1: XLA drops lax collectives over one device (lax figures are "
+                     "noise); jax_symm keeps its calls only with JAX_SYMM_SINGLETON_CALLS=1")
+    gpu_only_skipped = sorted({r["method"] for r in records if r["error"] == "GPU only"})
+    if gpu_only_skipped:
+        notes.append(f"{', '.join(gpu_only_skipped)}: GPU only, skipped on {facts['backend']}")
+        records = [r for r in records if r["error"] != "GPU only"]
+    report.add_speedups(records)
+
+    header = envinfo.summary_lines(host, facts)
+    for w in workers[1:]:
+        header.append(f"worker {w['label']} ({', '.join(w['methods'])}): "
+                      f"XLA_FLAGS {w['env_changes'].get('XLA_FLAGS', '')!r}")
+    header.append(f"timing: K={cfg['k']} dependent calls per program, (t(K)-t(1))/(K-1), "
+                  f"median [p10, p90] over {cfg['repeats']} repeats, {cfg['warmup']} warm-up")
+    cmdbuf = {label: rep for w in workers for label, rep in (w.get("cmdbuf") or {}).items()}
+    for label, rep in cmdbuf.items():
+        header.append(f"command buffers ({label}): {rep}")
+    text = "\n".join(header + notes + ["", report.tables(records)])
+
+    paths = {name: os.path.join(out, name)
+             for name in ("results.csv", "table.txt", "bench.png", "env.json")}
+    report.write_csv(records, paths["results.csv"])
+    with open(paths["table.txt"], "w") as f:
+        f.write(text + "\n")
+    title = f"jax_symm.bench  {facts['backend']} x{facts['world']} {facts['device_kind']}  " \
+            f"jax {facts['jax']}  {host['date']}"
+    report.plot(records, paths["bench.png"], title=title)
+    report.write_json({"host": host, "config": cfg, "notes": notes, "command_buffers": cmdbuf,
+                       "workers": [{k: v for k, v in w.items() if k != "records"}
+                                   for w in workers]}, paths["env.json"])
+    print()
+    print("\n".join(notes + ["", report.tables(records)]))
+    print(f"\nwrote {', '.join(paths.values())}  ({time.perf_counter() - wall:.1f} s)")
+    if any(r["status"] in ("check_failed", "error") for r in records):
+        sys.exit(1)

@@ -1,0 +1,68 @@
+"""The ways of running an op, and the process each needs.
+
+XLA flags are per process, so methods are grouped by the flags (and
+environment) they need; each group runs in its own worker process, one after
+another, so that every process has the devices to itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# What a worker knows how to run.
+IMPLS = ("jax_symm", "lax", "nccl_raw")
+
+SYMM_BUFFER_FLAGS = ("--xla_gpu_experimental_enable_nccl_symmetric_buffers=true",
+                     "--xla_gpu_enable_nccl_user_buffers=true")
+NO_CMDBUF_FLAGS = ("--xla_gpu_enable_command_buffer=",)
+
+
+@dataclass(frozen=True)
+class Method:
+    label: str                       # the name in reports
+    impl: str                        # one of IMPLS
+    gpu_only: bool = False
+    xla_flags: tuple[str, ...] = ()  # added to XLA_FLAGS of its worker
+    collective_mem: bool = False     # needs XLA_PYTHON_CLIENT_COLLECTIVE_MEM_SIZE_MB
+    doc: str = ""
+
+    @property
+    def group(self) -> tuple:
+        """Methods with equal groups share a worker process."""
+        return (self.xla_flags, self.collective_mem)
+
+
+METHODS: dict[str, Method] = {
+    "jax_symm": Method("jax_symm", "jax_symm", doc="jax_symm custom calls (NCCL symmetric windows / CPU shared memory)"),
+    "lax": Method("lax", "lax", doc="jax.lax collectives, XLA default flags"),
+    "lax_symm": Method("lax_symm", "lax", gpu_only=True, xla_flags=SYMM_BUFFER_FLAGS,
+                       collective_mem=True,
+                       doc="jax.lax with XLA's NCCL symmetric-buffer path (GPU)"),
+    "nccl_raw": Method("nccl_raw", "nccl_raw", gpu_only=True,
+                       doc="raw NCCL on symmetric windows, no JAX (GPU)"),
+}
+
+
+def nocmdbuf(m: Method) -> Method:
+    """`m` with XLA command buffers (CUDA graphs) off."""
+    return Method(f"{m.label}[nocmdbuf]", m.impl, gpu_only=True,
+                  xla_flags=m.xla_flags + NO_CMDBUF_FLAGS, collective_mem=m.collective_mem,
+                  doc=m.doc + ", command buffers off")
+
+
+def select(names: list[str], cmdbuf_variants: bool) -> list[Method]:
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {unknown}; known: {list(METHODS)}")
+    out = [METHODS[n] for n in names]
+    if cmdbuf_variants:
+        out += [nocmdbuf(m) for m in list(out) if m.impl != "nccl_raw"]
+    return out
+
+
+def groups(methods: list[Method]) -> list[list[Method]]:
+    """Methods by worker process, the default-flags group first."""
+    by: dict[tuple, list[Method]] = {}
+    for m in methods:
+        by.setdefault(m.group, []).append(m)
+    return sorted(by.values(), key=lambda ms: (ms[0].group != ((), False)))

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -73,16 +74,24 @@ inline uint16_t FloatToBf16(float f) {  // round to nearest even, nan stays nan
 }
 
 // dst[i] = sum over s of srcs[s][i], i < count, in the given element type.
+// Works in blocks: one pass per source over a block of accumulators that
+// stays in L1, so the inner loops are contiguous and vectorise; the sum order
+// is still rank order, element by element.
 template <typename T, typename Acc, typename Load, typename Store>
 void SumWith(void* dst, const std::vector<const char*>& srcs, size_t count,
              Load load, Store store) {
+  constexpr size_t kBlock = 2048;
+  Acc acc[kBlock];
   T* out = static_cast<T*>(dst);
-  for (size_t i = 0; i < count; ++i) {
-    Acc acc = load(reinterpret_cast<const T*>(srcs[0])[i]);
+  for (size_t start = 0; start < count; start += kBlock) {
+    const size_t n = std::min(kBlock, count - start);
+    const T* first = reinterpret_cast<const T*>(srcs[0]) + start;
+    for (size_t i = 0; i < n; ++i) acc[i] = load(first[i]);
     for (size_t s = 1; s < srcs.size(); ++s) {
-      acc += load(reinterpret_cast<const T*>(srcs[s])[i]);
+      const T* src = reinterpret_cast<const T*>(srcs[s]) + start;
+      for (size_t i = 0; i < n; ++i) acc[i] += load(src[i]);
     }
-    out[i] = store(acc);
+    for (size_t i = 0; i < n; ++i) out[start + i] = store(acc[i]);
   }
 }
 

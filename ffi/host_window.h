@@ -5,7 +5,9 @@
 // others at a barrier, then reads what it needs from every slot. Two copies of
 // the slots alternate between consecutive calls, so one barrier per call is
 // enough: a rank can only overwrite a buffer after every rank has passed the
-// barrier of the call that follows the last read of that buffer.
+// barrier of the call that follows the last read of that buffer. When the
+// whole job is one process, ranks instead read each other's inputs in place
+// and meet a second time before returning.
 //
 // Segments are named by (session, kind, channel, slot size, members), so every
 // process of a group derives the same name without talking, and a window that
@@ -66,10 +68,12 @@ class HostWindow {
   struct Header;
   HostWindow() = default;
 
-  // Publishes this rank's arrival for call `epoch` and waits for the others.
+  // Publishes this rank's arrival at barrier `epoch` and waits for the others.
   Error Barrier(int64_t rank, uint64_t epoch);
-  // Starts a call: returns its epoch and the buffer (of two) it uses.
-  uint64_t BeginCall(int64_t rank, char** buffer);
+  // One call: makes every rank's input (in_bytes) readable by all, then runs
+  // consume(sources), sources[q] pointing at rank q's input.
+  template <typename Consume>
+  Error Exchange(int64_t rank, const void* in, size_t in_bytes, Consume consume);
   char* Slot(char* buffer, int64_t rank) const {
     return buffer + static_cast<size_t>(rank) * slot_bytes_;
   }
@@ -80,6 +84,10 @@ class HostWindow {
   size_t mapped_bytes_ = 0;
   Header* header_ = nullptr;
   char* data_ = nullptr;  // two buffers of world * slot_bytes_
+  // Every rank lives in this process: inputs are read in place (two barriers
+  // a call) instead of being copied through the slots (one barrier).
+  bool direct_ = false;
+  int spins_ = 0;  // busy-wait iterations before sleeping at a barrier
 };
 
 }  // namespace jax_symm

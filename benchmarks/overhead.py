@@ -44,6 +44,7 @@ def main():
     ops = {
         "jax_symm.all_gather": lambda a: jax_symm.all_gather(a, "x", tiled=True),
         "jax_symm.psum_scatter": lambda a: jax_symm.psum_scatter(a, "x", tiled=True),
+        "jax_symm.psum": lambda a: jax_symm.psum(a, "x"),
         "elementwise a*1.0001 (reference)": lambda a: a * 1.0001,
     }
     short, long = 20, 300

@@ -11,7 +11,11 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import jax_symm
+
+# Where the jax_symm under test was imported from (the installed package in
+# CI, not necessarily the source tree, which holds no compiled extension).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(jax_symm.__file__)))
 
 pytest.importorskip("tqdm")
 pytest.importorskip("tabulate")
@@ -25,7 +29,7 @@ def test_tiny_cpu_sweep(tmp_path):
     cmd = [sys.executable, "-m", "jax_symm.bench", "--min-bytes", "1KiB", "--max-bytes", "2KiB",
            "--dtypes", "float32", "--k", "8", "--repeats", "5", "--warmup", "1",
            "--no-progress", "--out", str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=110)
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=110)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "jax 0." in proc.stdout and "all_gather" in proc.stdout
 

@@ -247,7 +247,10 @@ def run_multiprocess(fn: Callable[..., Any] | str, *, num_processes: int = 2,
                 with open(logs[i], "wb") as log:
                     procs.append(subprocess.Popen(
                         cmd, stdin=subprocess.DEVNULL, stdout=log,
-                        stderr=subprocess.STDOUT, env=child_env, start_new_session=True))
+                        stderr=subprocess.STDOUT, env=child_env, start_new_session=True,
+                        # Not the caller's directory: `python -m` puts the cwd first on
+                        # sys.path, where a source checkout would shadow the install.
+                        cwd=tmp))
 
             deadline = time.monotonic() + timeout_s
             failed: list[int] = []

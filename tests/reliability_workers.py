@@ -1,0 +1,247 @@
+"""Worker functions for tests/test_reliability.py, run by jax_symm.testing.
+
+Each runs inside one process of a jax.distributed CPU job (2 processes x 2
+devices unless the test says otherwise). Top-level functions of this module so
+that a fresh interpreter can import them (the launcher puts tests/ on the
+workers' sys.path because the tests pass the function objects).
+
+Workers that outlive a dead peer cannot return through the launcher (it stops
+every worker as soon as one dies, and jax.distributed's shutdown may hang or
+abort without the peer): they write a JSON report into a directory the test
+gives them, then leave with os._exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)  # readers never see half a report
+
+
+def _mesh_1d():
+    import jax
+    from jax.sharding import Mesh
+
+    return Mesh(np.array(jax.devices()).reshape(-1), ("x",))
+
+
+def _global_array(data: np.ndarray, mesh, spec):
+    import jax
+    from jax.sharding import NamedSharding
+
+    return jax.make_array_from_callback(data.shape, NamedSharding(mesh, spec),
+                                        lambda idx: data[idx])
+
+
+def _gather_scatter_fn(mesh):
+    """x (4*n*k,) sharded over 'x' -> (all_gather(x) tiled, psum_scatter(x) tiled)."""
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    import jax_symm
+
+    def body(a):
+        return (jax_symm.all_gather(a, "x", tiled=True),
+                jax_symm.psum_scatter(a, "x", tiled=True))
+
+    return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=P("x"),
+                                 out_specs=(P("x"), P("x"))))
+
+
+def _check_gather_scatter(out, data: np.ndarray, n: int) -> None:
+    gathered, scattered = out
+    for s in gathered.addressable_shards:  # every device holds the whole array
+        np.testing.assert_array_equal(np.asarray(s.data), data)
+    total = data.reshape(n, -1).sum(0)
+    for s in scattered.addressable_shards:
+        np.testing.assert_array_equal(np.asarray(s.data), total[s.index])
+
+
+def _my_shm_segments() -> list[str]:
+    """This job's segments in /dev/shm (names share the session of our windows)."""
+    from jax_symm._native import ext
+
+    names = [n for n, _ in ext.host_windows()]
+    if not names:
+        return []
+    session_prefix = names[0].lstrip("/").rsplit("-", 1)[0] + "-"
+    return sorted(f for f in os.listdir("/dev/shm") if f.startswith(session_prefix))
+
+
+# ------------------------------------------------------------ case 1: peer killed
+
+
+def killed_peer(report_dir: str, kill_after: int, max_iters: int) -> dict:
+    """Both processes loop all_gather + psum_scatter on fresh int32 data.
+
+    Process 1 SIGKILLs itself from a side thread a few ms into iteration
+    `kill_after` (so usually in the middle of a collective). Process 0 must
+    get an exception; it writes report_dir/survivor.json (what it caught, when)
+    and leaves with os._exit(0). Process 1 records when it killed itself in
+    report_dir/killed.json.
+    """
+    import jax
+
+    me = jax.process_index()
+    # The launcher SIGTERMs every worker ~0.5 s after it sees process 1 die; the
+    # survivor's report must not be cut short by that (the launcher's SIGKILL
+    # follows 2 s later, which bounds how long process 0 may take).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    mesh = _mesh_1d()
+    n = mesh.shape["x"]
+    f = _gather_scatter_fn(mesh)
+    from jax.sharding import PartitionSpec as P
+
+    def kill_soon():
+        time.sleep(0.005)
+        _write_json(os.path.join(report_dir, "killed.json"),
+                    dict(t_killed=time.time(), pid=os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    completed = 0
+    for i in range(max_iters):
+        data = (np.arange(n * n * 64, dtype=np.int32) * (i + 1)) % 1000 - 500
+        x = _global_array(data, mesh, P("x"))
+        if me == 1 and i == kill_after:
+            threading.Thread(target=kill_soon, daemon=True).start()
+        t_call = time.time()
+        try:
+            out = jax.block_until_ready(f(x))
+        except Exception as e:  # noqa: BLE001  (what we are testing)
+            if me == 0:
+                t_raised = time.time()
+                from jax_symm._native import ext
+
+                _write_json(os.path.join(report_dir, "survivor.json"), dict(
+                    completed=completed, iteration=i, t_call=t_call, t_raised=t_raised,
+                    type=type(e).__name__, message=str(e),
+                    windows=[w for w, _ in ext.host_windows()]))
+                os._exit(0)
+            raise
+        _check_gather_scatter(out, data, n)
+        completed += 1
+        if me == 1 and i > kill_after:
+            time.sleep(0.01)  # the side thread is about to kill us
+    if me == 0:
+        _write_json(os.path.join(report_dir, "survivor.json"),
+                    dict(completed=completed, iteration=None, message=None))
+        os._exit(0)
+    time.sleep(30)  # process 1 never gets here (killed first)
+    return dict(completed=completed)
+
+
+# ------------------------------------------------ case 2: a peer that never arrives
+
+
+def absent_peer(flag_dir: str) -> dict:
+    """Process 1 compiles (lowering is where processes meet) but never calls;
+    process 0 calls and, with JAX_SYMM_TIMEOUT_S set small, must time out.
+
+    Process 0 also checks jax_symm._bootstrap.fetch on a key nobody publishes.
+    Process 1 stays alive until process 0 is done, so the peer is 'slow', not
+    'gone'.
+    """
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    from jax_symm import _bootstrap
+
+    me = jax.process_index()
+    mesh = _mesh_1d()
+    n = mesh.shape["x"]
+    f = _gather_scatter_fn(mesh)
+    data = np.arange(n * n * 8, dtype=np.int32)
+    x = _global_array(data, mesh, P("x"))
+    compiled = f.lower(x).compile()
+    done_flag = os.path.join(flag_dir, "process0.done")
+    if me == 1:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(done_flag) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return dict(process=1, pid=os.getpid(), saw_flag=os.path.exists(done_flag))
+
+    out: dict = dict(process=0, pid=os.getpid())
+    # Bootstrap: a key nobody publishes, with a tiny wait.
+    saved = os.environ.get("JAX_SYMM_BOOTSTRAP_TIMEOUT_S")
+    os.environ["JAX_SYMM_BOOTSTRAP_TIMEOUT_S"] = "0.5"
+    t0 = time.monotonic()
+    try:
+        _bootstrap.fetch("reliability/nobody-publishes-this")
+        out["fetch"] = dict(type=None)
+    except Exception as e:  # noqa: BLE001
+        out["fetch"] = dict(type=type(e).__name__, message=str(e),
+                            elapsed=time.monotonic() - t0)
+    finally:
+        if saved is None:
+            os.environ.pop("JAX_SYMM_BOOTSTRAP_TIMEOUT_S")
+        else:
+            os.environ["JAX_SYMM_BOOTSTRAP_TIMEOUT_S"] = saved
+
+    t0 = time.monotonic()
+    try:
+        jax.block_until_ready(compiled(x))
+        out["collective"] = dict(type=None, elapsed=time.monotonic() - t0)
+    except Exception as e:  # noqa: BLE001
+        out["collective"] = dict(type=type(e).__name__, message=str(e),
+                                 elapsed=time.monotonic() - t0)
+    with open(done_flag, "w") as fl:
+        fl.write("done\n")
+    return out
+
+
+# ---------------------------------------------------------------- case 4: long run
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def long_run(n_calls: int, warmup: int, sizes: tuple, check_every: int) -> dict:
+    """`n_calls` jitted calls cycling over several sizes (all_gather +
+    psum_scatter each), fresh data every call; every `check_every`-th result
+    is checked against numpy. Returns the peak RSS over the second half of
+    the warm-up (the first `warmup` calls) and over the last `warmup` calls,
+    segment counts after warm-up and at the end, and this job's segments."""
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    mesh = _mesh_1d()
+    n = mesh.shape["x"]
+    fns = [_gather_scatter_fn(mesh) for _ in sizes]  # one program per size
+    rs = np.random.RandomState(1234)  # same on every process: same global data
+    checked = 0
+    seg_warm = None
+    rss: list = []
+    for i in range(n_calls):
+        k = i % len(sizes)
+        data = rs.randint(-1000, 1000, size=(n * n * sizes[k],)).astype(np.int32)
+        x = _global_array(data, mesh, P("x"))
+        out = fns[k](x)
+        if i % check_every == 0 or i == n_calls - 1:
+            _check_gather_scatter(jax.block_until_ready(out), data, n)
+            checked += 1
+        if i % 10 == 9:  # RSS dips when large buffers are freed: compare peaks
+            jax.block_until_ready(out)
+            rss.append((i, _rss_bytes()))
+        if i == warmup - 1:
+            seg_warm = len(_my_shm_segments())
+    jax.block_until_ready(out)
+    from jax_symm._native import ext
+
+    rss_warm = max(r for i, r in rss if warmup // 2 <= i < warmup)
+    rss_end = max(r for i, r in rss if i >= n_calls - warmup)
+    return dict(calls=n_calls, checked=checked, rss_warm=rss_warm, rss_end=rss_end,
+                seg_warm=seg_warm, seg_end=len(_my_shm_segments()),
+                segments=_my_shm_segments(), windows=[w for w, _ in ext.host_windows()])

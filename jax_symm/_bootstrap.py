@@ -40,11 +40,12 @@ def fetch(key: str) -> str:
     """Waits for the value another process published under `key`."""
     import jax
 
+    client = _client()  # outside the try: "not initialised" is no timeout
     try:
-        return _client().blocking_key_value_get(PREFIX + key, timeout_ms())
+        return client.blocking_key_value_get(PREFIX + key, timeout_ms())
     except Exception as e:  # the client raises XlaRuntimeError on timeout
         raise TimeoutError(
-            f"jax_symm: process {jax.process_index()} waited {timeout_ms() / 1000:.0f} s "
+            f"jax_symm: process {jax.process_index()} waited {timeout_ms() / 1000:g} s "
             f"for '{PREFIX + key}': {e}. Is every process running the same program? "
             "(JAX_SYMM_BOOTSTRAP_TIMEOUT_S sets the wait.)") from e
 

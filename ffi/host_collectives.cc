@@ -9,7 +9,7 @@
 namespace jax_symm {
 namespace {
 
-Error HostCollective(CollectiveKind kind, int32_t ordinal, AnyBuffer in,
+Error HostCollective(CollectiveKind kind, int64_t run_id, int32_t ordinal, AnyBuffer in,
                      ffi::Result<AnyBuffer> out, Int64Span groups,
                      int64_t group_size, int64_t channel, int64_t outer,
                      int64_t inner_bytes) {
@@ -31,27 +31,28 @@ Error HostCollective(CollectiveKind kind, int32_t ordinal, AnyBuffer in,
   if (window.has_error()) return window.error();
   switch (kind) {
     case CollectiveKind::kAllGather:
-      return (*window)->AllGather(layout, in.untyped_data(), out->untyped_data());
+      return (*window)->AllGather(layout, run_id, in.untyped_data(), out->untyped_data());
     case CollectiveKind::kReduceScatter:
-      return (*window)->ReduceScatter(layout, in.element_type(),
+      return (*window)->ReduceScatter(layout, run_id, in.element_type(),
                                       in.untyped_data(), out->untyped_data());
     case CollectiveKind::kAllReduce:
-      return (*window)->AllReduce(layout, in.element_type(), in.untyped_data(),
+      return (*window)->AllReduce(layout, run_id, in.element_type(), in.untyped_data(),
                                   out->untyped_data());
   }
   return Internal("unknown collective kind");
 }
 
 template <CollectiveKind kKind>
-Error HostHandler(int32_t ordinal, AnyBuffer in, ffi::Result<AnyBuffer> out,
+Error HostHandler(ffi::RunId run, int32_t ordinal, AnyBuffer in, ffi::Result<AnyBuffer> out,
                   Int64Span groups, int64_t group_size, int64_t channel,
                   int64_t outer, int64_t inner_bytes) {
-  return HostCollective(kKind, ordinal, in, out, groups, group_size, channel,
+  return HostCollective(kKind, run.run_id, ordinal, in, out, groups, group_size, channel,
                         outer, inner_bytes);
 }
 
 auto BindHostCall() {
   return ffi::Ffi::Bind()
+      .Ctx<ffi::RunId>()
       .Ctx<ffi::DeviceOrdinal>()
       .Arg<AnyBuffer>()
       .Ret<AnyBuffer>()

@@ -91,6 +91,7 @@ struct HostWindow::Header {
     std::atomic<uint64_t> epoch;  // barriers this rank has entered
     std::atomic<int32_t> pid;     // the process serving this rank
     std::atomic<uint64_t> input;  // direct mode: address of this rank's input
+    std::atomic<int64_t> run_id;  // direct mode: the execution this rank serves
   };
   std::atomic<uint64_t> magic;
   std::atomic<uint64_t> world;
@@ -242,7 +243,8 @@ Error HostWindow::Barrier(int64_t rank, uint64_t epoch) {
 }
 
 template <typename Consume>
-Error HostWindow::Exchange(int64_t rank, const void* in, size_t in_bytes, Consume consume) {
+Error HostWindow::Exchange(int64_t rank, int64_t run_id, const void* in, size_t in_bytes,
+                          Consume consume) {
   auto& me = header_->ranks[rank];
   me.pid.store(static_cast<int32_t>(getpid()), std::memory_order_relaxed);
   const uint64_t epoch = me.epoch.load(std::memory_order_relaxed) + 1;
@@ -252,12 +254,22 @@ Error HostWindow::Exchange(int64_t rank, const void* in, size_t in_bytes, Consum
     // All ranks share this address space: read each other's inputs in place,
     // then wait until everyone is done before any input can be released.
     me.input.store(reinterpret_cast<uint64_t>(in), std::memory_order_relaxed);
+    me.run_id.store(run_id, std::memory_order_relaxed);
     JAX_SYMM_RETURN_IF_ERROR(Barrier(rank, epoch));
+    bool same_run = true;
     for (size_t q = 0; q < world; ++q) {
       sources[q] = reinterpret_cast<const char*>(
           header_->ranks[q].input.load(std::memory_order_relaxed));
+      same_run &= header_->ranks[q].run_id.load(std::memory_order_relaxed) == run_id;
     }
-    Error consumed = consume(sources);
+    // Executions launched concurrently from several threads may reach the
+    // devices in different orders; better an error than another run's data.
+    Error consumed =
+        same_run ? consume(sources)
+                 : Internal("the devices of group " + GroupToString(members_) +
+                            " met at one call site while serving different executions: "
+                            "programs that share devices were run concurrently from "
+                            "several threads; run them from one thread at a time");
     Error left = Barrier(rank, epoch + 1);
     return consumed.failure() ? consumed : left;
   }
@@ -268,9 +280,10 @@ Error HostWindow::Exchange(int64_t rank, const void* in, size_t in_bytes, Consum
   return consume(sources);
 }
 
-Error HostWindow::AllGather(const CallLayout& layout, const void* in, void* out) {
+Error HostWindow::AllGather(const CallLayout& layout, int64_t run_id, const void* in,
+                            void* out) {
   const size_t inner = static_cast<size_t>(layout.inner_bytes);
-  return Exchange(layout.rank, in, layout.chunk_bytes(),
+  return Exchange(layout.rank, run_id, in, layout.chunk_bytes(),
                   [&](const std::vector<const char*>& src) {
                     char* dst = static_cast<char*>(out);
                     for (int64_t o = 0; o < layout.outer; ++o) {
@@ -283,11 +296,11 @@ Error HostWindow::AllGather(const CallLayout& layout, const void* in, void* out)
                   });
 }
 
-Error HostWindow::ReduceScatter(const CallLayout& layout, ffi::DataType dtype,
-                                const void* in, void* out) {
+Error HostWindow::ReduceScatter(const CallLayout& layout, int64_t run_id,
+                                ffi::DataType dtype, const void* in, void* out) {
   const size_t inner = static_cast<size_t>(layout.inner_bytes);
   const size_t count = inner / ffi::ByteWidth(dtype);
-  return Exchange(layout.rank, in, layout.chunk_bytes() * layout.world,
+  return Exchange(layout.rank, run_id, in, layout.chunk_bytes() * layout.world,
                   [&](const std::vector<const char*>& src) {
                     std::vector<const char*> rows(layout.world);
                     for (int64_t o = 0; o < layout.outer; ++o) {
@@ -301,10 +314,10 @@ Error HostWindow::ReduceScatter(const CallLayout& layout, ffi::DataType dtype,
                   });
 }
 
-Error HostWindow::AllReduce(const CallLayout& layout, ffi::DataType dtype, const void* in,
-                            void* out) {
+Error HostWindow::AllReduce(const CallLayout& layout, int64_t run_id, ffi::DataType dtype,
+                            const void* in, void* out) {
   const size_t bytes = layout.chunk_bytes();
-  return Exchange(layout.rank, in, bytes, [&](const std::vector<const char*>& src) {
+  return Exchange(layout.rank, run_id, in, bytes, [&](const std::vector<const char*>& src) {
     return host_reduce::Sum(dtype, out, src, bytes / ffi::ByteWidth(dtype));
   });
 }

@@ -46,11 +46,13 @@ class HostWindow {
   // before its first call is then recognised as gone, not waited for.
   void ClaimRanks(const std::vector<int64_t>& ranks);
 
-  Error AllGather(const CallLayout& layout, const void* in, void* out);
-  Error ReduceScatter(const CallLayout& layout, ffi::DataType dtype,
+  // `run_id` names the execution (XLA's RunId); within one process every
+  // rank of a call must be serving the same execution.
+  Error AllGather(const CallLayout& layout, int64_t run_id, const void* in, void* out);
+  Error ReduceScatter(const CallLayout& layout, int64_t run_id, ffi::DataType dtype,
                       const void* in, void* out);
-  Error AllReduce(const CallLayout& layout, ffi::DataType dtype, const void* in,
-                  void* out);
+  Error AllReduce(const CallLayout& layout, int64_t run_id, ffi::DataType dtype,
+                  const void* in, void* out);
 
   const std::string& name() const { return name_; }
   size_t mapped_bytes() const { return mapped_bytes_; }
@@ -73,7 +75,8 @@ class HostWindow {
   // One call: makes every rank's input (in_bytes) readable by all, then runs
   // consume(sources), sources[q] pointing at rank q's input.
   template <typename Consume>
-  Error Exchange(int64_t rank, const void* in, size_t in_bytes, Consume consume);
+  Error Exchange(int64_t rank, int64_t run_id, const void* in, size_t in_bytes,
+                 Consume consume);
   char* Slot(char* buffer, int64_t rank) const {
     return buffer + static_cast<size_t>(rank) * slot_bytes_;
   }

@@ -68,9 +68,10 @@ inline float Bf16ToFloat(uint16_t b) {
 inline uint16_t FloatToBf16(float f) {  // round to nearest even, nan stays nan
   uint32_t x;
   std::memcpy(&x, &f, 4);
-  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40);
-  x += 0x7fffu + ((x >> 16) & 1);
-  return static_cast<uint16_t>(x >> 16);
+  // Branch-free (a select) so that the summing loop vectorises.
+  const uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1)) >> 16;
+  const uint32_t quiet_nan = (x >> 16) | 0x40u;
+  return static_cast<uint16_t>((x & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
 
 // dst[i] = sum over s of srcs[s][i], i < count, in the given element type.
@@ -111,10 +112,13 @@ inline Error Sum(ffi::DataType dtype, void* dst,
     case DT::C64: SumPlain<float>(dst, srcs, 2 * count); break;
     case DT::C128: SumPlain<double>(dst, srcs, 2 * count); break;
     case DT::F16:
-      SumWith<uint16_t, float>(dst, srcs, count, HalfToFloat, FloatToHalf);
+      // Lambdas, not function pointers, so the conversions inline.
+      SumWith<uint16_t, float>(dst, srcs, count, [](uint16_t v) { return HalfToFloat(v); },
+                               [](float v) { return FloatToHalf(v); });
       break;
     case DT::BF16:
-      SumWith<uint16_t, float>(dst, srcs, count, Bf16ToFloat, FloatToBf16);
+      SumWith<uint16_t, float>(dst, srcs, count, [](uint16_t v) { return Bf16ToFloat(v); },
+                               [](float v) { return FloatToBf16(v); });
       break;
     case DT::S8: case DT::U8: SumPlain<uint8_t>(dst, srcs, count); break;
     case DT::S16: case DT::U16: SumPlain<uint16_t>(dst, srcs, count); break;

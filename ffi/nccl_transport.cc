@@ -390,6 +390,10 @@ ErrorOr<std::vector<double>> NcclTimeRaw(const std::vector<int64_t>& members,
         body = NcclCheck(api.ncclAllGather(win + r * bytes_per_rank, win, bytes_per_rank,
                                            kNcclInt8, ranks[i]->comm, streams[i]),
                          "ncclAllGather", ranks[i]->comm);
+      } else if (kind == CollectiveKind::kAllReduce) {
+        body = NcclCheck(api.ncclAllReduce(win, win, bytes_per_rank / elt, dtype, kNcclSum,
+                                           ranks[i]->comm, streams[i]),
+                         "ncclAllReduce", ranks[i]->comm);
       } else {
         body = NcclCheck(api.ncclReduceScatter(win, win + r * bytes_per_rank,
                                                bytes_per_rank / elt, dtype, kNcclSum,

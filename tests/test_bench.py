@@ -41,10 +41,11 @@ def test_tiny_cpu_sweep(tmp_path):
         rows = list(csv.DictReader(f))
     from jax_symm.bench.report import COLUMNS
     assert list(rows[0].keys()) == COLUMNS
-    # 2 ops x 1 dtype x 2 sizes x 2 methods (GPU-only methods are left out on CPU).
-    assert len(rows) == 8
+    # 3 ops x 1 dtype x 2 sizes x 2 methods (GPU-only methods are left out on CPU).
+    assert len(rows) == 12
     assert {(r["op"], r["bytes_per_rank"], r["method"]) for r in rows} == {
-        (op, b, m) for op in ("all_gather", "reduce_scatter") for b in ("1024", "2048")
+        (op, b, m) for op in ("all_gather", "reduce_scatter", "all_reduce")
+        for b in ("1024", "2048")
         for m in ("jax_symm", "lax")}
     for r in rows:
         assert r["dtype"] == "float32" and r["world"] == "8", r
@@ -54,7 +55,8 @@ def test_tiny_cpu_sweep(tmp_path):
             assert math.isfinite(v) and v > 0, (col, r)
         assert float(r["p10_us"]) <= float(r["time_us"]) <= float(r["p90_us"]), r
         world = int(r["world"])
-        busbw = float(r["algbw_GBps"]) * (world - 1) / world
+        factor = 2 if r["op"] == "all_reduce" else 1  # nccl-tests' bus factors
+        busbw = float(r["algbw_GBps"]) * factor * (world - 1) / world
         assert math.isclose(float(r["busbw_GBps"]), busbw, rel_tol=1e-4), r
 
     env_facts = json.loads((tmp_path / "env.json").read_text())

@@ -1,5 +1,4 @@
-"""The collectives the bench measures. Adding one (e.g. all_reduce) is one
-entry in OPS.
+"""The collectives the bench measures. Adding one is one entry in OPS.
 
 Sizes are PER RANK: `bytes_per_rank` is the all-gather's input shard and the
 reduce-scatter's output shard (nccl-tests' convention). Bandwidths follow
@@ -52,6 +51,15 @@ def _rs_feedback(a, y, world):
     return lax.dynamic_update_slice(a, (y * (1.0 / world)).astype(a.dtype), (0,))
 
 
+def _ar_feedback(a, y, world):
+    # The rescaled sum is the next input: same shape, new data every call.
+    return (y * (1.0 / world)).astype(a.dtype)
+
+
+def _ar_reference(x, world):
+    return np.tile(x.astype(np.float64).reshape(world, -1).sum(axis=0), world)
+
+
 def _ag_reference(x, world):
     return np.tile(x, world)
 
@@ -84,6 +92,18 @@ OPS: dict[str, Op] = {
         busbw_factor=lambda world: (world - 1) / world,
         exact=False,
         nccl_kind=1,
+    ),
+    "all_reduce": Op(
+        name="all_reduce",
+        symm=lambda x, ax: _jax_symm().psum(x, ax),
+        lax=lambda x, ax: _lax().psum(x, ax),
+        in_elems=lambda n, world: n,
+        feedback=_ar_feedback,
+        reference=_ar_reference,
+        algbw_bytes=lambda b, world: b,
+        busbw_factor=lambda world: 2 * (world - 1) / world,
+        exact=False,
+        nccl_kind=2,
     ),
 }
 

@@ -8,6 +8,8 @@ Each check poisons freed device memory first, so an output the handler
 failed to write cannot pass by holding an old right answer.
 """
 
+import os
+
 import numpy as np
 import pytest
 import jax
@@ -153,3 +155,27 @@ def test_scope_reroutes_on_gpu(mesh, rng):
         assert f.lower(x).as_text().count("custom_call @jax_symm_nccl") == 3
         poison()
         assert_same(f(x), ref, np.float32, mesh.size)
+
+
+def test_nccl_failure_is_a_python_exception(tmp_path):
+    """An arena NCCL cannot allocate fails the lowering with NCCL's message,
+    not an abort (fresh process, so no arena exists yet)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np, jax, jax_symm\n"
+        "from jax.sharding import Mesh, PartitionSpec as P\n"
+        "mesh = Mesh(np.array(jax.devices()), ('x',))\n"
+        "f = jax.jit(jax.shard_map(lambda a: jax_symm.all_gather(a, 'x'), mesh=mesh,\n"
+        "                          in_specs=P('x'), out_specs=P('x')))\n"
+        "try:\n"
+        "    f(np.ones(mesh.size * 8, np.float32))\n"
+        "except Exception as e:\n"
+        "    print('RAISED', type(e).__name__, e)\n")
+    env = dict(os.environ, JAX_SYMM_SINGLETON_CALLS="1", JAX_SYMM_ARENA_MB=str(1 << 24))
+    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "RAISED" in proc.stdout and "ncclMemAlloc failed" in proc.stdout, proc.stdout
+    assert "JAX_SYMM_ARENA_MB" in proc.stdout

@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from jax import lax
+from jax._src.util import canonicalize_axis
 
 from . import _checks, _compat, _lowering
 
@@ -33,9 +35,10 @@ def reduce_scatter(x: Any, axis_name: Any, *, scatter_dimension: int = 0,
             return lax.psum_scatter(leaf, axes, scatter_dimension=scatter_dimension,
                                     tiled=tiled)
         leaf = _compat.pvary_for_collective(axes, leaf)
+        # Negative dimensions count from the end, as in newer lax (0.11+).
+        dim = canonicalize_axis(scatter_dimension, max(jnp.ndim(leaf), 1))
         return reduce_scatter_p.bind(
-            leaf, scatter_dimension=scatter_dimension, axes=axes, axis_size=size,
-            tiled=bool(tiled))
+            leaf, scatter_dimension=dim, axes=axes, axis_size=size, tiled=bool(tiled))
 
     return jax.tree_util.tree_map(bind, x)
 

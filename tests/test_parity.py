@@ -166,3 +166,16 @@ def test_all_reduce_dtypes(dtype, rng):
             ref = run_sharded(lambda a: jax.lax.psum(a, axes), x, mesh, spec, spec,
                               check_vma=check_vma)
             assert_same(ours, ref, np.int32 if dtype == jnp.bool_ else dtype, 8)
+
+
+def test_negative_scatter_dimension(rng):
+    """Counted from the end, as lax >= 0.11 does (lax 0.10 mishandles it, so
+    the reference uses the equivalent positive dimension)."""
+    mesh = cpu_mesh((8,), ("x",))
+    x = random_array(rng, (16, 8 * 3), np.float32)
+    for tiled in (True,):
+        ours = run_sharded(lambda a: jax_symm.psum_scatter(a, "x", scatter_dimension=-1,
+                                                           tiled=tiled), x, mesh, P("x"), P("x"))
+        ref = run_sharded(lambda a: jax.lax.psum_scatter(a, "x", scatter_dimension=1,
+                                                         tiled=tiled), x, mesh, P("x"), P("x"))
+        assert_same(ours, ref, np.float32)

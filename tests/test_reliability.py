@@ -352,8 +352,15 @@ def _build(lib, case):
         def op(a):
             return lib.all_gather(a, case["axes"], axis=case["dim"], tiled=case["tiled"])
     elif case["op"] == "psum_scatter":
+        dim = case["dim"]
+        if lib is jax.lax and -len(case["shape"]) <= dim < 0:
+            # jax_symm counts negative scatter dimensions from the end, as lax
+            # does from 0.11; lax 0.10 mishandles them, so lax gets the
+            # equivalent positive dimension.
+            dim += len(case["shape"])
+
         def op(a):
-            return lib.psum_scatter(a, case["axes"], scatter_dimension=case["dim"],
+            return lib.psum_scatter(a, case["axes"], scatter_dimension=dim,
                                     tiled=case["tiled"])
     else:
         def op(a):

@@ -30,20 +30,21 @@ from .reduce_scatter import reduce_scatter_p
 _PASS = object()  # a reroute's answer for "let lax handle this call"
 
 
-def _gatherable(x) -> bool:
+def _accepts(check, x) -> bool:
+    """Whether one of _checks' dtype checks lets `x` through."""
     try:
-        _checks.check_gatherable(x, "all_gather")
+        check(x, "use_symmetric_memory")
         return True
     except TypeError:
         return False
+
+
+def _gatherable(x) -> bool:
+    return _accepts(_checks.check_gatherable, x)
 
 
 def _summable(x) -> bool:
-    try:
-        _checks.check_summable(x, "psum")
-        return True
-    except TypeError:
-        return False
+    return _accepts(_checks.check_summable, x)
 
 
 def _named(axes) -> tuple | None:

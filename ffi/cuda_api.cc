@@ -59,8 +59,9 @@ ErrorOr<const CudaApi*> LoadCudaApi(const std::string& nccl_hint) {
   void* nccl = dlopen("libnccl.so.2", RTLD_NOW | RTLD_NOLOAD);
   if (!nccl && !nccl_hint.empty()) nccl = dlopen(nccl_hint.c_str(), RTLD_NOW | RTLD_GLOBAL);
   if (!nccl) {
+    const char* why = dlerror();  // one call: a second returns null
     return Internal("cannot find libnccl.so.2 (is jax's CUDA plugin with the nvidia-nccl "
-                    "wheel installed?): " + std::string(dlerror() ? dlerror() : ""));
+                    "wheel installed?): " + std::string(why ? why : "not loaded"));
   }
 
   auto* api = new CudaApi();
@@ -106,11 +107,22 @@ ErrorOr<const CudaApi*> LoadCudaApi(const std::string& nccl_hint) {
   Resolve(nccl, "ncclCommWindowRegister", &api->ncclCommWindowRegister);
   Resolve(nccl, "ncclCommWindowDeregister", &api->ncclCommWindowDeregister);
   api->nccl_path = LibraryPath(nccl, reinterpret_cast<void*>(api->ncclGetVersion));
-  loaded_api = api;  // CudaCheck/NcclCheck may use it from here on
-  Error err = NcclCheck(api->ncclGetVersion(&api->nccl_version), "ncclGetVersion");
-  if (err.failure()) return err;
-  err = CudaCheck(api->cuInit(0), "cuInit");
-  if (err.failure()) return err;
+  // Published only once both checks pass, so a failed load fails again next
+  // time instead of handing out a half-initialised API.
+  if (ncclResult_t r = api->ncclGetVersion(&api->nccl_version); r != 0) {
+    Error err = Internal("ncclGetVersion failed: NCCL error " + std::to_string(r) + ": " +
+                         api->ncclGetErrorString(r));
+    delete api;
+    return err;
+  }
+  if (CUresult r = api->cuInit(0); r != 0) {
+    const char* msg = "unknown CUDA error";
+    api->cuGetErrorString(r, &msg);
+    Error err = Internal("cuInit failed: CUDA error " + std::to_string(r) + ": " + msg);
+    delete api;
+    return err;
+  }
+  loaded_api = api;
   return static_cast<const CudaApi*>(api);
 }
 

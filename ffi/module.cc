@@ -146,10 +146,13 @@ NB_MODULE(_jax_symm, m) {
     return out;
   });
 
-  m.def("nccl_shutdown", []() {
-    nb::gil_scoped_release release;
-    jax_symm::NcclShutdown();
-  });
+  m.def(
+      "nccl_shutdown",
+      [](bool orderly) {
+        nb::gil_scoped_release release;
+        jax_symm::NcclShutdown(orderly);
+      },
+      nb::arg("orderly"));
 
   m.def(
       "nccl_time_raw",

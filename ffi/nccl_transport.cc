@@ -22,8 +22,11 @@ struct LocalRank {
   int cuda_ordinal = -1;
   int rank = -1;
   CUcontext context = nullptr;
-  ncclComm_t comm = nullptr;
-  std::map<size_t, Arena> arenas;  // by size
+  ncclComm_t comm = nullptr;       // null once shut down
+  std::map<size_t, Arena> arenas;  // by size; read and grown under groups_mu
+  // NCCL forbids using one communicator from two threads at once: held
+  // around every enqueue (handlers) and registration (set-up) on `comm`.
+  std::unique_ptr<std::mutex> comm_mu = std::make_unique<std::mutex>();
 };
 
 struct Group {
@@ -31,8 +34,12 @@ struct Group {
   std::vector<LocalRank> local;
 };
 
-// Never destroyed by static destructors: NcclShutdown tears down explicitly,
-// while the interpreter can still run it in order.
+// Locking: set-up calls (init, arena growth, shutdown) are serialised by
+// setup_mu and may block for long (device drains, collective registration);
+// groups_mu only guards the maps for short look-ups, so a handler is never
+// stuck behind a set-up call that waits for that handler's own kernel.
+// Groups are never freed (a handler may hold a LocalRank* during shutdown).
+std::mutex setup_mu;
 std::mutex groups_mu;
 std::map<std::vector<int64_t>, std::unique_ptr<Group>>& Groups() {
   static auto* groups = new std::map<std::vector<int64_t>, std::unique_ptr<Group>>();
@@ -107,8 +114,8 @@ ErrorOr<std::pair<int, size_t>> NcclSumType(ffi::DataType dtype, size_t bytes) {
   }
 }
 
-ErrorOr<std::pair<LocalRank*, Arena*>> Lookup(const std::vector<int64_t>& members,
-                                              int64_t global_id, size_t arena_bytes) {
+ErrorOr<std::pair<LocalRank*, Arena>> Lookup(const std::vector<int64_t>& members,
+                                             int64_t global_id, size_t arena_bytes) {
   std::lock_guard<std::mutex> lock(groups_mu);
   auto it = Groups().find(members);
   if (it == Groups().end()) {
@@ -122,7 +129,7 @@ ErrorOr<std::pair<LocalRank*, Arena*>> Lookup(const std::vector<int64_t>& member
       return Internal("no symmetric arena of " + std::to_string(arena_bytes) +
                       " bytes for device " + std::to_string(global_id));
     }
-    return std::make_pair(&r, &a->second);
+    return std::make_pair(&r, a->second);
   }
   return Internal("device " + std::to_string(global_id) + " has no rank in group " +
                   GroupToString(members));
@@ -143,8 +150,11 @@ Error NcclInitGroup(const std::vector<int64_t>& members,
   ErrorOr<const CudaApi*> api_or = Api();
   if (api_or.has_error()) return api_or.error();
   const CudaApi& api = **api_or;
-  std::lock_guard<std::mutex> lock(groups_mu);
-  if (Groups().count(members)) return Error::Success();
+  std::lock_guard<std::mutex> setup(setup_mu);
+  {
+    std::lock_guard<std::mutex> lock(groups_mu);
+    if (Groups().count(members)) return Error::Success();
+  }
   if (unique_id.size() != sizeof(ncclUniqueId)) return InvalidArgument("bad NCCL unique id");
   ncclUniqueId id;
   std::memcpy(id.internal, unique_id.data(), sizeof(id.internal));
@@ -156,18 +166,29 @@ Error NcclInitGroup(const std::vector<int64_t>& members,
     r.global_id = spec.global_id;
     r.cuda_ordinal = spec.cuda_ordinal;
     r.rank = spec.rank;
-    group->local.push_back(r);
+    // Contexts first, outside the NCCL group, so the group holds NCCL calls only.
+    JAX_SYMM_RETURN_IF_ERROR(MakeCurrent(api, r));
+    group->local.push_back(std::move(r));
   }
   Error body = NcclCheck(api.ncclGroupStart(), "ncclGroupStart");
   if (body.failure()) return body;
   for (LocalRank& r : group->local) {
-    body = MakeCurrent(api, r);
-    if (body.failure()) break;
-    body = NcclCheck(api.ncclCommInitRank(&r.comm, static_cast<int>(members.size()), id, r.rank),
-                     "ncclCommInitRank");
+    body = CudaCheck(api.cuCtxSetCurrent(r.context), "cuCtxSetCurrent");
+    if (body.success()) {
+      body = NcclCheck(
+          api.ncclCommInitRank(&r.comm, static_cast<int>(members.size()), id, r.rank),
+          "ncclCommInitRank");
+    }
     if (body.failure()) break;
   }
-  JAX_SYMM_RETURN_IF_ERROR(EndGroup(api, std::move(body)));
+  Error end = EndGroup(api, std::move(body));
+  if (end.failure()) {
+    for (LocalRank& r : group->local) {
+      if (r.comm) api.ncclCommAbort(r.comm);  // local; does not wait for peers
+    }
+    return end;
+  }
+  std::lock_guard<std::mutex> lock(groups_mu);
   Groups()[members] = std::move(group);
   return Error::Success();
 }
@@ -178,13 +199,16 @@ ErrorOr<size_t> NcclEnsureArena(const std::vector<int64_t>& members, size_t byte
   if (api_or.has_error()) return api_or.error();
   const CudaApi& api = **api_or;
   if (!api.symmetric_windows()) return Internal("this NCCL has no symmetric windows");
-  std::lock_guard<std::mutex> lock(groups_mu);
-  auto it = Groups().find(members);
-  if (it == Groups().end()) return Internal("no communicator for " + GroupToString(members));
-  Group& group = *it->second;
+  std::lock_guard<std::mutex> setup(setup_mu);
+  Group* group = nullptr;
   size_t have = 0;
-  for (const LocalRank& r : group.local) {
-    have = r.arenas.empty() ? 0 : r.arenas.rbegin()->first;
+  {
+    std::lock_guard<std::mutex> lock(groups_mu);
+    auto it = Groups().find(members);
+    if (it == Groups().end()) return Internal("no communicator for " + GroupToString(members));
+    group = it->second.get();
+    const auto& arenas = group->local.front().arenas;
+    have = arenas.empty() ? 0 : arenas.rbegin()->first;
   }
   if (have >= bytes && have > 0) return have;
 
@@ -192,15 +216,17 @@ ErrorOr<size_t> NcclEnsureArena(const std::vector<int64_t>& members, size_t byte
   while (size < bytes) size *= 2;
   // Registration is collective and must not race NCCL kernels in flight on
   // these communicators (a reported deadlock): let the devices drain first.
-  for (LocalRank& r : group.local) {
+  // No lock is held here, so handlers still launching earlier work (whose
+  // kernels the drain waits for) can proceed.
+  for (LocalRank& r : group->local) {
     JAX_SYMM_RETURN_IF_ERROR(MakeCurrent(api, r));
     JAX_SYMM_RETURN_IF_ERROR(CudaCheck(api.cuCtxSynchronize(), "cuCtxSynchronize"));
   }
-  std::vector<Arena> fresh(group.local.size());
-  for (size_t i = 0; i < group.local.size(); ++i) {
-    JAX_SYMM_RETURN_IF_ERROR(MakeCurrent(api, group.local[i]));
+  std::vector<Arena> fresh(group->local.size());
+  for (size_t i = 0; i < group->local.size(); ++i) {
+    JAX_SYMM_RETURN_IF_ERROR(MakeCurrent(api, group->local[i]));
     void* ptr = nullptr;
-    Error err = NcclCheck(api.ncclMemAlloc(&ptr, size), "ncclMemAlloc", group.local[i].comm);
+    Error err = NcclCheck(api.ncclMemAlloc(&ptr, size), "ncclMemAlloc", group->local[i].comm);
     if (err.failure()) {  // a failed ncclMemAlloc hands back garbage: free only ours
       for (size_t j = 0; j < i; ++j) api.ncclMemFree(fresh[j].base);
       return Internal(std::string(err.message()) + " (asked for " + std::to_string(size) +
@@ -209,22 +235,25 @@ ErrorOr<size_t> NcclEnsureArena(const std::vector<int64_t>& members, size_t byte
     fresh[i].base = static_cast<char*>(ptr);
     fresh[i].bytes = size;
   }
+  std::vector<std::unique_lock<std::mutex>> comm_locks;
+  for (LocalRank& r : group->local) comm_locks.emplace_back(*r.comm_mu);
   Error body = NcclCheck(api.ncclGroupStart(), "ncclGroupStart");
   if (body.failure()) return body;
-  for (size_t i = 0; i < group.local.size() && body.success(); ++i) {
-    body = MakeCurrent(api, group.local[i]);
+  for (size_t i = 0; i < group->local.size() && body.success(); ++i) {
+    body = CudaCheck(api.cuCtxSetCurrent(group->local[i].context), "cuCtxSetCurrent");
     if (body.success()) {
-      body = NcclCheck(api.ncclCommWindowRegister(group.local[i].comm, fresh[i].base, size,
+      body = NcclCheck(api.ncclCommWindowRegister(group->local[i].comm, fresh[i].base, size,
                                                   &fresh[i].window, kNcclWinCollSymmetric),
-                       "ncclCommWindowRegister", group.local[i].comm);
+                       "ncclCommWindowRegister", group->local[i].comm);
     }
   }
   Error end = EndGroup(api, std::move(body));
-  if (end.failure()) {
-    for (Arena& a : fresh) api.ncclMemFree(a.base);
-    return end;
-  }
-  for (size_t i = 0; i < group.local.size(); ++i) group.local[i].arenas[size] = fresh[i];
+  comm_locks.clear();
+  // On failure the windows' state is unknown, so the memory is kept, not
+  // freed under a possibly registered window.
+  if (end.failure()) return end;
+  std::lock_guard<std::mutex> lock(groups_mu);
+  for (size_t i = 0; i < group->local.size(); ++i) group->local[i].arenas[size] = fresh[i];
   return size;
 }
 
@@ -243,31 +272,48 @@ std::vector<NcclGroupInfo> NcclGroups() {
   return out;
 }
 
-void NcclShutdown() {
+void NcclShutdown(bool orderly) {
   const CudaApi* api = LoadedCudaApi();
   if (api == nullptr) return;
-  std::lock_guard<std::mutex> lock(groups_mu);
-  for (auto& [members, group] : Groups()) {
+  std::lock_guard<std::mutex> setup(setup_mu);
+  std::vector<Group*> groups;
+  {
+    std::lock_guard<std::mutex> lock(groups_mu);
+    for (auto& [members, group] : Groups()) groups.push_back(group.get());
+  }
+  for (Group* group : groups) {
+    std::vector<std::unique_lock<std::mutex>> comm_locks;
+    for (LocalRank& r : group->local) comm_locks.emplace_back(*r.comm_mu);
+    if (!orderly) {
+      // Peers may be gone or still running: tear down locally, never wait.
+      for (LocalRank& r : group->local) {
+        if (r.comm) api->ncclCommAbort(r.comm);
+        r.comm = nullptr;
+      }
+      continue;
+    }
+    for (LocalRank& r : group->local) {
+      if (MakeCurrent(*api, r).success()) api->cuCtxSynchronize();
+    }
     // Deregistration is collective across the group's local ranks.
     if (api->ncclGroupStart() == 0) {
       for (LocalRank& r : group->local) {
-        if (MakeCurrent(*api, r).failure()) continue;
-        api->cuCtxSynchronize();
+        api->cuCtxSetCurrent(r.context);
         for (auto& [size, arena] : r.arenas) {
-          if (arena.window) api->ncclCommWindowDeregister(r.comm, arena.window);
+          if (arena.window && r.comm) api->ncclCommWindowDeregister(r.comm, arena.window);
         }
       }
       api->ncclGroupEnd();
     }
+    std::lock_guard<std::mutex> lock(groups_mu);
     for (LocalRank& r : group->local) {
-      if (MakeCurrent(*api, r).failure()) continue;
+      api->cuCtxSetCurrent(r.context);
       for (auto& [size, arena] : r.arenas) api->ncclMemFree(arena.base);
       r.arenas.clear();
       if (r.comm) api->ncclCommDestroy(r.comm);
       r.comm = nullptr;
     }
   }
-  Groups().clear();
 }
 
 Error NcclCollective(CollectiveKind kind, CUstream stream, int32_t ordinal,
@@ -289,14 +335,16 @@ Error NcclCollective(CollectiveKind kind, CUstream stream, int32_t ordinal,
   if (site->group.index >= static_cast<int64_t>(arena_bytes.size())) {
     return Internal("arena_bytes attribute has no entry for this group");
   }
-  ErrorOr<std::pair<LocalRank*, Arena*>> found =
+  ErrorOr<std::pair<LocalRank*, Arena>> found =
       Lookup(site->group.members, site->group.members[rank],
              static_cast<size_t>(arena_bytes[site->group.index]));
   if (found.has_error()) return found.error();
+  std::lock_guard<std::mutex> comm_lock(*found->first->comm_mu);
   ncclComm_t comm = found->first->comm;
-  char* win = found->second->base;
+  if (comm == nullptr) return Internal("the NCCL communicator has been shut down");
+  char* win = found->second.base;
   const size_t needed = kind == CollectiveKind::kAllReduce ? chunk : chunk * world;
-  if (needed > found->second->bytes) return Internal("symmetric arena too small for this call");
+  if (needed > found->second.bytes) return Internal("symmetric arena too small for this call");
   const char* src = static_cast<const char*>(in.untyped_data());
   char* dst = static_cast<char*>(out.untyped_data());
   // From NCCL 2.29 only the all-gather receive buffer and the reduce-scatter

@@ -48,8 +48,11 @@ struct NcclGroupInfo {
 };
 std::vector<NcclGroupInfo> NcclGroups();
 
-// Destroys windows and communicators (at interpreter exit).
-void NcclShutdown();
+// At interpreter exit. `orderly` (one process): drain, deregister windows,
+// free arenas, destroy communicators. Otherwise peers may be gone or still
+// running, so communicators are only aborted (local, never waits) and the
+// process's exit frees the memory.
+void NcclShutdown(bool orderly);
 
 // Times `iters` back-to-back NCCL collectives on the group's arena with CUDA
 // events, no JAX involved: the floor an NCCL-based path can reach. Returns

@@ -11,6 +11,7 @@ import atexit
 import base64
 import functools
 import os
+import threading
 import warnings
 
 import numpy as np
@@ -26,6 +27,7 @@ NCCL_TARGETS = {
 }
 
 _ready_groups: set[tuple[int, ...]] = set()
+_setup_lock = threading.Lock()  # two threads lowering at once create a group once
 
 
 def _wheel_nccl() -> str:
@@ -71,7 +73,10 @@ def usable() -> bool:
 
 
 def shutdown() -> None:
-    ext.nccl_shutdown()
+    """Frees windows and communicators; in a multi-process job only aborts the
+    communicators (a collective teardown could wait forever for a peer that
+    exited first or died)."""
+    ext.nccl_shutdown(_compat.process_count() == 1)
     _ready_groups.clear()
 
 
@@ -97,6 +102,11 @@ def ensure_groups(groups: np.ndarray) -> None:
     load()
     me = jax.process_index()
     by_id = {d.id: d for d in jax.devices()}
+    with _setup_lock:
+        _ensure_groups_locked(groups, me, by_id)
+
+
+def _ensure_groups_locked(groups: np.ndarray, me: int, by_id: dict) -> None:
     for g in _local_rows(groups):
         members = tuple(int(i) for i in groups[g])
         if members in _ready_groups:
@@ -115,6 +125,20 @@ def ensure_arenas(groups: np.ndarray, nbytes: int) -> np.ndarray:
         sizes[g] = ext.nccl_ensure_arena([int(i) for i in groups[g]], int(nbytes),
                                          min_arena_bytes())
     return sizes
+
+
+@functools.cache
+def warn_if_concurrent_command_buffers() -> None:
+    """Every call on a communicator uses its arena from offset 0, which XLA
+    cannot see; in XLA's CONCURRENT command-buffer mode independent calls may
+    become parallel graph branches and race on it."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if ("command_buffer_scheduling_mode=CONCURRENT" in flags
+            or "xla_gpu_graph_enable_concurrent_region=true" in flags):
+        warnings.warn(
+            "jax_symm: XLA's concurrent command-buffer mode may run independent "
+            "jax_symm calls at once on one communicator; this is not supported. Use "
+            "the default scheduling mode.", RuntimeWarning, stacklevel=2)
 
 
 def groups_info() -> list[dict]:

@@ -97,6 +97,9 @@ struct HostWindow::Header {
   std::atomic<uint64_t> world;
   alignas(64) std::atomic<uint64_t> arrived;     // barrier arrivals, ever
   alignas(64) std::atomic<uint32_t> generation;  // last completed barrier (futex word)
+  // Set by a rank whose barrier failed: the group is out of step for good,
+  // so later calls fail at once instead of each waiting out the timeout.
+  std::atomic<uint32_t> broken;
   alignas(64) RankState ranks[1];                // `world` of them
 
   static size_t Bytes(size_t world) {
@@ -144,7 +147,12 @@ ErrorOr<HostWindow*> HostWindow::Get(CollectiveKind kind, int64_t channel,
 
   const size_t world = members.size();
   const size_t header_bytes = Header::Bytes(world);
-  const size_t total = header_bytes + 2 * world * slot;
+  if (slot > (SIZE_MAX / 4 - header_bytes) / world) {
+    return InvalidArgument("a host window of " + std::to_string(world) + " x " +
+                           std::to_string(slot) + " bytes is too large");
+  }
+  // One process reads inputs in place and needs only the header.
+  const size_t total = header_bytes + (config.single_process ? 0 : 2 * world * slot);
 
   int fd = shm_open(name.c_str(), O_CREAT | O_RDWR, 0600);
   if (fd < 0) return Internal(ErrnoMessage("shm_open " + name));
@@ -154,6 +162,14 @@ ErrorOr<HostWindow*> HostWindow::Get(CollectiveKind kind, int64_t channel,
                                       std::to_string(total) + " bytes"));
     close(fd);
     return err;
+  }
+  // ftruncate only makes a sparse file: without reserving the pages now, a
+  // full /dev/shm would kill the process with SIGBUS at the first copy.
+  if (int err = posix_fallocate(fd, 0, static_cast<off_t>(total)); err != 0) {
+    close(fd);
+    return Internal("cannot reserve " + std::to_string(total) + " bytes in /dev/shm for " +
+                    name + ": " + std::strerror(err) +
+                    " (enlarge /dev/shm, e.g. docker --shm-size, or send less per call)");
   }
   void* base = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   close(fd);
@@ -229,9 +245,17 @@ Error HostWindow::Barrier(int64_t rank, uint64_t epoch) {
     }
     const double waited = std::chrono::duration<double>(
                               std::chrono::steady_clock::now() - start).count();
-    if (peer_died || waited > config.timeout_s) {
-      // Our arrival stays counted: this window is now unusable, which is
-      // right, since the group has lost a member or is out of step.
+    const bool broken_elsewhere = h->broken.load(std::memory_order_acquire) != 0;
+    if (peer_died || waited > config.timeout_s || broken_elsewhere) {
+      // Our arrival stays counted, so this call site is out of step for
+      // good: mark it, so that every later call on it fails at once.
+      h->broken.store(1, std::memory_order_release);
+      FutexWakeAll(&h->generation);
+      if (broken_elsewhere && !peer_died) {
+        return Internal("another rank of group " + GroupToString(members_) +
+                        " gave up on this call site after a failure; the group is out "
+                        "of step (restart the job)");
+      }
       return DeadlineExceeded(
           std::string(peer_died ? "a peer process exited" : "timed out") +
           " during a collective on group " + GroupToString(members_) +
@@ -245,6 +269,11 @@ Error HostWindow::Barrier(int64_t rank, uint64_t epoch) {
 template <typename Consume>
 Error HostWindow::Exchange(int64_t rank, int64_t run_id, const void* in, size_t in_bytes,
                           Consume consume) {
+  if (header_->broken.load(std::memory_order_acquire) != 0) {
+    return Internal("an earlier call at this call site of group " + GroupToString(members_) +
+                    " failed (a peer died or timed out), so its ranks are out of step; "
+                    "restart the job");
+  }
   auto& me = header_->ranks[rank];
   me.pid.store(static_cast<int32_t>(getpid()), std::memory_order_relaxed);
   const uint64_t epoch = me.epoch.load(std::memory_order_relaxed) + 1;

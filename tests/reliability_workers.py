@@ -195,6 +195,14 @@ def absent_peer(flag_dir: str) -> dict:
     except Exception as e:  # noqa: BLE001
         out["collective"] = dict(type=type(e).__name__, message=str(e),
                                  elapsed=time.monotonic() - t0)
+    # The call site is now out of step: a second call must fail at once.
+    t0 = time.monotonic()
+    try:
+        jax.block_until_ready(compiled(x))
+        out["again"] = dict(type=None, elapsed=time.monotonic() - t0)
+    except Exception as e:  # noqa: BLE001
+        out["again"] = dict(type=type(e).__name__, message=str(e),
+                            elapsed=time.monotonic() - t0)
     with open(done_flag, "w") as fl:
         fl.write("done\n")
     return out

@@ -145,6 +145,9 @@ def test_absent_peer_times_out_and_bootstrap_fetch_times_out(tmp_path):
     assert "exited" not in msg, msg  # the peer was alive: slow, not gone
     assert "JAX_SYMM_TIMEOUT_S" in msg, msg
     assert 3.0 <= col["elapsed"] < 8.0, col
+    again = p0["again"]
+    assert again["type"] is not None and "out of step" in again["message"], again
+    assert again["elapsed"] < 2.0, again  # fails fast, not after another timeout
 
 
 def test_bootstrap_fetch_without_distributed_says_so():

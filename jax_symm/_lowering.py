@@ -54,6 +54,21 @@ def _require_mesh(kind: str, ctx):
     return axis_ctx
 
 
+def _partially_manual(axis_ctx) -> bool:
+    """shard_map(axis_names=...) over some mesh axes only: XLA's partitioner
+    still owns the other axes and would replicate the custom call over them."""
+    manual = getattr(axis_ctx, "manual_axes", None)
+    return manual is not None and set(manual) != set(axis_ctx.mesh.axis_names)
+
+
+def _use_lax_instead(kind: str, axis_ctx) -> str | None:
+    """Why this call must go to XLA's own collective, if it must."""
+    if _partially_manual(axis_ctx):
+        return (f"jax_symm.{kind} inside a shard_map that is manual over only some mesh "
+                "axes uses XLA's own collective")
+    return None
+
+
 def disabled() -> bool:
     """jax_symm_disable (env JAX_SYMM_DISABLE=1) lowers every jax_symm op to
     XLA's own collective."""
@@ -68,7 +83,11 @@ def lower_host(kind: str, lax_rule: Callable, ctx, x, *, axes: tuple,
     from . import _host
     from ._native import HOST_TARGETS
 
-    groups = _compat.replica_groups(_require_mesh(kind, ctx), axes)
+    axis_ctx = _require_mesh(kind, ctx)
+    if (why := _use_lax_instead(kind, axis_ctx)) is not None:
+        _warn_once(why)
+        return lax_rule(ctx, x, **lax_params)
+    groups = _compat.replica_groups(axis_ctx, axes)
     _host.setup()
     if _compat.process_count() > 1 and not _host.group_is_host_local(
             _groups_process_indices(groups)):
@@ -104,8 +123,12 @@ def lower_nccl(kind: str, lax_rule: Callable, ctx, x, *, axes: tuple,
     from . import _nccl
 
     axis_ctx = _require_mesh(kind, ctx)
+    if (why := _use_lax_instead(kind, axis_ctx)) is not None:
+        _warn_once(why)
+        return lax_rule(ctx, x, **lax_params)
     if not _nccl.usable():
         return lax_rule(ctx, x, **lax_params)
+    _nccl.warn_if_concurrent_command_buffers()
     if kind != "all_gather" and np.dtype(ctx.avals_in[0].dtype) in _NCCL_UNSUMMABLE:
         return lax_rule(ctx, x, **lax_params)
     groups = _compat.replica_groups(axis_ctx, axes)

@@ -181,3 +181,34 @@ def test_lowers_to_the_host_custom_call(mesh, rng):
     text = f.lower(x).as_text()
     assert "jax_symm_host_all_gather" in text and "jax_symm_host_reduce_scatter" in text
     assert "all_gather" not in text.replace("jax_symm_host_all_gather", "")
+
+
+def test_partially_manual_shard_map_falls_back_to_lax(rng):
+    """shard_map manual over some mesh axes only: XLA's partitioner owns the
+    rest, so jax_symm hands the call to XLA's collective (with a warning)."""
+    import warnings
+
+    mesh = cpu_mesh((2, 4), ("d", "x"))
+    x = random_array(rng, (8, 6), np.float32)
+
+    def run(op):
+        f = jax.jit(jax.shard_map(lambda a: op(a, "x", tiled=True), mesh=mesh,
+                                  in_specs=P("x"), out_specs=P("x"), axis_names={"x"}))
+        return np.asarray(f(shard(x, mesh, P("x"))))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = run(jax_symm.all_gather)
+    assert_same(ours, run(jax.lax.all_gather), np.float32)
+
+
+def test_vmap_untiled_scatter_batch_after_scatter_dim(rng, mesh):
+    """Batch dimension after the (removed) scatter dimension; checked against
+    numpy, since lax's own batching rule gets this case wrong (IndexError)."""
+    x = random_array(rng, (8 * 8, 3, 2), np.float32)  # per device (8, 3, 2): scatter dim 0
+    f = jax.jit(jax.shard_map(
+        lambda a: jax.vmap(lambda v: jax_symm.psum_scatter(v, "x"), in_axes=2, out_axes=1)(a),
+        mesh=mesh, in_specs=P("x"), out_specs=P("x")))
+    out = np.asarray(f(shard(x, mesh, P("x"))))  # per device (3, 2)
+    want = x.reshape(8, 8, 3, 2).sum(axis=0)       # device d keeps row d of the sum
+    np.testing.assert_allclose(out, want.reshape(8 * 3, 2), rtol=1e-5, atol=1e-5)

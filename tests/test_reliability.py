@@ -107,7 +107,7 @@ def test_peer_killed_mid_collective_raises_promptly_and_is_reaped(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS="--xla_force_host_platform_device_count=2")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, timeout=60)
+                         text=True, timeout=60, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert not (left & _shm()), f"not reaped: {left & _shm()}"
 

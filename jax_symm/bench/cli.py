@@ -154,7 +154,9 @@ def _run_worker(args, group, label, cfg, facts, tmp) -> dict:
     cmd = [sys.executable, "-m", "jax_symm.bench", "--worker", spec_path, result_path]
     start = time.perf_counter()
     try:
-        rc = subprocess.run(cmd, env=env, timeout=args.worker_timeout).returncode
+        # cwd: not the caller's directory, where `python -m` could import an
+        # uncompiled source checkout instead of the installed package.
+        rc = subprocess.run(cmd, env=env, timeout=args.worker_timeout, cwd=tmp).returncode
     except subprocess.TimeoutExpired:
         rc = "timeout"
     info = {"label": label, "methods": [m.label for m in group], "env_changes": changes,

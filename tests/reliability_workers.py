@@ -144,6 +144,16 @@ def killed_peer(report_dir: str, kill_after: int, max_iters: int) -> dict:
 # ------------------------------------------------ case 2: a peer that never arrives
 
 
+def _timed_call(fn) -> dict:
+    """{type, message, elapsed} of an exception `fn` raised (type None if none)."""
+    t0 = time.monotonic()
+    try:
+        fn()
+        return dict(type=None, elapsed=time.monotonic() - t0)
+    except Exception as e:  # noqa: BLE001
+        return dict(type=type(e).__name__, message=str(e), elapsed=time.monotonic() - t0)
+
+
 def absent_peer(flag_dir: str) -> dict:
     """Process 1 compiles (lowering is where processes meet) but never calls;
     process 0 calls and, with JAX_SYMM_TIMEOUT_S set small, must time out.
@@ -188,21 +198,9 @@ def absent_peer(flag_dir: str) -> dict:
         else:
             os.environ["JAX_SYMM_BOOTSTRAP_TIMEOUT_S"] = saved
 
-    t0 = time.monotonic()
-    try:
-        jax.block_until_ready(compiled(x))
-        out["collective"] = dict(type=None, elapsed=time.monotonic() - t0)
-    except Exception as e:  # noqa: BLE001
-        out["collective"] = dict(type=type(e).__name__, message=str(e),
-                                 elapsed=time.monotonic() - t0)
+    out["collective"] = _timed_call(lambda: jax.block_until_ready(compiled(x)))
     # The call site is now out of step: a second call must fail at once.
-    t0 = time.monotonic()
-    try:
-        jax.block_until_ready(compiled(x))
-        out["again"] = dict(type=None, elapsed=time.monotonic() - t0)
-    except Exception as e:  # noqa: BLE001
-        out["again"] = dict(type=type(e).__name__, message=str(e),
-                            elapsed=time.monotonic() - t0)
+    out["again"] = _timed_call(lambda: jax.block_until_ready(compiled(x)))
     with open(done_flag, "w") as fl:
         fl.write("done\n")
     return out

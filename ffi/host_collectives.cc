@@ -43,7 +43,8 @@ Error HostCollective(CollectiveKind kind, int64_t run_id, int32_t ordinal, AnyBu
 }
 
 template <CollectiveKind kKind>
-Error HostHandler(ffi::RunId run, int32_t ordinal, AnyBuffer in, ffi::Result<AnyBuffer> out,
+Error HostHandler(ffi::RunId run, int32_t ordinal, ffi::Token, AnyBuffer in,
+                  ffi::Result<ffi::Token>, ffi::Result<AnyBuffer> out,
                   Int64Span groups, int64_t group_size, int64_t channel,
                   int64_t outer, int64_t inner_bytes) {
   return HostCollective(kKind, run.run_id, ordinal, in, out, groups, group_size, channel,
@@ -54,7 +55,9 @@ auto BindHostCall() {
   return ffi::Ffi::Bind()
       .Ctx<ffi::RunId>()
       .Ctx<ffi::DeviceOrdinal>()
+      .Arg<ffi::Token>()  // orders this call after the device's previous one
       .Arg<AnyBuffer>()
+      .Ret<ffi::Token>()
       .Ret<AnyBuffer>()
       .Attr<Int64Span>("groups")
       .Attr<int64_t>("group_size")

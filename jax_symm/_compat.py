@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 import jax
-from jax._src import core
+from jax._src import core, effects as _effects
 from jax._src.interpreters import ad, batching, mlir, pxla
 from jax._src.lax import parallel as lax_parallel
 
@@ -22,7 +22,101 @@ JAX_VERSION = tuple(int(p) for p in jax.__version__.split(".")[:3] if p.isdigit(
 Primitive = core.Primitive
 named_axis_effect = core.NamedAxisEffect
 deflinear2 = ad.deflinear2
-register_lowering = mlir.register_lowering
+
+
+class CollectiveOrder(_effects.Effect):
+    """jax_symm's collectives run in program order on every device.
+
+    The host transport blocks a device's thread until its peers reach the same
+    call, so every device must meet its collectives in one agreed order. XLA:CPU
+    runs independent operations concurrently and in any order, which deadlocks
+    (too many blocked threads) or pairs different calls. Declaring an ordered,
+    shardable effect makes JAX thread a token through every jax_symm call in
+    program order -- through jit, scan, while, cond, remat and shard_map -- and
+    the token is an operand XLA must respect.
+    """
+
+    def __str__(self) -> str:
+        return "jax_symm.CollectiveOrder"
+
+
+collective_order = CollectiveOrder()
+for _set in (_effects.ordered_effects, _effects.shardable_ordered_effects,
+             _effects.lowerable_effects, _effects.control_flow_allowed_effects,
+             _effects.custom_derivatives_allowed_effects, _effects.remat_allowed_effects):
+    _set.add_type(CollectiveOrder)
+abstract_token = core.abstract_token
+
+
+def collective_effects(axes: tuple) -> set:
+    """A jax_symm collective's effects: lax's named-axis effects, plus the order
+    where the host transport will run it (the default backend is the CPU).
+
+    GPU programs need no order token: each device runs its calls on one stream
+    in program order. Leaving the effect out there keeps JAX's fast dispatch
+    path, which ordered effects disable.
+    """
+    named = set(map(core.NamedAxisEffect, axes))
+    if jax.default_backend() != "cpu" or partially_manual_context():
+        return named
+    return named | {collective_order}
+
+
+def partially_manual_context() -> bool:
+    """Tracing inside a shard_map that is manual over only some mesh axes.
+
+    There jax_symm hands every call to XLA's collective (XLA's partitioner owns
+    the other axes), so no order token is needed -- and XLA's partitioner cannot
+    compile one there.
+    """
+    from jax._src import mesh as mesh_lib
+
+    am = mesh_lib.get_abstract_mesh()
+    manual = set(getattr(am, "manual_axes", ()) or ())
+    return bool(manual) and manual != set(am.axis_names)
+
+
+def has_order_token(ctx) -> bool:
+    return collective_order in ctx.tokens_in.effects()
+
+
+def clear_order_tokens() -> None:
+    """Forgets the runtime tokens of ordered effects. After a collective has
+    failed, JAX hands its errored token to every later execution with the
+    effect, so each fails the same way; tests that provoke a failure and go on
+    in the same process call this."""
+    from jax._src import dispatch
+
+    dispatch.runtime_tokens.clear()
+
+
+def register_lowering(prim, rule, platform=None) -> None:
+    # Not cacheable: JAX would otherwise lower identical equations (same shape
+    # and parameters) once and reuse the result, so that independent calls
+    # would share one call site.
+    mlir.register_lowering(prim, rule, platform=platform, cacheable=False)
+
+
+def order_token(ctx):
+    """The token that orders this call after the previous jax_symm call."""
+    return ctx.tokens_in.get(collective_order)
+
+
+def set_order_token(ctx, token) -> None:
+    ctx.set_tokens_out(ctx.tokens_in.update_tokens(mlir.TokenSet({collective_order: token})))
+
+
+def pass_order_token(ctx) -> None:
+    """For lowerings that do not need ordering (XLA's collectives, no-ops)."""
+    ctx.set_tokens_out(ctx.tokens_in)
+
+
+def with_token_avals(ctx):
+    """`ctx` as seen by a custom call that takes and returns the order token."""
+    import dataclasses
+
+    return dataclasses.replace(ctx, avals_in=[core.abstract_token, *ctx.avals_in],
+                               avals_out=[core.abstract_token, *ctx.avals_out])
 lower_fun = mlir.lower_fun
 ir_type_of = mlir.aval_to_ir_type
 
@@ -160,3 +254,32 @@ def distributed_client():
 
 def process_count() -> int:
     return jax.process_count()
+
+
+def _patch_aot_fast_path() -> None:
+    """Keeps ahead-of-time compiled programs with ordered effects off JAX's C++
+    fast path.
+
+    jax 0.10-0.11's `MeshExecutable.create_cpp_call` checks for unordered
+    effects only, so the second call of `jit(f).lower(x).compile()` takes the
+    fast path, which passes no effect tokens: XLA rejects the call ("supplied 1
+    arguments but compiled program expected 2") and the process crashes. `jit`
+    calls already skip the fast path for ordered effects; this makes AOT calls
+    do the same.
+    """
+    cls = pxla.MeshExecutable
+    original = cls.create_cpp_call
+    if getattr(original, "_jax_symm_patched", False):
+        return
+
+    def create_cpp_call(self, params):
+        unsafe_call = getattr(self, "unsafe_call", None)
+        if getattr(unsafe_call, "ordered_effects", None):
+            return None
+        return original(self, params)
+
+    create_cpp_call._jax_symm_patched = True
+    cls.create_cpp_call = create_cpp_call
+
+
+_patch_aot_fast_path()

@@ -94,17 +94,24 @@ def lower_host(kind: str, lax_rule: Callable, ctx, x, *, axes: tuple,
         _warn_once("jax_symm: a group spans several hosts; the CPU transport "
                    "is shared memory, so these calls use XLA's own collectives.")
         return lax_rule(ctx, x, **lax_params)
+    if not _compat.has_order_token(ctx):
+        _warn_once("jax_symm: this CPU program was traced while the default backend was "
+                   "not the CPU, so its collectives carry no order token; they use XLA's "
+                   "own collectives.")
+        return lax_rule(ctx, x, **lax_params)
     channel = next(ctx.module_context.channel_iterator)
     _host.prepare(kind, channel, groups, outer * inner_bytes)
     rule = jax.ffi.ffi_lowering(HOST_TARGETS[kind], has_side_effect=True)
-    return rule(
-        ctx, x,
+    token, y = rule(
+        _compat.with_token_avals(ctx), _compat.order_token(ctx), x,
         groups=np.ascontiguousarray(groups.reshape(-1), dtype=np.int64),
         group_size=np.int64(groups.shape[1]),
         channel=np.int64(channel),
         outer=np.int64(outer),
         inner_bytes=np.int64(inner_bytes),
     )
+    _compat.set_order_token(ctx, token)
+    return [y]
 
 
 # NCCL has no 16-bit integer type: those sums stay with XLA.
@@ -137,6 +144,7 @@ def lower_nccl(kind: str, lax_rule: Callable, ctx, x, *, axes: tuple,
     need = outer * inner_bytes * (1 if kind == "all_reduce" else world)
     arenas = _nccl.ensure_arenas(groups, need)
     rule = jax.ffi.ffi_lowering(_nccl.NCCL_TARGETS[kind])
+    _compat.pass_order_token(ctx)  # one stream per device keeps program order
     return rule(
         ctx, x,
         groups=np.ascontiguousarray(groups.reshape(-1), dtype=np.int64),
@@ -168,7 +176,12 @@ def register(prim, kind: str, lax_prim, to_lax_params: Callable, layout_of: Call
 
     def lax_rule(platform):
         rule = _compat.lax_lowering(lax_prim, platform)
-        return lambda ctx, x, **params: rule(ctx, x, **params)
+
+        def lowered(ctx, x, **params):
+            out = rule(ctx, x, **params)
+            _compat.pass_order_token(ctx)
+            return out
+        return lowered
 
     def fallback(platform):
         def rule(ctx, x, **params):
@@ -178,6 +191,7 @@ def register(prim, kind: str, lax_prim, to_lax_params: Callable, layout_of: Call
     def transport_rule(platform):
         def rule(ctx, x, **params):
             if params["axis_size"] == 1 and not singleton_calls():
+                _compat.pass_order_token(ctx)
                 return identity_rule(ctx, x, **params)
             if disabled():
                 return fallback(platform)(ctx, x, **params)

@@ -58,7 +58,7 @@ def _abstract_eval(x_aval, *, all_gather_dimension, axes, axis_size, tiled, inva
     else:
         vma = _compat.collective_vma("all_gather", axes, x_aval)
     return (_compat.update_aval(x_aval, shape, vma),
-            {*map(_compat.named_axis_effect, axes)})
+            _compat.collective_effects(axes))
 
 
 def _transpose(ct, x, *, all_gather_dimension, axes, axis_size, tiled, invariant):

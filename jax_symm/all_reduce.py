@@ -54,7 +54,7 @@ def _abstract_eval(x_aval, *, axes, axis_size, invariant):
     _compat.check_unreduced([x_aval], axes, "psum")
     vma = frozenset(a for a in _compat.varying_axes(x_aval) if a not in axes)
     return (_compat.update_aval(x_aval, x_aval.shape, vma),
-            {*map(_compat.named_axis_effect, axes)})
+            _compat.collective_effects(axes))
 
 
 def _transpose(ct, x, *, axes, axis_size, invariant):

@@ -68,7 +68,7 @@ def _abstract_eval(x_aval, *, scatter_dimension, axes, axis_size, tiled):
         del shape[scatter_dimension]
     vma = _compat.collective_vma("reduce_scatter", axes, x_aval)
     return (_compat.update_aval(x_aval, shape, vma),
-            {*map(_compat.named_axis_effect, axes)})
+            _compat.collective_effects(axes))
 
 
 def _transpose(ct, x, *, scatter_dimension, axes, axis_size, tiled):

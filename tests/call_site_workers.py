@@ -1,0 +1,92 @@
+"""Workers for tests/test_call_sites.py (2 processes x 2 CPU devices)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+
+def _mesh():
+    import jax
+    from jax.sharding import Mesh
+
+    return Mesh(np.array(jax.devices()).reshape(-1), ("x",))
+
+
+def _put(data, mesh, spec):
+    import jax
+    from jax.sharding import NamedSharding
+
+    return jax.make_array_from_callback(data.shape, NamedSharding(mesh, spec),
+                                        lambda idx: data[idx])
+
+
+def _gathered(out) -> np.ndarray:
+    """This process's copy of a replicated output."""
+    return np.asarray(out.addressable_shards[0].data)
+
+
+def same_shape_gathers(k: int, rounds: int, seed: int) -> dict:
+    """k independent all-gathers of one shape in one shard_map body, `rounds`
+    times with fresh data; returns how many gathered outputs were wrong."""
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    import jax_symm
+
+    mesh = _mesh()
+    n = mesh.shape["x"]
+    f = jax.jit(jax.shard_map(
+        lambda *xs: tuple(jax_symm.all_gather(x, "x", tiled=True) for x in xs),
+        mesh=mesh, in_specs=(P("x"),) * k, out_specs=(P(None),) * k, check_vma=False))
+    rng = np.random.default_rng(seed)  # the same seed in every process: same data
+    wrong = 0
+    for _ in range(rounds):
+        data = [rng.standard_normal(n * 16).astype(np.float32) for _ in range(k)]
+        outs = f(*[_put(d, mesh, P("x")) for d in data])
+        wrong += sum(not np.array_equal(_gathered(o), d) for o, d in zip(outs, data))
+    return dict(wrong=wrong, total=k * rounds)
+
+
+def threads_run_different_programs(rounds: int) -> dict:
+    """Two threads per process, each calling its own program (a gather and a
+    psum of different sizes) concurrently; returns the wrong results seen."""
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    import jax_symm
+
+    mesh = _mesh()
+    n = mesh.shape["x"]
+    gather = jax.jit(jax.shard_map(lambda a: jax_symm.all_gather(a, "x", tiled=True),
+                                   mesh=mesh, in_specs=P("x"), out_specs=P(None),
+                                   check_vma=False))
+    total = jax.jit(jax.shard_map(lambda a: jax_symm.psum(a, "x"), mesh=mesh,
+                                  in_specs=P("x"), out_specs=P(None), check_vma=False))
+    a = np.arange(n * 8, dtype=np.float32)
+    b = np.arange(n * 4, dtype=np.float32) * 3 + 1
+    want_total = b.reshape(n, 4).sum(axis=0)
+    # Lower both first, in the same order in every process (lowering is a
+    # collective point); the threads only run them.
+    xa, xb = _put(a, mesh, P("x")), _put(b, mesh, P("x"))
+    gather(xa).block_until_ready()
+    total(xb).block_until_ready()
+    wrong = {"gather": 0, "psum": 0}
+    errors: list[str] = []
+
+    def loop(name, fn, x, want):
+        try:
+            for _ in range(rounds):
+                if not np.array_equal(_gathered(fn(x)), want):
+                    wrong[name] += 1
+        except Exception as e:  # noqa: BLE001  (reported to the test)
+            errors.append(f"{name}: {type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=loop, args=("gather", gather, xa, a)),
+               threading.Thread(target=loop, args=("psum", total, xb, want_total))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return dict(wrong=wrong, errors=errors, hung=any(t.is_alive() for t in threads))

@@ -1,0 +1,138 @@
+"""Every jax_symm call is its own call site, met by every device in one order.
+
+JAX lowers identical equations once and reuses the result, a jitted function
+called twice is lowered once, and XLA:CPU runs independent operations
+concurrently and in any order. jax_symm's calls must still pair up correctly:
+K independent same-shape collectives in one shard_map body (the q/k/v gathers
+of a layer, a psum over a dict of gradients) give lax's results, in one
+process and across processes, with no wait.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import jax
+from jax.sharding import PartitionSpec as P
+
+import jax_symm
+from jax_symm.testing import run_multiprocess
+
+import call_site_workers as csw
+from _util import cpu_mesh, random_array, shard
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng()
+
+
+@pytest.fixture
+def mesh():
+    return cpu_mesh((8,), ("x",))
+
+
+@pytest.fixture(autouse=True)
+def short_timeout(monkeypatch):
+    # A regression would otherwise wait out the default 300 s at a barrier.
+    monkeypatch.setenv("JAX_SYMM_TIMEOUT_S", "20")
+
+
+def _check(body, ref, mesh, xs, out_spec):
+    specs = (P("x"),) * len(xs)
+    run = lambda fn: jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=specs,
+                                           out_specs=(out_spec,) * len(xs),
+                                           check_vma=False))
+    placed = [shard(x, mesh, P("x")) for x in xs]
+    start = time.monotonic()
+    ours = run(body)(*placed)
+    jax.block_until_ready(ours)
+    elapsed = time.monotonic() - start
+    want = run(ref)(*placed)
+    for o, w in zip(ours, want):
+        np.testing.assert_allclose(np.asarray(o), np.asarray(w), rtol=1e-5, atol=1e-5)
+    assert elapsed < 15, f"took {elapsed:.1f} s: calls waited for each other"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("k", [2, 12, 40])
+def test_independent_same_shape_gathers(rng, mesh, k):
+    xs = [random_array(rng, (64, 4), np.float32) for _ in range(k)]
+    _check(lambda *a: tuple(jax_symm.all_gather(v, "x", tiled=True) for v in a),
+           lambda *a: tuple(jax.lax.all_gather(v, "x", tiled=True) for v in a),
+           mesh, xs, P(None))
+
+
+@pytest.mark.timeout(120)
+def test_psum_of_a_dict_of_same_shape_leaves(rng, mesh):
+    xs = [random_array(rng, (8 * 5, 3), np.float32) for _ in range(16)]
+    as_dict = lambda a: {f"w{i}": v for i, v in enumerate(a)}
+    _check(lambda *a: tuple(jax_symm.psum(as_dict(a), "x").values()),
+           lambda *a: tuple(jax.lax.psum(as_dict(a), "x").values()),
+           mesh, xs, P("x"))
+
+
+@pytest.mark.timeout(120)
+def test_one_jitted_function_called_independently(rng, mesh):
+    """One sub-function, lowered once, called at 6 independent points."""
+    gather = jax.jit(lambda v: jax_symm.all_gather(v, "x", tiled=True))
+    scatter = jax.jit(lambda v: jax_symm.psum_scatter(v, "x", tiled=True))
+    xs = [random_array(rng, (64, 8), np.float32) for _ in range(6)]
+    _check(lambda *a: tuple(scatter(gather(v)) for v in a),
+           lambda *a: tuple(jax.lax.psum_scatter(jax.lax.all_gather(v, "x", tiled=True),
+                                                 "x", tiled=True) for v in a),
+           mesh, xs, P("x"))
+
+
+@pytest.mark.timeout(120)
+def test_mixed_ops_inside_scan_and_cond(rng, mesh):
+    """Collectives inside loop and branch bodies interleaved with outer ones."""
+    x = random_array(rng, (64, 4), np.float32)
+
+    def ours(a):
+        def step(c, _):
+            s = jax_symm.psum(c, "x")
+            g = jax_symm.all_gather(c, "x", tiled=True)
+            c = jax.lax.cond(g.sum() > 0, lambda: c + s, lambda: c - s)
+            return c, jax_symm.all_gather(a, "x", tiled=True).sum() + g.sum()
+        return jax.lax.scan(step, a, None, length=4)
+
+    def ref(a):
+        def step(c, _):
+            s = jax.lax.psum(c, "x")
+            g = jax.lax.all_gather(c, "x", tiled=True)
+            c = jax.lax.cond(g.sum() > 0, lambda: c + s, lambda: c - s)
+            return c, jax.lax.all_gather(a, "x", tiled=True).sum() + g.sum()
+        return jax.lax.scan(step, a, None, length=4)
+
+    run = lambda fn: jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=P("x"),
+                                           out_specs=(P("x"), P(None)), check_vma=False))
+    xs = shard(x, mesh, P("x"))
+    for got, want in zip(run(ours)(xs), run(ref)(xs)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.timeout(120)
+def test_multiprocess_same_shape_gathers_are_never_mixed_up():
+    out = run_multiprocess(csw.same_shape_gathers, args=(10, 8, 1234), timeout_s=100,
+                           env={"JAX_SYMM_TIMEOUT_S": "20"})
+    for p in out:
+        assert p["wrong"] == 0, out
+
+
+@pytest.mark.timeout(150)
+def test_multiprocess_threads_running_different_programs():
+    """Two threads per process run different programs. JAX runs a process's
+    jax_symm programs one after another (the order token), in the order the
+    threads happened to dispatch them, which may differ between processes: then
+    the processes wait for each other and time out with an error that says
+    why. Never a wrong result, never a hang."""
+    out = run_multiprocess(csw.threads_run_different_programs, args=(30,), timeout_s=130,
+                           env={"JAX_SYMM_TIMEOUT_S": "5"})
+    for p in out:
+        assert not p["hung"], out
+        assert p["wrong"] == {"gather": 0, "psum": 0}, out
+        for err in p["errors"]:
+            assert "jax_symm" in err and ("same order" in err or "out of step" in err), err

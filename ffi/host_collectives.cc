@@ -1,5 +1,5 @@
 // XLA:CPU handlers: resolve the call site, then hand the data to the host
-// window of (group, channel).
+// window that lowering prepared for (call site, group).
 #include <cstring>
 
 #include "call_site.h"
@@ -11,7 +11,7 @@ namespace {
 
 Error HostCollective(CollectiveKind kind, int64_t run_id, int32_t ordinal, AnyBuffer in,
                      ffi::Result<AnyBuffer> out, Int64Span groups,
-                     int64_t group_size, int64_t channel, int64_t outer,
+                     int64_t group_size, int64_t site_id, int64_t outer,
                      int64_t inner_bytes) {
   // all-gather grows its data world-fold, reduce-scatter shrinks it, and
   // all-reduce keeps it (its layout is one [1][bytes] chunk).
@@ -26,8 +26,7 @@ Error HostCollective(CollectiveKind kind, int64_t run_id, int32_t ordinal, AnyBu
     std::memcpy(out->untyped_data(), in.untyped_data(), in.size_bytes());
     return Error::Success();
   }
-  ErrorOr<HostWindow*> window =
-      HostWindow::Get(kind, channel, site->group.members, in.size_bytes());
+  ErrorOr<HostWindow*> window = HostWindow::Find(site_id, site->group.members);
   if (window.has_error()) return window.error();
   switch (kind) {
     case CollectiveKind::kAllGather:
@@ -45,9 +44,9 @@ Error HostCollective(CollectiveKind kind, int64_t run_id, int32_t ordinal, AnyBu
 template <CollectiveKind kKind>
 Error HostHandler(ffi::RunId run, int32_t ordinal, ffi::Token, AnyBuffer in,
                   ffi::Result<ffi::Token>, ffi::Result<AnyBuffer> out,
-                  Int64Span groups, int64_t group_size, int64_t channel,
+                  Int64Span groups, int64_t group_size, int64_t site,
                   int64_t outer, int64_t inner_bytes) {
-  return HostCollective(kKind, run.run_id, ordinal, in, out, groups, group_size, channel,
+  return HostCollective(kKind, run.run_id, ordinal, in, out, groups, group_size, site,
                         outer, inner_bytes);
 }
 
@@ -61,7 +60,7 @@ auto BindHostCall() {
       .Ret<AnyBuffer>()
       .Attr<Int64Span>("groups")
       .Attr<int64_t>("group_size")
-      .Attr<int64_t>("channel")
+      .Attr<int64_t>("site")
       .Attr<int64_t>("outer")
       .Attr<int64_t>("inner_bytes");
 }

@@ -1,12 +1,6 @@
 #include "host_window.h"
 
-#include <dirent.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <linux/futex.h>
-#include <signal.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -25,16 +19,10 @@ namespace jax_symm {
 namespace {
 
 constexpr size_t kPage = 4096;
-
-// How long a waiter spins before it sleeps on the futex. Spinning saves the
-// wake-up latency, but with more ranks than cores (8 virtual devices on 2
-// cores) it steals the time of the very peers being waited for: measured
-// here, 2,000 spins made a 1 KiB all-gather 7x slower than none.
-int SpinsFor(size_t world) {
-  if (const char* env = getenv("JAX_SYMM_SPINS")) return atoi(env);
-  return world <= std::thread::hardware_concurrency() ? 2000 : 0;
-}
 constexpr uint64_t kMagic = 0x6a61785f73796d6dull;  // "jax_symm"
+constexpr uint64_t kVersion = 2;
+// Far more ranks than any host has devices; bounds every size computation.
+constexpr size_t kMaxWorld = 1 << 16;
 
 size_t AlignUp(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
@@ -44,16 +32,18 @@ HostConfig& Config() {
   return *config;
 }
 
-std::string ErrnoMessage(const std::string& what) {
-  return what + ": " + std::strerror(errno);
+HostConfig GetConfig() {
+  std::lock_guard<std::mutex> lock(config_mu);
+  return Config();
 }
 
-uint64_t Fnv1a(uint64_t h, uint64_t v) {
-  for (int i = 0; i < 8; ++i) {
-    h ^= (v >> (8 * i)) & 0xff;
-    h *= 0x100000001b3ull;
-  }
-  return h;
+// How long a waiter spins before it sleeps on the futex. Spinning saves the
+// wake-up latency, but with more ranks than cores (8 virtual devices on 2
+// cores) it steals the time of the very peers being waited for: measured
+// here, 2,000 spins made a 1 KiB all-gather 7x slower than none.
+int SpinsFor(const HostConfig& config, size_t world) {
+  if (config.spins >= 0) return config.spins;
+  return world <= std::thread::hardware_concurrency() ? 2000 : 0;
 }
 
 int FutexWait(std::atomic<uint32_t>* addr, uint32_t expected, double seconds) {
@@ -70,37 +60,46 @@ void FutexWakeAll(std::atomic<uint32_t>* addr) {
           nullptr, nullptr, 0);
 }
 
-bool ProcessGone(int32_t pid) {
-  return pid > 0 && kill(pid, 0) != 0 && errno == ESRCH;
+// Every window this process has prepared, by (call site, group). Never
+// destroyed: XLA may still run a handler on another thread while the
+// interpreter exits.
+using WindowKey = std::pair<int64_t, std::vector<int64_t>>;
+std::mutex windows_mu;
+std::map<WindowKey, HostWindow*>& Windows() {
+  static auto* windows = new std::map<WindowKey, HostWindow*>();
+  return *windows;
 }
 
-// Every window this process has mapped, by segment name. Never destroyed:
-// XLA may still run a handler on another thread while the interpreter exits.
-std::mutex windows_mu;
-std::map<std::string, HostWindow*>& Windows() {
-  static auto* windows = new std::map<std::string, HostWindow*>();
-  return *windows;
+std::string Seconds(double s) {
+  char buf[32];
+  snprintf(buf, sizeof(buf), "%.2f s", s);
+  return buf;
 }
 
 }  // namespace
 
-// Lives at the start of every segment; zero-filled by ftruncate, which is the
-// valid initial state, so no process has to initialise it first.
+// Lives at the start of every segment. The creator fills it in and sets
+// `magic` last; openers use nothing before they have seen `magic` and checked
+// every field against what their own lowering expects.
 struct HostWindow::Header {
   struct alignas(64) RankState {
-    std::atomic<uint64_t> epoch;  // barriers this rank has entered
-    std::atomic<int32_t> pid;     // the process serving this rank
-    std::atomic<uint64_t> input;  // direct mode: address of this rank's input
-    std::atomic<int64_t> run_id;  // direct mode: the execution this rank serves
+    std::atomic<uint64_t> epoch;    // barriers this rank has entered
+    std::atomic<uint32_t> claimed;  // a process has taken this rank's lock
+    std::atomic<int32_t> pid;       // that process (for messages only)
+    std::atomic<uint64_t> input;    // direct mode: address of this rank's input
+    std::atomic<int64_t> run_id;    // direct mode: the execution this rank serves
   };
   std::atomic<uint64_t> magic;
-  std::atomic<uint64_t> world;
+  uint64_t version, world, slot_bytes, fingerprint, kind;
   alignas(64) std::atomic<uint64_t> arrived;     // barrier arrivals, ever
   alignas(64) std::atomic<uint32_t> generation;  // last completed barrier (futex word)
-  // Set by a rank whose barrier failed: the group is out of step for good,
-  // so later calls fail at once instead of each waiting out the timeout.
-  std::atomic<uint32_t> broken;
-  alignas(64) RankState ranks[1];                // `world` of them
+  // The first rank that gives up (a peer died or timed out) writes why into
+  // `failure` and then sets `failed`: the group is out of step for good, every
+  // later call fails at once, and every rank's error carries the cause.
+  std::atomic<uint32_t> failure_claimed;
+  std::atomic<uint32_t> failed;
+  char failure[512];
+  alignas(64) RankState ranks[1];  // `world` of them
 
   static size_t Bytes(size_t world) {
     return AlignUp(offsetof(Header, ranks) + world * sizeof(RankState), kPage);
@@ -115,90 +114,140 @@ void SetHostConfig(const HostConfig& config) {
   Config() = config;
 }
 
-HostConfig GetHostConfig() {
-  std::lock_guard<std::mutex> lock(config_mu);
-  return Config();
-}
-
-ErrorOr<HostWindow*> HostWindow::Get(CollectiveKind kind, int64_t channel,
-                                     const std::vector<int64_t>& members,
-                                     size_t slot_bytes) {
-  const HostConfig config = GetHostConfig();
-  if (config.session.empty()) {
-    return Internal("host transport used before jax_symm set up its session");
+Error HostWindow::Prepare(const WindowSpec& spec) {
+  const HostConfig config = GetConfig();
+  const size_t world = spec.members.size();
+  if (world < 2 || world > kMaxWorld) {
+    return InvalidArgument("a host window needs 2 to " + std::to_string(kMaxWorld) +
+                           " ranks, not " + std::to_string(world));
   }
-  // Round the slot up to a power of two so that call sites of similar size
-  // share a segment size and growth is geometric.
-  size_t slot = kPage;
-  while (slot < slot_bytes) slot *= 2;
-
-  uint64_t h = 0xcbf29ce484222325ull;
-  h = Fnv1a(h, static_cast<uint64_t>(kind));
-  h = Fnv1a(h, static_cast<uint64_t>(channel));
-  h = Fnv1a(h, slot);
-  for (int64_t m : members) h = Fnv1a(h, static_cast<uint64_t>(m));
-  char hex[17];
-  snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(h));
-  std::string name = "/jax_symm-" + config.session + "-" + hex;
-
-  std::lock_guard<std::mutex> lock(windows_mu);
-  auto& windows = Windows();
-  if (auto it = windows.find(name); it != windows.end()) return it->second;
-
-  const size_t world = members.size();
-  const size_t header_bytes = Header::Bytes(world);
-  if (slot > (SIZE_MAX / 4 - header_bytes) / world) {
-    return InvalidArgument("a host window of " + std::to_string(world) + " x " +
-                           std::to_string(slot) + " bytes is too large");
+  if (spec.name.empty() || spec.name[0] != '/') {
+    return InvalidArgument("malformed host window name '" + spec.name + "'");
   }
-  // One process reads inputs in place and needs only the header.
-  const size_t total = header_bytes + (config.single_process ? 0 : 2 * world * slot);
-
-  int fd = shm_open(name.c_str(), O_CREAT | O_RDWR, 0600);
-  if (fd < 0) return Internal(ErrnoMessage("shm_open " + name));
-  // Every opener asks for the same size, so this is idempotent and race-free.
-  if (ftruncate(fd, static_cast<off_t>(total)) != 0) {
-    Error err = Internal(ErrnoMessage("ftruncate " + name + " to " +
-                                      std::to_string(total) + " bytes"));
-    close(fd);
-    return err;
-  }
-  // ftruncate only makes a sparse file: without reserving the pages now, a
-  // full /dev/shm would kill the process with SIGBUS at the first copy.
-  if (int err = posix_fallocate(fd, 0, static_cast<off_t>(total)); err != 0) {
-    close(fd);
-    return Internal("cannot reserve " + std::to_string(total) + " bytes in /dev/shm for " +
-                    name + ": " + std::strerror(err) +
-                    " (enlarge /dev/shm, e.g. docker --shm-size, or send less per call)");
-  }
-  void* base = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  close(fd);
-  if (base == MAP_FAILED) return Internal(ErrnoMessage("mmap " + name));
-
-  auto* window = new HostWindow();
-  window->name_ = name;
-  window->members_ = members;
-  window->slot_bytes_ = slot;
-  window->mapped_bytes_ = total;
-  window->header_ = static_cast<Header*>(base);
-  window->data_ = static_cast<char*>(base) + header_bytes;
-  window->header_->magic.store(kMagic);
-  window->header_->world.store(world);
-  window->direct_ = config.single_process;
-  window->spins_ = SpinsFor(world);
-  // Alone, nobody else needs the name: unlink now, so that not even a
-  // SIGKILL can leave the segment behind.
-  if (config.single_process) shm_unlink(name.c_str());
-  windows[name] = window;
-  return window;
-}
-
-void HostWindow::ClaimRanks(const std::vector<int64_t>& ranks) {
-  for (int64_t r : ranks) {
-    if (r >= 0 && static_cast<size_t>(r) < members_.size()) {
-      header_->ranks[r].pid.store(static_cast<int32_t>(getpid()));
+  for (int64_t r : spec.local_ranks) {
+    if (r < 0 || static_cast<size_t>(r) >= world) {
+      return InvalidArgument("local rank " + std::to_string(r) + " is outside the group");
     }
   }
+  const size_t header_bytes = Header::Bytes(world);
+  if (spec.slot_bytes > (SIZE_MAX / 4 - header_bytes) / world) {
+    return InvalidArgument("a host window of " + std::to_string(world) + " x " +
+                           std::to_string(spec.slot_bytes) + " bytes is too large");
+  }
+  const WindowKey key{spec.site, spec.members};
+  std::lock_guard<std::mutex> lock(windows_mu);
+  if (Windows().count(key)) return Error::Success();
+
+  // One process reads inputs in place and needs only the header.
+  const size_t total =
+      header_bytes + (config.single_process ? 0 : 2 * world * spec.slot_bytes);
+  ErrorOr<SharedSegment*> segment =
+      spec.create ? SharedSegment::Create(spec.name, total)
+                  : SharedSegment::Open(spec.name, total, config.open_timeout_s);
+  if (segment.has_error()) return segment.error();
+
+  auto* window = new HostWindow();
+  window->segment_ = *segment;
+  window->members_ = spec.members;
+  window->slot_bytes_ = spec.slot_bytes;
+  window->header_ = reinterpret_cast<Header*>((*segment)->base());
+  window->data_ = (*segment)->base() + header_bytes;
+  window->direct_ = config.single_process;
+  window->spins_ = SpinsFor(config, world);
+  window->timeout_s_ = config.timeout_s;
+  window->poll_s_ = config.poll_s;
+  Header* h = window->header_;
+  if (spec.create) {
+    h->version = kVersion;
+    h->world = world;
+    h->slot_bytes = spec.slot_bytes;
+    h->fingerprint = spec.fingerprint;
+    h->kind = static_cast<uint64_t>(spec.kind);
+    h->arrived.store(0);
+    h->generation.store(0);
+    h->failure_claimed.store(0);
+    h->failed.store(0);
+    std::memset(h->failure, 0, sizeof(h->failure));
+    for (size_t r = 0; r < world; ++r) {
+      h->ranks[r].epoch.store(0);
+      h->ranks[r].claimed.store(0);
+      h->ranks[r].pid.store(0);
+    }
+    h->magic.store(kMagic, std::memory_order_release);
+  } else if (Error err = window->Validate(spec, config.open_timeout_s); err.failure()) {
+    window->segment_->UnlinkAndClose();  // never used; the name is not ours to keep
+    return err;
+  }
+  for (int64_t r : spec.local_ranks) {
+    if (!config.single_process) JAX_SYMM_RETURN_IF_ERROR(window->segment_->HoldRank(r));
+    h->ranks[r].pid.store(static_cast<int32_t>(getpid()));
+    h->ranks[r].claimed.store(1, std::memory_order_release);
+  }
+  // Alone, nobody else needs the name: unlink now, so that not even a
+  // SIGKILL can leave the segment behind.
+  if (config.single_process) window->segment_->UnlinkAndClose();
+  Windows()[key] = window;
+  return Error::Success();
+}
+
+Error HostWindow::Validate(const WindowSpec& spec, double timeout_s) const {
+  const Header* h = header_;
+  const std::string name = "/dev/shm" + spec.name;
+  const auto start = std::chrono::steady_clock::now();
+  while (h->magic.load(std::memory_order_acquire) != kMagic) {
+    if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() >
+        timeout_s) {
+      return DeadlineExceeded(name + " was created but never initialised within " +
+                              Seconds(timeout_s) + " (its creator died, or it is not a "
+                              "jax_symm window)");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  auto differs = [&](const char* field, uint64_t have, uint64_t want) -> Error {
+    return Internal(name + " does not describe this call site: its " + field + " is " +
+                    std::to_string(have) + ", this process expects " + std::to_string(want) +
+                    ". Every process must lower the same programs in the same order.");
+  };
+  if (h->version != kVersion) return differs("format version", h->version, kVersion);
+  if (h->world != spec.members.size()) return differs("group size", h->world, spec.members.size());
+  if (h->kind != static_cast<uint64_t>(spec.kind)) {
+    return differs("collective kind", h->kind, static_cast<uint64_t>(spec.kind));
+  }
+  if (h->slot_bytes != spec.slot_bytes) return differs("slot size", h->slot_bytes, spec.slot_bytes);
+  if (h->fingerprint != spec.fingerprint) {
+    return differs("call fingerprint", h->fingerprint, spec.fingerprint);
+  }
+  return Error::Success();
+}
+
+ErrorOr<HostWindow*> HostWindow::Find(int64_t site, const std::vector<int64_t>& members) {
+  std::lock_guard<std::mutex> lock(windows_mu);
+  auto it = Windows().find(WindowKey{site, members});
+  if (it == Windows().end()) {
+    return Internal("no host window for call site " + std::to_string(site) + " of group " +
+                    GroupToString(members) + " (windows are made when a program is lowered "
+                    "in this process)");
+  }
+  return it->second;
+}
+
+void HostWindow::RecordFailure(const std::string& why) {
+  Header* h = header_;
+  uint32_t expected = 0;
+  if (h->failure_claimed.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) {
+    std::strncpy(h->failure, why.c_str(), sizeof(h->failure) - 1);
+    h->failure[sizeof(h->failure) - 1] = '\0';
+  }
+  h->failed.store(1, std::memory_order_release);
+  FutexWakeAll(&h->generation);
+}
+
+std::string HostWindow::FailureReason() const {
+  // Written by a peer of this job, but read with a bound all the same.
+  char copy[sizeof(header_->failure)];
+  std::memcpy(copy, header_->failure, sizeof(copy));
+  copy[sizeof(copy) - 1] = '\0';
+  return copy[0] ? std::string(copy) : std::string("(no reason recorded yet)");
 }
 
 Error HostWindow::Barrier(int64_t rank, uint64_t epoch) {
@@ -221,61 +270,68 @@ Error HostWindow::Barrier(int64_t rank, uint64_t epoch) {
     __builtin_ia32_pause();
 #endif
   }
-  const HostConfig config = GetHostConfig();
   const auto start = std::chrono::steady_clock::now();
+  const std::string where = "group " + GroupToString(members_) + " (rank " +
+                            std::to_string(rank) + ", device " +
+                            std::to_string(members_[rank]) + ", call " +
+                            std::to_string(epoch) + ")";
   while (true) {
     const uint32_t gen = h->generation.load(std::memory_order_acquire);
     if (done(gen)) return Error::Success();
-    FutexWait(&h->generation, gen, config.poll_s);
+    if (h->failed.load(std::memory_order_acquire) == 0) FutexWait(&h->generation, gen, poll_s_);
     if (done(h->generation.load(std::memory_order_acquire))) return Error::Success();
 
     // Still waiting: name the ranks that have not arrived, and give up at
-    // once if one of their processes is gone.
+    // once if the process serving one of them is gone (its lock is free).
     std::string missing;
-    bool peer_died = false;
+    bool peer_gone = false;
     for (uint64_t r = 0; r < world; ++r) {
       if (h->ranks[r].epoch.load(std::memory_order_acquire) >= epoch) continue;
+      const bool claimed = h->ranks[r].claimed.load(std::memory_order_acquire) != 0;
+      const bool gone = claimed && !direct_ && !segment_->RankHeld(static_cast<int64_t>(r));
       const int32_t pid = h->ranks[r].pid.load(std::memory_order_relaxed);
-      const bool gone = ProcessGone(pid);
-      peer_died |= gone;
-      missing += (missing.empty() ? "" : ", ") + std::string("rank ") +
-                 std::to_string(r) + " (device " + std::to_string(members_[r]) +
+      peer_gone |= gone;
+      missing += (missing.empty() ? "" : ", ") + std::string("rank ") + std::to_string(r) +
+                 " (device " + std::to_string(members_[r]) +
                  (pid > 0 ? ", pid " + std::to_string(pid) : std::string()) +
-                 (gone ? ", exited" : "") + ")";
+                 (gone ? ", its process exited or was killed" : "") + ")";
     }
-    const double waited = std::chrono::duration<double>(
-                              std::chrono::steady_clock::now() - start).count();
-    const bool broken_elsewhere = h->broken.load(std::memory_order_acquire) != 0;
-    if (peer_died || waited > config.timeout_s || broken_elsewhere) {
-      // Our arrival stays counted, so this call site is out of step for
-      // good: mark it, so that every later call on it fails at once.
-      h->broken.store(1, std::memory_order_release);
-      FutexWakeAll(&h->generation);
-      if (broken_elsewhere && !peer_died) {
-        return Internal("another rank of group " + GroupToString(members_) +
-                        " gave up on this call site after a failure; the group is out "
-                        "of step (restart the job)");
-      }
-      return DeadlineExceeded(
-          std::string(peer_died ? "a peer process exited" : "timed out") +
-          " during a collective on group " + GroupToString(members_) +
-          " (rank " + std::to_string(rank) + ", call " + std::to_string(epoch) +
-          ", waited " + std::to_string(waited) + " s); not arrived: " + missing +
-          ". Raise JAX_SYMM_TIMEOUT_S if peers are merely slow.");
+    const double waited =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (h->failed.load(std::memory_order_acquire) != 0) {
+      // Our arrival stays counted, so this call site is out of step for good.
+      return Internal("a collective on " + where + " gave up because another rank failed: " +
+                      FailureReason() + " The group is out of step; restart the job.");
+    }
+    if (peer_gone || waited > timeout_s_) {
+      const std::string why =
+          peer_gone
+              ? "a peer process is gone: on " + where + ", waited " + Seconds(waited) +
+                    " for " + missing + "."
+              : "timed out after " + Seconds(waited) + " on " + where + " waiting for " +
+                    missing + ". Peers that are alive but elsewhere may be running jax_symm "
+                    "programs in a different order (every process must run them in the "
+                    "same order, e.g. not from several threads at once); raise "
+                    "JAX_SYMM_TIMEOUT_S if they are merely slow.";
+      RecordFailure(why);
+      return DeadlineExceeded(why);
     }
   }
 }
 
 template <typename Consume>
 Error HostWindow::Exchange(int64_t rank, int64_t run_id, const void* in, size_t in_bytes,
-                          Consume consume) {
-  if (header_->broken.load(std::memory_order_acquire) != 0) {
+                           Consume consume) {
+  if (header_->failed.load(std::memory_order_acquire) != 0) {
     return Internal("an earlier call at this call site of group " + GroupToString(members_) +
-                    " failed (a peer died or timed out), so its ranks are out of step; "
-                    "restart the job");
+                    " failed, so its ranks are out of step; restart the job. The cause: " +
+                    FailureReason());
+  }
+  if (in_bytes > slot_bytes_) {
+    return Internal("a call of " + std::to_string(in_bytes) + " bytes does not fit its host "
+                    "window's " + std::to_string(slot_bytes_) + "-byte slot");
   }
   auto& me = header_->ranks[rank];
-  me.pid.store(static_cast<int32_t>(getpid()), std::memory_order_relaxed);
   const uint64_t epoch = me.epoch.load(std::memory_order_relaxed) + 1;
   const size_t world = members_.size();
   std::vector<const char*> sources(world);
@@ -353,57 +409,15 @@ Error HostWindow::AllReduce(const CallLayout& layout, int64_t run_id, ffi::DataT
 
 void HostWindow::UnlinkAll() {
   std::lock_guard<std::mutex> lock(windows_mu);
-  for (auto& [name, window] : Windows()) shm_unlink(name.c_str());
-}
-
-std::vector<std::string> HostWindow::ReapStale() {
-  std::vector<std::string> removed;
-  DIR* dir = opendir("/dev/shm");
-  if (dir == nullptr) return removed;
-  const std::string prefix = "jax_symm-";
-  while (dirent* entry = readdir(dir)) {
-    const std::string file = entry->d_name;
-    if (file.compare(0, prefix.size(), prefix) != 0) continue;
-    const std::string name = "/" + file;
-    {
-      std::lock_guard<std::mutex> lock(windows_mu);
-      if (Windows().count(name)) continue;  // ours
-    }
-    int fd = shm_open(name.c_str(), O_RDONLY, 0);
-    if (fd < 0) continue;
-    struct stat st;
-    bool stale = false;
-    if (fstat(fd, &st) == 0 && static_cast<size_t>(st.st_size) >= sizeof(Header)) {
-      void* base = mmap(nullptr, st.st_size, PROT_READ, MAP_SHARED, fd, 0);
-      if (base != MAP_FAILED) {
-        const Header* h = static_cast<const Header*>(base);
-        const uint64_t world = h->world.load();
-        if (h->magic.load() == kMagic && world > 0 &&
-            Header::Bytes(world) <= static_cast<size_t>(st.st_size)) {
-          // Stale when some rank has run and every rank that ran is gone.
-          bool any_pid = false, any_alive = false;
-          for (uint64_t r = 0; r < world; ++r) {
-            const int32_t pid = h->ranks[r].pid.load();
-            if (pid <= 0) continue;
-            any_pid = true;
-            any_alive |= !ProcessGone(pid);
-          }
-          stale = any_pid && !any_alive;
-        }
-        munmap(base, st.st_size);
-      }
-    }
-    close(fd);
-    if (stale && shm_unlink(name.c_str()) == 0) removed.push_back(name);
-  }
-  closedir(dir);
-  return removed;
+  for (auto& [key, window] : Windows()) window->segment_->Unlink();
 }
 
 std::vector<std::pair<std::string, size_t>> HostWindow::List() {
   std::lock_guard<std::mutex> lock(windows_mu);
   std::vector<std::pair<std::string, size_t>> out;
-  for (auto& [name, window] : Windows()) out.emplace_back(name, window->mapped_bytes());
+  for (auto& [key, window] : Windows()) {
+    out.emplace_back(window->segment_->name(), window->segment_->bytes());
+  }
   return out;
 }
 

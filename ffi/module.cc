@@ -36,18 +36,30 @@ T Value(jax_symm::ErrorOr<T> v) {
   return std::move(*v);
 }
 
+jax_symm::ErrorOr<jax_symm::CollectiveKind> KindOf(const std::string& name) {
+  if (name == "all_gather") return jax_symm::CollectiveKind::kAllGather;
+  if (name == "reduce_scatter") return jax_symm::CollectiveKind::kReduceScatter;
+  if (name == "all_reduce") return jax_symm::CollectiveKind::kAllReduce;
+  return jax_symm::InvalidArgument("unknown collective '" + name + "'");
+}
+
 }  // namespace
 
 NB_MODULE(_jax_symm, m) {
   m.doc() = "jax_symm native core: FFI handlers and transport set-up.";
 
-  m.def("host_handlers", []() {
+  // Target names live here, next to the handlers they name: Python registers
+  // what it gets and emits custom calls with these names.
+  m.def("host_targets", []() {
     nb::dict d;
-    d["all_gather"] = Capsule(jax_symm::HostAllGather);
-    d["reduce_scatter"] = Capsule(jax_symm::HostReduceScatter);
-    d["all_reduce"] = Capsule(jax_symm::HostAllReduce);
+    d["all_gather"] = nb::make_tuple("jax_symm_host_all_gather",
+                                     Capsule(jax_symm::HostAllGather));
+    d["reduce_scatter"] = nb::make_tuple("jax_symm_host_reduce_scatter",
+                                         Capsule(jax_symm::HostReduceScatter));
+    d["all_reduce"] = nb::make_tuple("jax_symm_host_all_reduce",
+                                     Capsule(jax_symm::HostAllReduce));
     return d;
-  });
+  }, "{op: (FFI target name, handler capsule)} of the host transport.");
 
   m.def(
       "set_local_devices",
@@ -62,24 +74,34 @@ NB_MODULE(_jax_symm, m) {
 
   m.def(
       "set_host_config",
-      [](std::string session, double timeout_s, double poll_s, bool single_process) {
-        jax_symm::SetHostConfig({std::move(session), timeout_s, poll_s, single_process});
+      [](double timeout_s, double poll_s, double open_timeout_s, bool single_process,
+         int spins) {
+        jax_symm::SetHostConfig({timeout_s, poll_s, open_timeout_s, single_process, spins});
       },
-      nb::arg("session"), nb::arg("timeout_s"), nb::arg("poll_s"), nb::arg("single_process"));
+      nb::arg("timeout_s"), nb::arg("poll_s"), nb::arg("open_timeout_s"),
+      nb::arg("single_process"), nb::arg("spins"));
   m.def(
       "host_prepare",
-      [](int kind, int64_t channel, std::vector<int64_t> members, size_t slot_bytes,
+      [](int64_t site, const std::string& kind, std::vector<int64_t> members,
+         size_t slot_bytes, uint64_t fingerprint, std::string name, bool create,
          std::vector<int64_t> local_ranks) {
-        auto window = jax_symm::HostWindow::Get(static_cast<jax_symm::CollectiveKind>(kind),
-                                                channel, members, slot_bytes);
-        if (window.has_error()) throw std::runtime_error(window.error().message());
-        (*window)->ClaimRanks(local_ranks);
+        jax_symm::WindowSpec spec;
+        spec.site = site;
+        spec.kind = Value(KindOf(kind));
+        spec.members = std::move(members);
+        spec.slot_bytes = slot_bytes;
+        spec.fingerprint = fingerprint;
+        spec.name = std::move(name);
+        spec.create = create;
+        spec.local_ranks = std::move(local_ranks);
+        nb::gil_scoped_release release;  // may wait for a peer process to create it
+        Raise(jax_symm::HostWindow::Prepare(spec));
       },
-      nb::arg("kind"), nb::arg("channel"), nb::arg("members"), nb::arg("slot_bytes"),
-      nb::arg("local_ranks"),
-      "Maps a call site's window ahead of its first call and claims our ranks in it.");
-  m.def("host_reap_stale", &jax_symm::HostWindow::ReapStale,
-        "Unlinks /dev/shm segments of jax_symm jobs whose processes are all gone.");
+      nb::arg("site"), nb::arg("kind"), nb::arg("members"), nb::arg("slot_bytes"),
+      nb::arg("fingerprint"), nb::arg("name"), nb::arg("create"), nb::arg("local_ranks"),
+      "Creates (or opens and validates) a call site's window and claims our ranks in it.");
+  m.def("host_reap_stale", &jax_symm::ReapStaleSegments,
+        "Unlinks this user's jax_symm segments in /dev/shm that no live process holds.");
 
   m.def("host_windows", &jax_symm::HostWindow::List,
         "(name, bytes) of each shared-memory window this process mapped.");

@@ -1,34 +1,85 @@
-"""Set-up of the host (XLA:CPU) transport: session, timeouts, clean-up.
+"""The host transport (XLA:CPU): shared-memory windows between the devices of
+one host, in one or several processes.
 
-The shared-memory windows themselves are created by the C++ handlers on first
-use; all Python has to do is make every process agree on a session name, say
-which groups can use shared memory (all members on one host), and unlink the
-segments at exit.
+Everything that must be agreed between processes happens here, at lowering,
+which every process of a job passes for the same programs in the same order:
+each lowered call gets a call-site number (the same in every process), and the
+window of each (call site, group) is created by the process that serves the
+group's rank 0 and opened by the others. Window names are keyed hashes of a
+per-job secret that travels through jax.distributed's key-value store, so no
+other user can predict or plant them (ffi/host_segment.h has the rest of the
+defences). Handlers only look windows up; they never create one.
 """
 
 from __future__ import annotations
 
 import atexit
 import functools
+import hashlib
+import itertools
 import os
+import secrets
+import threading
+
+import numpy as np
+import jax
 
 from . import _bootstrap, _compat
-from ._native import ext, publish_local_devices, register_host_targets
+from ._native import ext, publish_local_devices
+
+_lock = threading.Lock()
+_sites = itertools.count(1)
+_ready = False
+_secret = b""
 
 
 def timeout_s() -> float:
+    """JAX_SYMM_TIMEOUT_S: the longest wait for a live peer at a barrier."""
     return float(os.environ.get("JAX_SYMM_TIMEOUT_S", "300"))
 
 
+def _spins() -> int:
+    """JAX_SYMM_SPINS: busy-waits before a barrier sleeps (-1: by core count)."""
+    return int(os.environ.get("JAX_SYMM_SPINS", "-1"))
+
+
 @functools.cache
+def targets() -> dict[str, str]:
+    """{op: FFI target name}, registered with XLA:CPU on first use."""
+    names = {}
+    for op, (name, capsule) in ext.host_targets().items():
+        jax.ffi.register_ffi_target(name, capsule, platform="cpu")
+        names[op] = name
+    return names
+
+
 def setup() -> None:
-    """Idempotent; the first lowering of a jax_symm op on CPU calls it."""
-    register_host_targets()
-    publish_local_devices("cpu")
-    ext.host_reap_stale()  # segments of earlier jobs that were killed
-    session = _bootstrap.agree_on("host_session", _bootstrap.new_session_id)
-    ext.set_host_config(session, timeout_s(), 0.05, _compat.process_count() == 1)
-    atexit.register(ext.host_unlink_all)
+    """Idempotent and thread-safe; the first CPU lowering of a jax_symm op calls it."""
+    global _ready, _secret
+    with _lock:
+        if _ready:
+            return
+        targets()
+        publish_local_devices("cpu")
+        ext.host_reap_stale()  # segments of earlier jobs that died
+        multi = _compat.process_count() > 1
+        _secret = bytes.fromhex(_bootstrap.agree_on("host_secret", lambda: secrets.token_hex(32)))
+        ext.set_host_config(timeout_s(), 0.05, _bootstrap.timeout_ms() / 1000, not multi,
+                            _spins())
+        if multi:
+            _allow_many_files()
+        atexit.register(ext.host_unlink_all)
+        _ready = True
+
+
+def _allow_many_files() -> None:
+    """Each window keeps a descriptor open (it carries our liveness locks), one
+    per call site: lift the soft limit on open files to the hard one."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 @functools.cache
@@ -36,26 +87,60 @@ def _process_hosts() -> dict[int, str]:
     return _bootstrap.host_names()
 
 
-def group_is_host_local(process_indices) -> bool:
-    """True when every process in the group runs on this host."""
+def unusable_reason(groups: np.ndarray) -> str | None:
+    """Why these groups cannot use shared memory, if they cannot."""
+    if _compat.process_count() == 1:
+        return None
+    by_id = {d.id: d.process_index for d in jax.devices()}
     hosts = _process_hosts()
-    return len({hosts[p] for p in process_indices}) <= 1
+    for row in groups:
+        if len({hosts[by_id[int(g)]] for g in row}) > 1:
+            return ("jax_symm: a group spans several hosts; the CPU transport is shared "
+                    "memory, so these calls use XLA's own collectives.")
+    return None
 
 
-_KIND_CODES = {"all_gather": 0, "reduce_scatter": 1, "all_reduce": 2}
+def slot_bytes(kind: str, chunk_bytes: int, world: int) -> int:
+    """What one rank puts into a window per call: reduce-scatter sends world
+    chunks, the others one. Rounded to a cache line so slots do not share one."""
+    need = chunk_bytes * (world if kind == "reduce_scatter" else 1)
+    return max(64, -(-need // 64) * 64)
 
 
-def prepare(kind: str, channel: int, groups, chunk_bytes: int) -> None:
-    """Maps the windows of a call site's local groups ahead of its first call,
-    recording this process as the server of its ranks there."""
-    import jax
+def _digest(text: str, size: int) -> bytes:
+    return hashlib.blake2b(text.encode(), key=_secret, digest_size=size).digest()
 
+
+def lower(kind: str, ctx, x, *, groups: np.ndarray, outer: int, inner_bytes: int):
+    """Prepares this call site's windows and emits the custom call."""
+    setup()
+    with _lock:
+        site = next(_sites)
+    world = groups.shape[1]
+    slot = slot_bytes(kind, outer * inner_bytes, world)
+    # What the call is, as every process's lowering sees it: a process that
+    # lowered a different program at this call site is refused, not paired.
+    what = "|".join(map(str, (kind, ctx.avals_in[0], ctx.avals_out[0], outer, inner_bytes,
+                              slot, ctx.name_stack)))
     me = jax.process_index()
     owner = {d.id: d.process_index for d in jax.devices()}
-    world = groups.shape[1]
-    slot = chunk_bytes * (world if kind == "reduce_scatter" else 1)
     for row in groups:
-        mine = [r for r, gid in enumerate(row) if owner[int(gid)] == me]
-        if mine:
-            ext.host_prepare(_KIND_CODES[kind], int(channel), [int(g) for g in row], int(slot),
-                             mine)
+        members = [int(g) for g in row]
+        mine = [r for r, gid in enumerate(members) if owner[gid] == me]
+        if not mine:
+            continue
+        name = "/jax_symm-" + _digest(f"{site}|{kind}|{slot}|{members}", 16).hex()
+        fingerprint = int.from_bytes(_digest(f"{what}|{members}", 8), "little")
+        ext.host_prepare(site, kind, members, slot, fingerprint, name,
+                         owner[members[0]] == me, mine)
+    rule = jax.ffi.ffi_lowering(targets()[kind], has_side_effect=True)
+    token, y = rule(
+        _compat.with_token_avals(ctx), _compat.order_token(ctx), x,
+        groups=np.ascontiguousarray(groups.reshape(-1), dtype=np.int64),
+        group_size=np.int64(world),
+        site=np.int64(site),
+        outer=np.int64(outer),
+        inner_bytes=np.int64(inner_bytes),
+    )
+    _compat.set_order_token(ctx, token)
+    return [y]

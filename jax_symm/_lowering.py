@@ -19,10 +19,6 @@ import jax
 
 from . import _compat
 
-# Which primitive lowering the transports implement; the rest go to lax.
-KINDS = ("all_gather", "reduce_scatter", "all_reduce")
-
-
 def layout(shape, dim: int, itemsize: int) -> tuple[int, int]:
     """(outer, inner_bytes) for data split around dimension `dim` of `shape`.
 
@@ -38,11 +34,6 @@ def layout(shape, dim: int, itemsize: int) -> tuple[int, int]:
 @functools.cache
 def _warn_once(message: str) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=3)
-
-
-def _groups_process_indices(groups: np.ndarray) -> set[int]:
-    by_id = {d.id: d.process_index for d in jax.devices()}
-    return {by_id[int(i)] for i in groups.reshape(-1)}
 
 
 def _require_mesh(kind: str, ctx):
@@ -79,39 +70,23 @@ def disabled() -> bool:
 
 def lower_host(kind: str, lax_rule: Callable, ctx, x, *, axes: tuple,
                outer: int, inner_bytes: int, lax_params: dict):
-    """XLA:CPU lowering: the shared-memory host transport."""
+    """XLA:CPU lowering: the shared-memory host transport (jax_symm/_host.py)."""
     from . import _host
-    from ._native import HOST_TARGETS
 
     axis_ctx = _require_mesh(kind, ctx)
-    if (why := _use_lax_instead(kind, axis_ctx)) is not None:
+    why = _use_lax_instead(kind, axis_ctx)
+    groups = None
+    if why is None and not _compat.has_order_token(ctx):
+        why = ("jax_symm: this CPU program was traced while the default backend was not "
+               "the CPU, so its collectives carry no order token; they use XLA's own "
+               "collectives.")
+    if why is None:
+        groups = _compat.replica_groups(axis_ctx, axes)
+        why = _host.unusable_reason(groups)
+    if why is not None:
         _warn_once(why)
         return lax_rule(ctx, x, **lax_params)
-    groups = _compat.replica_groups(axis_ctx, axes)
-    _host.setup()
-    if _compat.process_count() > 1 and not _host.group_is_host_local(
-            _groups_process_indices(groups)):
-        _warn_once("jax_symm: a group spans several hosts; the CPU transport "
-                   "is shared memory, so these calls use XLA's own collectives.")
-        return lax_rule(ctx, x, **lax_params)
-    if not _compat.has_order_token(ctx):
-        _warn_once("jax_symm: this CPU program was traced while the default backend was "
-                   "not the CPU, so its collectives carry no order token; they use XLA's "
-                   "own collectives.")
-        return lax_rule(ctx, x, **lax_params)
-    channel = next(ctx.module_context.channel_iterator)
-    _host.prepare(kind, channel, groups, outer * inner_bytes)
-    rule = jax.ffi.ffi_lowering(HOST_TARGETS[kind], has_side_effect=True)
-    token, y = rule(
-        _compat.with_token_avals(ctx), _compat.order_token(ctx), x,
-        groups=np.ascontiguousarray(groups.reshape(-1), dtype=np.int64),
-        group_size=np.int64(groups.shape[1]),
-        channel=np.int64(channel),
-        outer=np.int64(outer),
-        inner_bytes=np.int64(inner_bytes),
-    )
-    _compat.set_order_token(ctx, token)
-    return [y]
+    return _host.lower(kind, ctx, x, groups=groups, outer=outer, inner_bytes=inner_bytes)
 
 
 # NCCL has no 16-bit integer type: those sums stay with XLA.

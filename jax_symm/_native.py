@@ -8,19 +8,6 @@ import jax
 
 from . import _jax_symm as ext  # noqa: F401  (re-exported for the other modules)
 
-HOST_TARGETS = {
-    "all_gather": "jax_symm_host_all_gather",
-    "reduce_scatter": "jax_symm_host_reduce_scatter",
-    "all_reduce": "jax_symm_host_all_reduce",
-}
-
-
-@functools.cache
-def register_host_targets() -> None:
-    for op, capsule in ext.host_handlers().items():
-        jax.ffi.register_ffi_target(HOST_TARGETS[op], capsule, platform="cpu")
-
-
 @functools.cache
 def publish_local_devices(platform: str) -> None:
     """Tells the handlers which global device id each XLA ordinal is.

@@ -69,14 +69,11 @@ def _check_gather_scatter(out, data: np.ndarray, n: int) -> None:
 
 
 def _my_shm_segments() -> list[str]:
-    """This job's segments in /dev/shm (names share the session of our windows)."""
+    """This process's windows that are in /dev/shm now."""
     from jax_symm._native import ext
 
-    names = [n for n, _ in ext.host_windows()]
-    if not names:
-        return []
-    session_prefix = names[0].lstrip("/").rsplit("-", 1)[0] + "-"
-    return sorted(f for f in os.listdir("/dev/shm") if f.startswith(session_prefix))
+    present = set(os.listdir("/dev/shm"))
+    return sorted(n.lstrip("/") for n, _ in ext.host_windows() if n.lstrip("/") in present)
 
 
 # ------------------------------------------------------------ case 1: peer killed

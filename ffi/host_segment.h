@@ -1,0 +1,66 @@
+// A POSIX shared-memory segment that belongs to one job, and nobody else.
+//
+// /dev/shm is shared with every local user (and, with --ipc=host containers,
+// with other PID namespaces), so nothing found there is trusted:
+//  - names carry a keyed hash of a per-job secret (computed in Python), so no
+//    one can predict a name from a listing;
+//  - exactly one process creates a segment, with O_EXCL: a name that already
+//    exists is someone else's, and an error;
+//  - every other process opens it without following links or blocking on a
+//    FIFO, and checks that it is a regular file owned by this user with mode
+//    0600 and exactly the expected size before mapping it;
+//  - who is alive is told by open-file-description locks, not by pids: each
+//    process holds a shared lock on one byte per rank it serves, for as long as
+//    it lives. The kernel drops the lock when the process dies -- killed,
+//    exited, or a zombie -- and locks are seen across PID namespaces, where
+//    `kill(pid, 0)` sees nothing.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ffi_common.h"
+
+namespace jax_symm {
+
+class SharedSegment {
+ public:
+  // Creates `name` (which must not exist) with `bytes` of reserved memory,
+  // mapped read-write. On any failure nothing is left behind.
+  static ErrorOr<SharedSegment*> Create(const std::string& name, size_t bytes);
+  // Opens a segment another process of the job creates, waiting up to
+  // `timeout_s` for it to appear at its full size.
+  static ErrorOr<SharedSegment*> Open(const std::string& name, size_t bytes,
+                                      double timeout_s);
+
+  // Holds rank `rank`'s liveness lock for the rest of this process's life.
+  Error HoldRank(int64_t rank);
+  // Whether some live process holds rank `rank`'s lock (through another open
+  // file description than ours, so our own ranks count as held).
+  bool RankHeld(int64_t rank) const;
+  // Removes the name (mappings stay valid until exit).
+  void Unlink() const;
+  // Single-process jobs need neither the name nor the descriptor.
+  void UnlinkAndClose();
+
+  char* base() const { return base_; }
+  size_t bytes() const { return bytes_; }
+  const std::string& name() const { return name_; }
+
+ private:
+  SharedSegment() = default;
+  std::string name_;
+  char* base_ = nullptr;
+  size_t bytes_ = 0;
+  int fd_ = -1;     // kept open: it carries our liveness locks
+  int probe_ = -1;  // a second open file description, for testing others' locks
+};
+
+// Unlinks segments named jax_symm-* in /dev/shm that are regular files owned
+// by this user and locked by no live process. Never opens anything else,
+// never blocks, never reads a header. Returns the names removed.
+std::vector<std::string> ReapStaleSegments();
+
+}  // namespace jax_symm

@@ -3,21 +3,59 @@
 jax_symm's primitives need pieces of ``jax._src`` (the varying-axes type
 system, axis environment, batching tables, replica groups) that move between
 releases. Keeping them here means a JAX release breaks this file, not every op.
-Supported: jax 0.10 to 0.12.
+Supported: jax 0.10.1 to 0.12 (see check_jax_version).
 """
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any, Sequence
 
 import numpy as np
 
 import jax
-from jax._src import core
-from jax._src.interpreters import ad, batching, mlir, pxla
-from jax._src.lax import parallel as lax_parallel
 
 JAX_VERSION = tuple(int(p) for p in jax.__version__.split(".")[:3] if p.isdigit())
+
+# Keep in step with pyproject.toml's `jax>=0.10.1,<0.13`. 0.10.0 is out: its
+# pxla.axis_groups reads SPMDAxisContext.names, which 0.10.0 no longer has.
+MIN_JAX = (0, 10, 1)
+MAX_JAX_EXCLUSIVE = (0, 13)
+
+
+def check_jax_version(version: str | None = None) -> None:
+    """Raises ImportError, saying what to install, for a jax jax_symm does not support.
+
+    Called by ``import jax_symm`` so that an unsupported jax fails there, not
+    with an internal AttributeError at the first collective.
+    """
+    if version is None:
+        if os.environ.get("JAX_SYMM_SKIP_VERSION_CHECK", "0") not in ("", "0"):
+            return
+        version = jax.__version__
+    parts = []
+    for p in version.split(".")[:3]:
+        digits = re.match(r"\d+", p)
+        parts.append(int(digits.group()) if digits else 0)
+    found = tuple(parts)
+    if found < MIN_JAX or found[:2] >= MAX_JAX_EXCLUSIVE:
+        lo = ".".join(map(str, MIN_JAX))
+        hi = ".".join(map(str, MAX_JAX_EXCLUSIVE))
+        raise ImportError(
+            f"jax_symm supports jax >= {lo} and < {hi}, but jax {version} is installed "
+            f"(jax_symm uses JAX internals that change between releases). Install a "
+            f"supported one: pip install 'jax>={lo},<{hi}' 'jaxlib>={lo},<{hi}' "
+            f"(or set JAX_SYMM_SKIP_VERSION_CHECK=1 to try this jax anyway)")
+
+
+# Before the jax._src imports below, which may themselves fail on a jax
+# outside the supported range.
+check_jax_version()
+
+from jax._src import core  # noqa: E402
+from jax._src.interpreters import ad, batching, mlir, pxla  # noqa: E402
+from jax._src.lax import parallel as lax_parallel  # noqa: E402
 
 Primitive = core.Primitive
 named_axis_effect = core.NamedAxisEffect

@@ -128,6 +128,23 @@ def check_unreduced(avals, axes: tuple, api_name: str) -> None:
         fn(avals, axes, api_name)
 
 
+def axes_bound(axes: tuple) -> bool:
+    """Whether every named axis in `axes` is bound here (shard_map, pmap)."""
+    env = core.get_axis_env()
+    return all(env.axis_exists(a) for a in axes if not isinstance(a, int))
+
+
+def partially_manual() -> bool:
+    """Whether tracing is inside a shard_map that is manual over only some of
+    its mesh's axes (``axis_names=``, or vmap with ``spmd_axis_name``)."""
+    try:
+        mesh = jax.sharding.get_abstract_mesh()
+    except Exception:
+        return False
+    manual = set(getattr(mesh, "manual_axes", ()) or ())
+    return bool(manual) and manual != set(getattr(mesh, "axis_names", ()) or ())
+
+
 def axis_size(axes: tuple) -> int:
     """Product of the sizes of the named axes (trace-time constant)."""
     return int(lax_parallel._axis_size(axes))
@@ -153,7 +170,11 @@ def register_collective_batcher(prim, rule) -> None:
 def spmd_device_ids(axis_ctx) -> np.ndarray:
     """Global device ids of the lowering's mesh, in mesh (logical) order."""
     mesh = getattr(axis_ctx, "mesh", None)
-    devices = getattr(mesh, "devices", None) if mesh is not None else None
+    try:
+        devices = mesh.devices if mesh is not None else None
+    except (AttributeError, ValueError, NotImplementedError):
+        # An AbstractMesh raises ValueError("AbstractMesh does not implement devices").
+        devices = None
     if devices is None or getattr(devices, "dtype", None) != object:
         raise NotImplementedError(
             "jax_symm needs a concrete device mesh at lowering time; pass a "

@@ -145,6 +145,16 @@ def partially_manual() -> bool:
     return bool(manual) and manual != set(getattr(mesh, "axis_names", ()) or ())
 
 
+def mesh_axes(axes: tuple) -> bool:
+    """Whether every axis in `axes` is an axis of the current (shard_map or
+    pmap) mesh, not e.g. a vmap axis name."""
+    try:
+        names = set(jax.sharding.get_abstract_mesh().axis_names)
+    except Exception:
+        return False
+    return all(a in names for a in axes)
+
+
 def axis_size(axes: tuple) -> int:
     """Product of the sizes of the named axes (trace-time constant)."""
     return int(lax_parallel._axis_size(axes))

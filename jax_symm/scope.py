@@ -51,12 +51,14 @@ def _summable(x) -> bool:
 def _named(axes) -> tuple | None:
     """The axes as a tuple, or None where the scope must leave the call to lax:
     positional axes; an axis not bound here (lax raises its own error, with
-    its hint); a shard_map manual over only some mesh axes (XLA's partitioner
+    its hint); a vmap axis name (not a mesh axis); a shard_map manual over only some mesh axes (XLA's partitioner
     owns the rest; a direct jax_symm call warns there, the scope stays silent)."""
     axes = tuple(axes) if isinstance(axes, (tuple, list)) else (axes,)
     if any(isinstance(a, int) for a in axes) or not _compat.axes_bound(axes):
         return None
-    return None if _compat.partially_manual() else axes
+    if _compat.partially_manual() or not _compat.mesh_axes(axes):
+        return None
+    return axes
 
 
 def _all_gather(x, *, all_gather_dimension, axis_name, axis_index_groups, axis_size, tiled):

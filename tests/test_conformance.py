@@ -246,9 +246,11 @@ def _tolerance(dtype):
 
 
 # A shard_map nested in another one takes the abstract context mesh; jax_symm
-# needs a concrete mesh at lowering and says so (NotImplementedError), so the
+# needs a concrete mesh at lowering and says so (NotImplementedError; jax
+# 0.10.1 lowers it as partially manual instead: a RuntimeWarning), so the
 # scope does not yet conform there.
-_NESTED = pytest.mark.xfail(strict=True, raises=NotImplementedError,
+_NESTED_ERRORS = (NotImplementedError, RuntimeWarning)
+_NESTED = pytest.mark.xfail(strict=True, raises=_NESTED_ERRORS,
                             reason="nested shard_map lowers with an abstract mesh")
 
 
@@ -260,8 +262,8 @@ def _cases(names):
 def test_same_with_and_without_scope(name):
     kind0, out0, types0 = _run(name, scoped=False)
     kind1, out1, types1 = _run(name, scoped=True)
-    if kind1 == "error" and out1[0] is NotImplementedError and kind0 == "ok":
-        raise NotImplementedError(out1[1])
+    if kind1 == "error" and out1[0] in _NESTED_ERRORS and kind0 == "ok":
+        raise out1[0](out1[1])
     assert kind0 == kind1, (out0, out1)
     assert (kind0 == "error") == name.startswith("error_"), out0
     assert types0 == types1  # dtype, shape and varying axes of every collective's result

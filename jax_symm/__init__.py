@@ -14,13 +14,22 @@ processes) of one host.
 
 __version__ = "0.1.0"
 
-from .all_gather import all_gather
-from .all_reduce import all_reduce, psum
-from .reduce_scatter import psum_scatter, reduce_scatter
-from .scope import use_symmetric_memory
+# First: an unsupported jax fails here with what to install, not later with an
+# internal error; a source checkout without the compiled extension fails here
+# with what to do, not inside a JAX trace at the first collective.
+from ._compat import check_jax_version
+
+check_jax_version()
+
+from . import _native  # noqa: E402,F401
+
+from .all_gather import all_gather  # noqa: E402
+from .all_reduce import all_reduce, psum  # noqa: E402
+from .reduce_scatter import psum_scatter, reduce_scatter  # noqa: E402
+from .scope import use_symmetric_memory  # noqa: E402
 
 # `info` the function shadows `info` the module (still `python -m jax_symm.info`).
-from .info import info
+from .info import info  # noqa: E402
 
 
 __all__ = ["all_gather", "reduce_scatter", "psum_scatter", "all_reduce", "psum", "use_symmetric_memory",

@@ -26,6 +26,14 @@ def axis_tuple(axis_name: Any) -> tuple:
     return axis_name if isinstance(axis_name, tuple) else (axis_name,)
 
 
+def check_bound(axes: tuple, api_name: str) -> None:
+    """lax's NameError for an axis not bound by an enclosing shard_map, with
+    lax's hint (lax itself gives it only for psum under jit)."""
+    from . import _compat
+
+    _compat.check_axis_names(axes, f"jax_symm.{api_name}")
+
+
 def reject_axis_index_groups(axis_index_groups: Any, api_name: str) -> None:
     if axis_index_groups is not None:
         raise NotImplementedError(

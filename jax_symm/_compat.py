@@ -3,21 +3,59 @@
 jax_symm's primitives need pieces of ``jax._src`` (the varying-axes type
 system, axis environment, batching tables, replica groups) that move between
 releases. Keeping them here means a JAX release breaks this file, not every op.
-Supported: jax 0.10 to 0.12.
+Supported: jax 0.10.1 to 0.12 (see check_jax_version).
 """
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any, Sequence
 
 import numpy as np
 
 import jax
-from jax._src import core, effects as _effects
-from jax._src.interpreters import ad, batching, mlir, pxla
-from jax._src.lax import parallel as lax_parallel
 
 JAX_VERSION = tuple(int(p) for p in jax.__version__.split(".")[:3] if p.isdigit())
+
+# Keep in step with pyproject.toml's `jax>=0.10.1,<0.13`. 0.10.0 is out: its
+# pxla.axis_groups reads SPMDAxisContext.names, which 0.10.0 no longer has.
+MIN_JAX = (0, 10, 1)
+MAX_JAX_EXCLUSIVE = (0, 13)
+
+
+def check_jax_version(version: str | None = None) -> None:
+    """Raises ImportError, saying what to install, for a jax jax_symm does not support.
+
+    Called by ``import jax_symm`` so that an unsupported jax fails there, not
+    with an internal AttributeError at the first collective.
+    """
+    if version is None:
+        if os.environ.get("JAX_SYMM_SKIP_VERSION_CHECK", "0") not in ("", "0"):
+            return
+        version = jax.__version__
+    parts = []
+    for p in version.split(".")[:3]:
+        digits = re.match(r"\d+", p)
+        parts.append(int(digits.group()) if digits else 0)
+    found = tuple(parts)
+    if found < MIN_JAX or found[:2] >= MAX_JAX_EXCLUSIVE:
+        lo = ".".join(map(str, MIN_JAX))
+        hi = ".".join(map(str, MAX_JAX_EXCLUSIVE))
+        raise ImportError(
+            f"jax_symm supports jax >= {lo} and < {hi}, but jax {version} is installed "
+            f"(jax_symm uses JAX internals that change between releases). Install a "
+            f"supported one: pip install 'jax>={lo},<{hi}' 'jaxlib>={lo},<{hi}' "
+            f"(or set JAX_SYMM_SKIP_VERSION_CHECK=1 to try this jax anyway)")
+
+
+# Before the jax._src imports below, which may themselves fail on a jax
+# outside the supported range.
+check_jax_version()
+
+from jax._src import core, effects as _effects  # noqa: E402
+from jax._src.interpreters import ad, batching, mlir, pxla  # noqa: E402
+from jax._src.lax import parallel as lax_parallel  # noqa: E402
 
 Primitive = core.Primitive
 named_axis_effect = core.NamedAxisEffect
@@ -57,23 +95,11 @@ def collective_effects(axes: tuple) -> set:
     path, which ordered effects disable.
     """
     named = set(map(core.NamedAxisEffect, axes))
-    if jax.default_backend() != "cpu" or partially_manual_context():
+    # Inside a partially manual shard_map every call goes to XLA's collective
+    # (XLA's partitioner owns the other axes), and XLA cannot compile a token there.
+    if jax.default_backend() != "cpu" or partially_manual():
         return named
     return named | {collective_order}
-
-
-def partially_manual_context() -> bool:
-    """Tracing inside a shard_map that is manual over only some mesh axes.
-
-    There jax_symm hands every call to XLA's collective (XLA's partitioner owns
-    the other axes), so no order token is needed -- and XLA's partitioner cannot
-    compile one there.
-    """
-    from jax._src import mesh as mesh_lib
-
-    am = mesh_lib.get_abstract_mesh()
-    manual = set(getattr(am, "manual_axes", ()) or ())
-    return bool(manual) and manual != set(am.axis_names)
 
 
 def has_order_token(ctx) -> bool:
@@ -184,6 +210,33 @@ def check_unreduced(avals, axes: tuple, api_name: str) -> None:
         fn(avals, axes, api_name)
 
 
+def axes_bound(axes: tuple) -> bool:
+    """Whether every named axis in `axes` is bound here (shard_map, pmap)."""
+    env = core.get_axis_env()
+    return all(env.axis_exists(a) for a in axes if not isinstance(a, int))
+
+
+def partially_manual() -> bool:
+    """Whether tracing is inside a shard_map that is manual over only some of
+    its mesh's axes (``axis_names=``, or vmap with ``spmd_axis_name``)."""
+    try:
+        mesh = jax.sharding.get_abstract_mesh()
+    except Exception:
+        return False
+    manual = set(getattr(mesh, "manual_axes", ()) or ())
+    return bool(manual) and manual != set(getattr(mesh, "axis_names", ()) or ())
+
+
+def mesh_axes(axes: tuple) -> bool:
+    """Whether every axis in `axes` is an axis of the current (shard_map or
+    pmap) mesh, not e.g. a vmap axis name."""
+    try:
+        names = set(jax.sharding.get_abstract_mesh().axis_names)
+    except Exception:
+        return False
+    return all(a in names for a in axes)
+
+
 def axis_size(axes: tuple) -> int:
     """Product of the sizes of the named axes (trace-time constant)."""
     return int(lax_parallel._axis_size(axes))
@@ -209,7 +262,11 @@ def register_collective_batcher(prim, rule) -> None:
 def spmd_device_ids(axis_ctx) -> np.ndarray:
     """Global device ids of the lowering's mesh, in mesh (logical) order."""
     mesh = getattr(axis_ctx, "mesh", None)
-    devices = getattr(mesh, "devices", None) if mesh is not None else None
+    try:
+        devices = mesh.devices if mesh is not None else None
+    except (AttributeError, ValueError, NotImplementedError):
+        # An AbstractMesh raises ValueError("AbstractMesh does not implement devices").
+        devices = None
     if devices is None or getattr(devices, "dtype", None) != object:
         raise NotImplementedError(
             "jax_symm needs a concrete device mesh at lowering time; pass a "

@@ -29,6 +29,7 @@ def all_gather(x: Any, axis_name: Any, *, axis: int = 0, tiled: bool = False,
     if to == "reduced":
         return lax.all_gather(x, axis_name, axis=axis, tiled=tiled, to=to)
     axes = _checks.axis_tuple(axis_name)
+    _checks.check_bound(axes, "all_gather")
     if not axes:
         return x
     size = _compat.axis_size(axes)

@@ -27,6 +27,7 @@ def all_reduce(x: Any, axis_name: Any, *, axis_index_groups: Any = None) -> Any:
         raise NotImplementedError(
             "jax_symm.all_reduce sums over named mesh axes only; use jax.lax.psum "
             "for positional axes.")
+    _checks.check_bound(axes, "psum")
     axes = _compat.skip_one_sized_axes(axes)
     if not axes:
         return x

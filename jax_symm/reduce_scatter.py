@@ -24,6 +24,7 @@ def reduce_scatter(x: Any, axis_name: Any, *, scatter_dimension: int = 0,
     :func:`jax.shard_map`.
     """
     _checks.reject_axis_index_groups(axis_index_groups, "psum_scatter")
+    _checks.check_bound(_checks.axis_tuple(axis_name), "psum_scatter")
     axes = _compat.skip_one_sized_axes(_checks.axis_tuple(axis_name))
     if not axes:
         return x

@@ -4,7 +4,8 @@ Inside the scope, every `jax.lax.all_gather`, `jax.lax.psum_scatter` and
 `jax.lax.psum` that is traced (library code such as a Flax model included)
 binds the jax_symm primitive instead of lax's. Outside it nothing changes.
 Where jax_symm cannot serve a call (axis_index_groups, positional axes, a
-dtype without a jax_symm sum) the lax op runs unchanged, as it does when the
+dtype without a jax_symm sum, an unbound axis name, a shard_map manual over
+only some mesh axes) the lax op runs unchanged and silently, as it does when the
 scope is disabled or jax_symm is disabled globally (JAX_SYMM_DISABLE=1 or
 `jax.config.update("jax_symm_disable", True)`). Groups of one device move no
 data either way.
@@ -48,8 +49,16 @@ def _summable(x) -> bool:
 
 
 def _named(axes) -> tuple | None:
+    """The axes as a tuple, or None where the scope must leave the call to lax:
+    positional axes; an axis not bound here (lax raises its own error, with
+    its hint); a vmap axis name (not a mesh axis); a shard_map manual over only some mesh axes (XLA's partitioner
+    owns the rest; a direct jax_symm call warns there, the scope stays silent)."""
     axes = tuple(axes) if isinstance(axes, (tuple, list)) else (axes,)
-    return None if any(isinstance(a, int) for a in axes) else axes
+    if any(isinstance(a, int) for a in axes) or not _compat.axes_bound(axes):
+        return None
+    if _compat.partially_manual() or not _compat.mesh_axes(axes):
+        return None
+    return axes
 
 
 def _all_gather(x, *, all_gather_dimension, axis_name, axis_index_groups, axis_size, tiled):

@@ -11,12 +11,23 @@ coordinator on a free 127.0.0.1 port), calls ``fn(*args, **kwargs)`` and
 pickles the return value back to the parent. The result is the list of return
 values ordered by process id.
 
-``fn`` must be importable in a fresh interpreter: a top-level function of an
-importable module, passed as the function itself or as ``"module:function"``.
-For a function object, the directory its module was imported from is put on
-the worker's ``sys.path`` (so modules next to a test file, e.g. ``tests/`` that
-has no ``__init__.py``, work); for a string, put the module's directory on
-``PYTHONPATH`` through ``env`` or use the ``sys_path`` argument.
+``fn`` is a top-level function, passed as the function itself or as
+``"module:function"``, and is found in a fresh interpreter the way jax's own
+multi-process test runner finds it:
+
+- a function of a script run as ``__main__`` (``python my_test.py``): workers
+  load the script from its path under another module name (``__mp_main__``,
+  as :mod:`multiprocessing` does), so its ``if __name__ == "__main__":`` block
+  does not run again;
+- a function of a module (a pytest test module included): workers import it by
+  name with the directory it was imported from on ``sys.path`` (so modules
+  next to a test file, e.g. ``tests/`` that has no ``__init__.py``, work), and
+  load it from its file if that fails;
+- a ``"module:function"`` string: the caller's working directory is on the
+  workers' ``sys.path``; add others with ``sys_path`` or ``PYTHONPATH`` in ``env``.
+
+Workers' combined stdout/stderr is kept: ``echo_output=True`` prints it after
+the run, and the returned list carries it as ``.logs`` either way.
 
 On any failure (a worker raised, exited non-zero, or ``timeout_s`` passed) every
 worker's process group is terminated (SIGTERM, SIGKILL after a short grace) and
@@ -42,12 +53,15 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-__all__ = ["MultiProcessError", "free_port", "run_multiprocess"]
+__all__ = ["MultiProcessError", "MultiProcessResults", "free_port", "run_multiprocess"]
 
 _TAIL_LINES = 60
 _TERM_GRACE_S = 2.0
 _POLL_S = 0.05
 _DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+_LOG_LIMIT = 1 << 20  # bytes of each worker's output kept on success
+_MAIN_ALIAS = "__mp_main__"  # a __main__ script's name in the workers
+_FILE_SEP = "@file:"  # "module:qualname@file:/path/to/module.py"
 
 
 class MultiProcessError(RuntimeError):
@@ -68,6 +82,15 @@ class MultiProcessError(RuntimeError):
         self.timed_out = timed_out
 
 
+class MultiProcessResults(list):
+    """The workers' return values, by process id (a plain list otherwise), with
+    ``logs``: each worker's combined stdout/stderr (its last MiB)."""
+
+    def __init__(self, values: Sequence[Any] = (), logs: Sequence[str] = ()):
+        super().__init__(values)
+        self.logs = list(logs)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port on `host` that was free a moment ago (bound to port 0, then released)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -76,19 +99,33 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _fn_spec(fn: Callable[..., Any] | str) -> tuple[str, list[str]]:
-    """("module:qualname", extra sys.path entries) for `fn`."""
+    """(worker spec, extra sys.path entries) for `fn`.
+
+    The spec is "module:qualname", optionally followed by "@file:<path>": the
+    file to load the module from (under `module`) if importing it by name fails.
+    """
     if isinstance(fn, str):
         if ":" not in fn:
             raise ValueError(f"expected 'module:function', got {fn!r}")
-        return fn, []
+        return fn, [os.getcwd()]  # as `python -c` / a REPL would find the module
     module_name = getattr(fn, "__module__", None)
     qualname = getattr(fn, "__qualname__", "")
-    if not module_name or module_name == "__main__" or "<" in qualname:
+    module = sys.modules.get(module_name or "")
+    module_file = getattr(module, "__file__", None)
+    if not module_name or "<" in qualname:
         raise ValueError(
-            f"{fn!r} is not importable by name; use a top-level function of an "
-            "importable module (or a 'module:function' string)")
+            f"{fn!r} cannot be found by a fresh interpreter: define it at the top level "
+            "of your script or test module (not inside another function or a lambda), "
+            "or pass 'module:function'")
+    if module_name == "__main__":
+        if not module_file:
+            raise ValueError(
+                f"{fn!r} is defined in an interactive session (no file); define it in a "
+                "module or script, or pass 'module:function'")
+        path = os.path.abspath(module_file)
+        return f"{_MAIN_ALIAS}:{qualname}{_FILE_SEP}{path}", [os.path.dirname(path)]
     paths = []
-    module_file = getattr(sys.modules.get(module_name), "__file__", None)
+    spec = f"{module_name}:{qualname}"
     if module_file:
         # The sys.path root the module was found under: strip one directory per
         # package level (and one more for a package's __init__.py).
@@ -99,7 +136,9 @@ def _fn_spec(fn: Callable[..., Any] | str) -> tuple[str, list[str]]:
         for _ in range(levels):
             root = os.path.dirname(root)
         paths.append(root)
-    return f"{module_name}:{qualname}", paths
+        if module_file.endswith(".py"):
+            spec += _FILE_SEP + os.path.abspath(module_file)
+    return spec, paths
 
 
 def _child_env(env: Mapping[str, str] | None, devices: int) -> dict[str, str]:
@@ -136,6 +175,17 @@ def _tail(path: str, lines: int = _TAIL_LINES) -> str:
     except OSError as e:
         return f"<no log: {e}>"
     return "\n".join(text.splitlines()[-lines:])
+
+
+def _read_log(path: str) -> str:
+    """A worker's output (its last _LOG_LIMIT bytes)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - _LOG_LIMIT))
+            return f.read().decode("utf-8", "replace")
+    except OSError as e:
+        return f"<no log: {e}>"
 
 
 def _kill_group(proc: subprocess.Popen, sig: int) -> None:
@@ -211,15 +261,19 @@ def run_multiprocess(fn: Callable[..., Any] | str, *, num_processes: int = 2,
                      devices_per_process: int = 2, args: Sequence[Any] = (),
                      kwargs: Mapping[str, Any] | None = None, timeout_s: float = 120.0,
                      env: Mapping[str, str] | None = None,
-                     sys_path: Sequence[str] = ()) -> list[Any]:
+                     sys_path: Sequence[str] = (),
+                     echo_output: bool = False) -> MultiProcessResults:
     """Runs ``fn(*args, **kwargs)`` in `num_processes` JAX processes; returns their results.
 
     Every process sees `devices_per_process` CPU devices and the whole job
     ``num_processes * devices_per_process`` global devices. `args`/`kwargs`
     and the return values must be picklable. `env` adds to (overrides) the
     parent's environment; `sys_path` entries are prepended to the workers'
-    ``sys.path``. Raises :class:`MultiProcessError` when a worker raises or
-    exits non-zero, or after `timeout_s` seconds; no worker outlives the call.
+    ``sys.path``. Returns the list of return values by process id, whose
+    ``.logs`` holds each worker's output; ``echo_output=True`` also prints that
+    output (prefixed ``[process i]``) to stdout. Raises
+    :class:`MultiProcessError` when a worker raises or exits non-zero, or
+    after `timeout_s` seconds; no worker outlives the call.
     """
     if num_processes < 1 or devices_per_process < 1:
         raise ValueError("num_processes and devices_per_process must be >= 1")
@@ -268,7 +322,13 @@ def run_multiprocess(fn: Callable[..., Any] | str, *, num_processes: int = 2,
             outcomes = [_read_outcome(o) for o in outs]
             codes = [p.poll() for p in procs]
             if not failed and not timed_out and all(o is not None and o.ok for o in outcomes):
-                return [o.value for o in outcomes]
+                texts = [_read_log(log) for log in logs]
+                if echo_output:
+                    for i, text in enumerate(texts):
+                        for line in text.splitlines():
+                            print(f"[process {i}] {line}")
+                    sys.stdout.flush()
+                return MultiProcessResults([o.value for o in outcomes], texts)
 
             # Failure: stop everyone first, then collect what each one left.
             _kill_all(procs)
@@ -308,9 +368,32 @@ def run_multiprocess(fn: Callable[..., Any] | str, *, num_processes: int = 2,
 # ---------------------------------------------------------------- worker side
 
 
+def _load_file(module_name: str, path: str):
+    """Imports the file `path` as module `module_name` (a script's guard
+    ``if __name__ == "__main__"`` stays false)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path} as a module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # so pickle finds classes defined there
+    spec.loader.exec_module(module)
+    return module
+
+
 def _resolve(spec: str) -> Callable[..., Any]:
+    spec, _, path = spec.partition(_FILE_SEP)
     module_name, _, qualname = spec.partition(":")
-    obj: Any = importlib.import_module(module_name)
+    if module_name == _MAIN_ALIAS and path:
+        obj: Any = _load_file(module_name, path)
+    else:
+        try:
+            obj = importlib.import_module(module_name)
+        except ImportError:
+            if not path:
+                raise
+            obj = _load_file(module_name, path)
     for part in qualname.split("."):
         obj = getattr(obj, part)
     return obj

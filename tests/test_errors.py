@@ -87,3 +87,55 @@ def test_native_error_becomes_python_exception(mesh):
         # later jax_symm program in this process would report the same error.
         jax_symm._compat.clear_order_tokens()
     np.testing.assert_array_equal(np.asarray(f(x))[:64], np.arange(64, dtype=np.float32))
+
+
+# --- at least as helpful as lax for the same mistake (issue #13, item 6) ----
+
+_OPS = [
+    ("psum", lambda a: jax_symm.psum(a, "x"), lambda a: jax.lax.psum(a, "x")),
+    ("all_gather", lambda a: jax_symm.all_gather(a, "x"), lambda a: jax.lax.all_gather(a, "x")),
+    ("psum_scatter", lambda a: jax_symm.psum_scatter(a, "x", tiled=True),
+     lambda a: jax.lax.psum_scatter(a, "x", tiled=True)),
+]
+
+
+def _error(fn, x):
+    with pytest.raises(Exception) as info:
+        fn(x)
+    return info.value
+
+
+@pytest.mark.parametrize("name,ours,lax_fn", _OPS, ids=[o[0] for o in _OPS])
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_outside_shard_map_says_how_to_fix_like_lax(name, ours, lax_fn, jit):
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(8), jnp.float32)
+    wrap = jax.jit if jit else (lambda f: f)
+    mine, theirs = _error(wrap(ours), x), _error(wrap(lax_fn), x)
+    assert type(mine) is type(theirs) is NameError
+    assert "unbound axis name: x" in str(mine) and "unbound axis name: x" in str(theirs)
+    # lax names the fix only for psum under jit; jax_symm always does.
+    if "To fix this" in str(theirs):
+        assert str(theirs).replace(name, f"jax_symm.{name}") == str(mine)
+    assert f"To fix this, please call jax_symm.{name} under `jax.shard_map`" in str(mine)
+
+
+def test_psum_outside_shard_map_under_the_scope_is_lax_error():
+    """The scope passes an unbound axis through to lax: lax's own error."""
+    f = jax.jit(lambda a: jax.lax.psum(a, "x"))
+    with jax_symm.use_symmetric_memory():
+        err = _error(f, jnp.ones(4))
+    assert isinstance(err, NameError)
+    assert "To fix this, please call psum under `jax.shard_map`" in str(err)
+
+
+def test_abstract_mesh_names_the_fix():
+    mesh = jax.make_mesh((8,), ("x",), axis_types=(jax.sharding.AxisType.Auto,))
+    f = jax.jit(jax.shard_map(lambda a: jax_symm.psum(a, "x"), mesh=mesh.abstract_mesh,
+                              in_specs=P("x"), out_specs=P()))
+    with pytest.raises(NotImplementedError, match="needs a concrete device mesh.*jax.sharding.Mesh"):
+        f(np.arange(8.0))
+    # lax does no better here: a runtime error about an unregistered custom call.
+    g = jax.jit(jax.shard_map(lambda a: jax.lax.psum(a, "x"), mesh=mesh.abstract_mesh,
+                              in_specs=P("x"), out_specs=P()))
+    with pytest.raises(Exception):
+        g(np.arange(8.0))

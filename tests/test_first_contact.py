@@ -1,0 +1,100 @@
+"""What a new user meets first: the jax version check and a source checkout
+that shadows the installed package (issue #13, items 1 and 2)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import jax_symm
+from jax_symm import _compat
+
+_PKG = os.path.dirname(os.path.abspath(jax_symm.__file__))
+
+
+@pytest.mark.parametrize("version", ["0.10.0", "0.9.2", "0.13.0", "1.0.0"])
+def test_unsupported_jax_is_refused_with_what_to_install(version):
+    with pytest.raises(ImportError, match=r"jax_symm supports jax >= 0\.10\.1 and < 0\.13.*"
+                                          r"pip install 'jax>=0\.10\.1,<0\.13'"):
+        _compat.check_jax_version(version)
+
+
+@pytest.mark.parametrize("version", ["0.10.1", "0.10.2", "0.11.2", "0.12.0rc1", "0.12.9.dev20260101"])
+def test_supported_jax_passes(version):
+    _compat.check_jax_version(version)
+
+
+def test_floor_matches_pyproject():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    text = open(os.path.join(root, "pyproject.toml")).read()
+    lo = ".".join(map(str, _compat.MIN_JAX))
+    assert f'"jax>={lo},<0.13"' in text
+    assert f'"jax>={lo}", "jaxlib>={lo}"' in text  # build-system requires
+
+
+def _run_with_source_copy(tmp_path, body: str, hide_installed: bool):
+    """Runs `body` in a fresh interpreter whose `import jax_symm` finds a copy
+    of the pure-Python package (no compiled extension) first, as a source
+    checkout in the cwd does when jax_symm is installed non-editable."""
+    src = tmp_path / "checkout"
+    shutil.copytree(_PKG, src / "jax_symm",
+                    ignore=shutil.ignore_patterns("_jax_symm*", "__pycache__"))
+    prelude = f"""
+        import importlib.metadata, os, sys
+        import jax, numpy  # from wherever they are installed
+        # An editable install's finder would win over sys.path; a plain
+        # `pip install .` has none, so the copy below shadows it.
+        sys.meta_path[:] = [f for f in sys.meta_path
+                            if "editable" not in type(f).__module__.lower()]
+        sys.path.insert(0, {str(src)!r})
+        if {hide_installed!r}:
+            def _no_dist(name):
+                raise importlib.metadata.PackageNotFoundError(name)
+            importlib.metadata.files = _no_dist
+            sys.path[1:] = [p for p in sys.path[1:]
+                            if not os.path.isdir(os.path.join(p or ".", "jax_symm"))]
+    """
+    code = textwrap.dedent(prelude) + textwrap.dedent(body)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    env.pop("PYTHONPATH", None)
+    return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.timeout(150)
+def test_source_checkout_uses_installed_extension(tmp_path):
+    proc = _run_with_source_copy(tmp_path, """
+        import numpy as np
+        import jax_symm
+        from jax.sharding import PartitionSpec as P
+        assert jax_symm.__file__.startswith(sys.path[0]), jax_symm.__file__
+        assert "checkout" not in jax_symm._native.ext.__file__
+        mesh = jax.make_mesh((4,), ("tp",))
+        x = jax.device_put(np.arange(8.0), jax.NamedSharding(mesh, P("tp")))
+        f = jax.jit(jax.shard_map(lambda v: jax_symm.psum(v, "tp"),
+                                  mesh=mesh, in_specs=P("tp"), out_specs=P()))
+        print("TEXT", "jax_symm_host_all_reduce" in f.lower(x).as_text())
+        print("OUT", np.asarray(f(x)).tolist())
+    """, hide_installed=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "TEXT True" in proc.stdout
+    assert "OUT [12.0, 16.0]" in proc.stdout
+
+
+@pytest.mark.timeout(150)
+def test_no_extension_anywhere_fails_at_import_saying_what_to_do(tmp_path):
+    proc = _run_with_source_copy(tmp_path, """
+        import jax_symm
+    """, hide_installed=True)
+    assert proc.returncode != 0
+    err = proc.stderr
+    # At `import jax_symm`, not inside a JAX trace at the first collective.
+    assert "ImportError: jax_symm's compiled extension" in err, err
+    assert "pip install ." in err and "pip install -e ." in err, err
+    assert "jax._src" not in err, err

@@ -83,6 +83,10 @@ for _set in (_effects.ordered_effects, _effects.shardable_ordered_effects,
              _effects.lowerable_effects, _effects.control_flow_allowed_effects,
              _effects.custom_derivatives_allowed_effects, _effects.remat_allowed_effects):
     _set.add_type(CollectiveOrder)
+# A call whose result nobody uses may still be dropped (as lax's would be): it
+# is dropped from the same program on every device, so the order holds.
+from jax._src.interpreters import partial_eval as _pe  # noqa: E402
+_pe.dceable_effects.add_type(CollectiveOrder)
 abstract_token = core.abstract_token
 
 

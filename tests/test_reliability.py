@@ -421,6 +421,11 @@ def test_bad_and_good_input_match_lax(case):
             assert isinstance(ours[1], type(ref[1])) or (
                 isinstance(ours[1], TypeError) and "no sum" in str(ours[1])), (ref[1], ours[1])
             return
+        if (case["op"] == "psum" and isinstance(ref[1], AssertionError)
+                and isinstance(ours[1], NameError) and "unbound axis name" in str(ours[1])):
+            # lax.psum over an unknown axis trips a bare assert in core.pvary;
+            # jax_symm raises lax's own NameError with its hint.
+            return
         assert isinstance(ours[1], type(ref[1])), (
             f"lax raised {type(ref[1]).__name__}: {ref[1]}; jax_symm raised "
             f"{type(ours[1]).__name__}: {ours[1]}; case {case}")

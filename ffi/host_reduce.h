@@ -1,6 +1,9 @@
 // Element-wise sums over the ranks' slots for the host transport.
 //
-// Floating types accumulate in at least float32 and round once, in rank order;
+// Floating types accumulate in at least float32 and round once, in rank order
+// (float16 and bfloat16 too, as NCCL's symmetric kernels do: a sum whose
+// partial sums overflow float16 but whose total fits stays finite, where
+// XLA:CPU, summing in float16, gives inf or nan);
 // integers wrap around as XLA's do (two's complement), so signed types are
 // summed as their unsigned twins to stay clear of undefined overflow.
 #pragma once
@@ -87,7 +90,9 @@ void SumWith(void* dst, const std::vector<const char*>& srcs, size_t count,
   for (size_t start = 0; start < count; start += kBlock) {
     const size_t n = std::min(kBlock, count - start);
     const T* first = reinterpret_cast<const T*>(srcs[0]) + start;
-    for (size_t i = 0; i < n; ++i) acc[i] = load(first[i]);
+    // Starting from +0 (not from the first value) is what XLA's reductions do:
+    // a sum of -0.0s is +0.0, as in lax.
+    for (size_t i = 0; i < n; ++i) acc[i] = Acc(0) + load(first[i]);
     for (size_t s = 1; s < srcs.size(); ++s) {
       const T* src = reinterpret_cast<const T*>(srcs[s]) + start;
       for (size_t i = 0; i < n; ++i) acc[i] += load(src[i]);

@@ -1,0 +1,81 @@
+"""What a jax_symm sum returns, exactly (README, "Sums").
+
+float16 and bfloat16 sums accumulate in float32, in rank order, and round once
+(as NCCL's symmetric kernels do); XLA:CPU sums in the element type. So on CPU a
+half-precision sum equals the float32 sum of the inputs rounded to the element
+type, bit for bit, and stays finite where only partial sums overflow. Signed
+zeros follow lax: a sum of -0.0s is +0.0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+import jax_symm
+
+from _util import cpu_mesh, shard
+
+N = 8
+
+
+@pytest.fixture
+def mesh():
+    return cpu_mesh((N,), ("x",))
+
+
+def _run(mesh, fn, x):
+    f = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=P("x"), out_specs=P("x")))
+    return np.asarray(f(shard(x, mesh, P("x"))))
+
+
+def _f32_reference(x: np.ndarray, dtype) -> np.ndarray:
+    """Per-rank rows (N, ...) summed in float32 in rank order, rounded once."""
+    acc = np.zeros(x.shape[1:], np.float32)
+    for r in range(N):
+        acc = acc + x[r].astype(np.float32)
+    return acc.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_half_precision_sums_are_float32_sums_rounded_once(dtype):
+    mesh = cpu_mesh((N,), ("x",))
+    rng = np.random.default_rng()
+    rows = (rng.standard_normal((N, 64)) * 100).astype(np.float32).astype(dtype)
+    want = _f32_reference(rows, dtype)
+    psum = _run(mesh, lambda a: jax_symm.psum(a, "x"), rows.reshape(-1))
+    for r in range(N):
+        np.testing.assert_array_equal(psum[r * 64:(r + 1) * 64].view(np.uint16),
+                                      want.view(np.uint16))
+    scattered = _run(mesh, lambda a: jax_symm.psum_scatter(a, "x", tiled=True),
+                     rows.reshape(-1))
+    np.testing.assert_array_equal(scattered.view(np.uint16), want.view(np.uint16))
+
+
+def test_float16_partial_overflow_stays_finite(mesh):
+    # +60000, +60000, -60000, -60000, ...: every prefix of two overflows
+    # float16 (max 65504), the total is 0.
+    rows = np.array([60000, 60000, -60000, -60000] * 2, np.float16).reshape(N, 1)
+    rows = np.repeat(rows, 4, axis=1)
+    got = _run(mesh, lambda a: jax_symm.psum(a, "x"), rows.reshape(-1))
+    assert np.all(np.isfinite(got)), got
+    np.testing.assert_array_equal(got, np.zeros_like(got))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64,
+                                   jnp.complex64])
+def test_sum_of_negative_zeros_is_positive_zero_as_in_lax(mesh, dtype):
+    x = np.full((N * N * 2,), -0.0, dtype=dtype)
+    for ours, ref in ((lambda a: jax_symm.psum(a, "x"), lambda a: jax.lax.psum(a, "x")),
+                      (lambda a: jax_symm.psum_scatter(a, "x", tiled=True),
+                       lambda a: jax.lax.psum_scatter(a, "x", tiled=True))):
+        got, want = _run(mesh, ours, x), _run(mesh, ref, x)
+        parts = (got.real, got.imag) if np.iscomplexobj(got) else (got,)
+        wparts = (want.real, want.imag) if np.iscomplexobj(want) else (want,)
+        for g, w in zip(parts, wparts):
+            np.testing.assert_array_equal(np.signbit(g.astype(np.float32)),
+                                          np.signbit(w.astype(np.float32)))
+            assert not np.any(np.signbit(g.astype(np.float32)))

@@ -98,6 +98,16 @@ def tables(records: list[dict]) -> str:
 
 def plot(records: list[dict], path: str, title: str = "") -> None:
     """Latency and bus bandwidth vs size, one line per method, one row per (op, dtype)."""
+    deps.require("matplotlib").use("Agg")  # before pyplot: no display needed
+    import matplotlib.pyplot as plt
+
+    fig = figure(records, title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def figure(records: list[dict], title: str = ""):
+    """The plot's matplotlib figure (see plot)."""
     matplotlib = deps.require("matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -138,8 +148,7 @@ def plot(records: list[dict], path: str, title: str = "") -> None:
         fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     else:
         fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def ensure_dir(path: str) -> str:

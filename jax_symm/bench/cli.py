@@ -71,7 +71,7 @@ def _csv_list(text: str) -> list[str]:
 
 
 def parse(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jax_symm.bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="jax-symm-bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ops", type=_csv_list, default=list(OPS),
                    help=f"comma-separated ops (default: {','.join(OPS)})")

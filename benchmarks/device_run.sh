@@ -20,7 +20,7 @@ NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,REG,TUNING timeout 200 python3 -m jax_sym
 echo "nccl evidence rc=$?"; grep -E "===|[Ss]ymmetric|[Rr]egist|[Ww]indow|NCCL version" "$OUT/nccl_evidence.log" | head -30
 timeout 200 python3 -m jax_symm.bench overhead 2>&1 | tee "$OUT/overhead_default.txt"
 XLA_FLAGS=--xla_gpu_enable_command_buffer= timeout 200 python3 -m jax_symm.bench overhead 2>&1 | tee "$OUT/overhead_nocmdbuf.txt"
-JAX_SYMM_SINGLETON_CALLS=1 timeout 300 python3 -m jax_symm.bench --platform gpu --cmdbuf-variants \
+JAX_SYMM_SINGLETON_CALLS=1 timeout 540 python3 -m jax_symm.bench --platform gpu --cmdbuf-variants \
   --max-bytes $((64 << 20)) --no-progress --out "$OUT/bench1gpu" > "$OUT/bench1gpu.log" 2>&1
 echo "bench rc=$?"; tail -45 "$OUT/bench1gpu.log"
 JAX_PLATFORMS=cpu timeout 400 python3 -m pytest -q --rootdir "$R" "$R/tests" \

@@ -317,3 +317,39 @@ def test_progress_in_a_redirected_log_is_line_per_panel(capsys):
     assert "\r" not in err
     lines = err.strip().splitlines()
     assert len(lines) == 3 and lines[-1].startswith("[default] 4/4 cases done"), lines
+
+
+# ---------------------------------------------------------------- GPU only
+
+def _gpu():
+    import jax
+    return jax.default_backend() == "gpu"
+
+
+@pytest.mark.skipif(not _gpu(), reason="needs a GPU")
+@pytest.mark.timeout(120)
+def test_gpu_device_time_and_raw_nccl():
+    """On a GPU: the profiler yields device spans for every run, growing with K,
+    and the raw NCCL timer returns one positive figure per repeat."""
+    import jax
+    import jax.numpy as jnp
+    from jax_symm import diagnostics
+    from jax_symm.bench import devtime
+    from jax_symm.bench.timing import estimate
+
+    def chain(k):
+        def f(x):
+            for _ in range(k):
+                x = jnp.sin(x) * 1.0001
+            return x
+        return jax.jit(f)
+
+    fns = {1: chain(1), 20: chain(20), 40: chain(40)}
+    mat, note = devtime.measure(fns, jnp.ones(1 << 20), repeats=3)
+    assert mat is not None, note
+    assert (mat > 0).all() and (mat[:, -1] > mat[:, 0]).all(), mat
+    assert estimate([1, 20, 40], mat).resolved
+    for op in ("all_gather", "reduce_scatter", "all_reduce"):
+        us = diagnostics.nccl_raw_time(jax.devices(), op, 1 << 16, "bfloat16", iters=5,
+                                       repeats=3)
+        assert len(us) == 3 and all(u > 0 for u in us), (op, us)

@@ -34,6 +34,7 @@ DEFAULTS = {
 }
 # Device time (profiler) where the backend has device timestamps.
 DEVICE_TIME_BACKENDS = ("gpu",)
+DEVICE_TIME_REPEATS = 5
 
 
 def resolve(spec: dict, backend: str) -> dict:
@@ -210,7 +211,9 @@ class Sweep:
         _fill_times(rec, estimate(ks, seconds, seed=cfg["seed"]), op, nbytes, world)
         if cfg.get("device_time") and self.backend in DEVICE_TIME_BACKENDS:
             # A separate pass: the profiler's own overhead stays out of the wall figures.
-            dev, why = devtime.measure(fns, x, cfg["repeats"])
+            # Device spans vary far less than wall clock: a few repeats are enough,
+            # and each repeat costs profiler time.
+            dev, why = devtime.measure(fns, x, min(cfg["repeats"], DEVICE_TIME_REPEATS))
             if dev is None:
                 _note(rec, why)
                 self.device_notes.add(why)

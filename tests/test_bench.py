@@ -102,6 +102,20 @@ def test_multiprocess_cpu_sweep(tmp_path):
     assert "2 processes x 2 devices" in (tmp_path / "table.txt").read_text()
 
 
+@pytest.mark.timeout(120)
+def test_device_time_pass_without_device_events(tmp_path):
+    """--device-time on where the profiler sees no device (CPU): the sweep still
+    reports wall-clock figures; the device columns stay empty, with a note."""
+    proc, rows = _bench(tmp_path, "--ops", "all_gather", "--min-bytes", "1KiB",
+                        "--max-bytes", "1KiB", "--dtypes", "float32", "--k", "8",
+                        "--repeats", "5", "--device-time", "on")
+    assert len(rows) == 2
+    _check_rows(rows, world=8, processes=1, min_ok=1)
+    for r in rows:
+        assert "device time: the profiler recorded no device events" in r["error"], r
+    assert "device time: the profiler recorded no device events" in proc.stdout
+
+
 def test_cli_rejects_inconsistent_process_options():
     from jax_symm.bench import cli
     with pytest.raises(SystemExit):

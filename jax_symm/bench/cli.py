@@ -103,10 +103,11 @@ def parse(argv=None) -> argparse.Namespace:
                    help="processes per method group, through jax.distributed (default 1: "
                         "one process with all devices)")
     p.add_argument("--devices-per-process", type=int, default=None,
-                   help="with --processes > 1: CPU devices per process (default 2)")
+                   help="with --processes > 1: devices per process (default 2 on CPU, "
+                        "1 with --platform gpu)")
     p.add_argument("--device-time", choices=("auto", "on", "off"), default="auto",
                    help="device time from JAX's profiler beside wall clock (default auto: "
-                        "on GPU)")
+                        "on GPU; on: also elsewhere, where it finds no device events)")
     p.add_argument("--seed", type=int, default=0, help="random inputs' seed (default 0)")
     p.add_argument("--host-check-bytes", type=units.parse_bytes, default=128 << 20,
                    help="check lax against numpy while input + output (global) fit in "
@@ -135,7 +136,8 @@ def parse(argv=None) -> argparse.Namespace:
         if args.platform == "gpu" and not _launcher_has_platform():
             p.error("--processes on GPU needs jax_symm.testing.run_multiprocess(platform=...), "
                     "which this jax_symm lacks; the multi-process bench runs on CPU")
-        args.devices_per_process = args.devices_per_process or 2
+        # CPU: several virtual devices per process; GPU: one GPU per process, as jobs run.
+        args.devices_per_process = args.devices_per_process or (1 if args.platform == "gpu" else 2)
     elif args.devices_per_process is not None:
         p.error("--devices-per-process needs --processes > 1")
     return args

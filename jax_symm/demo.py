@@ -50,7 +50,7 @@ def _fmt_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def main(argv=None) -> None:
+def main(argv: list[str] | None = None) -> None:
     args = _parse(sys.argv[1:] if argv is None else argv)
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:

@@ -270,7 +270,7 @@ def _title(facts: dict, host: dict) -> str:
             f"{host['cpus']} host cores, {host['date'][:10]}")
 
 
-def main(argv=None) -> None:
+def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in SUBCOMMANDS:
         import importlib

@@ -15,7 +15,7 @@ import os
 import sys
 
 
-def main(argv=None) -> None:
+def main(argv: list[str] | None = None) -> None:
     argparse.ArgumentParser(prog="jax-symm-bench nccl-log", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter
                             ).parse_args(sys.argv[1:] if argv is None else argv)

@@ -49,7 +49,7 @@ def cases(jax_symm) -> dict:
     }
 
 
-def main(argv=None) -> None:
+def main(argv: list[str] | None = None) -> None:
     args = _parse(sys.argv[1:] if argv is None else argv)
     # Before jax_symm reads its settings: keep the custom call for one device.
     os.environ.setdefault("JAX_SYMM_SINGLETON_CALLS", "1")

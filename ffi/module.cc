@@ -10,6 +10,7 @@
 #include "cuda_api.h"
 #include "cuda_collectives.h"
 #include "device_table.h"
+#include "nccl_timer.h"
 #include "nccl_transport.h"
 #include "host_collectives.h"
 #include "host_window.h"
@@ -178,13 +179,14 @@ NB_MODULE(_jax_symm, m) {
 
   m.def(
       "nccl_time_raw",
-      [](std::vector<int64_t> members, int kind, size_t bytes_per_rank, int dtype, int iters,
-         int repeats) {
+      [](std::vector<int64_t> members, const std::string& op, size_t bytes_per_rank,
+         const std::string& dtype, int iters, int repeats) {
         nb::gil_scoped_release release;
-        return Value(jax_symm::NcclTimeRaw(members, static_cast<jax_symm::CollectiveKind>(kind),
-                                           bytes_per_rank, dtype, iters, repeats));
+        return Value(jax_symm::NcclTimeRaw(members, op, bytes_per_rank, dtype, iters, repeats));
       },
-      nb::arg("members"), nb::arg("kind"), nb::arg("bytes_per_rank"), nb::arg("dtype"),
+      nb::arg("members"), nb::arg("op"), nb::arg("bytes_per_rank"), nb::arg("dtype"),
       nb::arg("iters"), nb::arg("repeats"),
-      "Microseconds per raw NCCL call on the group's arena (CUDA events).");
+      "Microseconds per raw NCCL call of `op` ('all_gather', 'reduce_scatter', "
+      "'all_reduce') on `dtype` (numpy name) on the group's arena, one figure per "
+      "repeat (CUDA events). Bench only.");
 }

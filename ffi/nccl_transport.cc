@@ -402,80 +402,19 @@ Error NcclCollective(CollectiveKind kind, CUstream stream, int32_t ordinal,
   return Internal("unknown collective kind");
 }
 
-ErrorOr<std::vector<double>> NcclTimeRaw(const std::vector<int64_t>& members,
-                                         CollectiveKind kind, size_t bytes_per_rank,
-                                         int dtype, int iters, int repeats) {
-  ErrorOr<const CudaApi*> api_or = Api();
-  if (api_or.has_error()) return api_or.error();
-  const CudaApi& api = **api_or;
-  std::vector<LocalRank*> ranks;
-  std::vector<Arena*> arenas;
-  {
-    std::lock_guard<std::mutex> lock(groups_mu);
-    auto it = Groups().find(members);
-    if (it == Groups().end()) return Internal("no communicator for " + GroupToString(members));
-    for (LocalRank& r : it->second->local) {
-      if (r.arenas.empty()) return Internal("no arena for " + GroupToString(members));
-      ranks.push_back(&r);
-      arenas.push_back(&r.arenas.rbegin()->second);
-    }
+ErrorOr<std::vector<NcclRankView>> NcclLocalRanks(const std::vector<int64_t>& members) {
+  std::lock_guard<std::mutex> lock(groups_mu);
+  auto it = Groups().find(members);
+  if (it == Groups().end()) {
+    return Internal("no NCCL communicator for group " + GroupToString(members));
   }
-  const size_t world = members.size();
-  const size_t elt = dtype == kNcclFloat32 ? 4 : 2;
-  if (bytes_per_rank * world > arenas[0]->bytes) return Internal("arena too small to time");
-  std::vector<CUstream> streams(ranks.size());
-  for (size_t i = 0; i < ranks.size(); ++i) {
-    JAX_SYMM_RETURN_IF_ERROR(MakeCurrent(api, *ranks[i]));
-    JAX_SYMM_RETURN_IF_ERROR(CudaCheck(api.cuStreamCreate(&streams[i], 1), "cuStreamCreate"));
+  std::vector<NcclRankView> out;
+  for (LocalRank& r : it->second->local) {
+    if (r.comm == nullptr) return Internal("group " + GroupToString(members) + " is shut down");
+    if (r.arenas.empty()) return Internal("no symmetric arena for " + GroupToString(members));
+    const Arena& a = r.arenas.rbegin()->second;
+    out.push_back({r.context, r.comm, r.rank, a.base, a.bytes, r.comm_mu.get()});
   }
-  auto enqueue = [&]() -> Error {
-    JAX_SYMM_RETURN_IF_ERROR(NcclCheck(api.ncclGroupStart(), "ncclGroupStart"));
-    Error body = Error::Success();
-    for (size_t i = 0; i < ranks.size() && body.success(); ++i) {
-      char* win = arenas[i]->base;
-      const size_t r = static_cast<size_t>(ranks[i]->rank);
-      if (kind == CollectiveKind::kAllGather) {
-        body = NcclCheck(api.ncclAllGather(win + r * bytes_per_rank, win, bytes_per_rank,
-                                           kNcclInt8, ranks[i]->comm, streams[i]),
-                         "ncclAllGather", ranks[i]->comm);
-      } else if (kind == CollectiveKind::kAllReduce) {
-        body = NcclCheck(api.ncclAllReduce(win, win, bytes_per_rank / elt, dtype, kNcclSum,
-                                           ranks[i]->comm, streams[i]),
-                         "ncclAllReduce", ranks[i]->comm);
-      } else {
-        body = NcclCheck(api.ncclReduceScatter(win, win + r * bytes_per_rank,
-                                               bytes_per_rank / elt, dtype, kNcclSum,
-                                               ranks[i]->comm, streams[i]),
-                         "ncclReduceScatter", ranks[i]->comm);
-      }
-    }
-    return EndGroup(api, std::move(body));
-  };
-  std::vector<double> out;
-  void *start = nullptr, *stop = nullptr;
-  JAX_SYMM_RETURN_IF_ERROR(MakeCurrent(api, *ranks[0]));
-  JAX_SYMM_RETURN_IF_ERROR(CudaCheck(api.cuEventCreate(&start, 0), "cuEventCreate"));
-  JAX_SYMM_RETURN_IF_ERROR(CudaCheck(api.cuEventCreate(&stop, 0), "cuEventCreate"));
-  for (int w = 0; w < 5; ++w) JAX_SYMM_RETURN_IF_ERROR(enqueue());
-  for (int rep = 0; rep < repeats; ++rep) {
-    JAX_SYMM_RETURN_IF_ERROR(MakeCurrent(api, *ranks[0]));
-    JAX_SYMM_RETURN_IF_ERROR(CudaCheck(api.cuEventRecord(start, streams[0]), "cuEventRecord"));
-    for (int it = 0; it < iters; ++it) JAX_SYMM_RETURN_IF_ERROR(enqueue());
-    JAX_SYMM_RETURN_IF_ERROR(MakeCurrent(api, *ranks[0]));
-    JAX_SYMM_RETURN_IF_ERROR(CudaCheck(api.cuEventRecord(stop, streams[0]), "cuEventRecord"));
-    JAX_SYMM_RETURN_IF_ERROR(CudaCheck(api.cuEventSynchronize(stop), "cuEventSynchronize"));
-    float ms = 0;
-    JAX_SYMM_RETURN_IF_ERROR(CudaCheck(api.cuEventElapsedTime(&ms, start, stop),
-                                       "cuEventElapsedTime"));
-    out.push_back(ms * 1000.0 / iters);
-  }
-  for (size_t i = 0; i < ranks.size(); ++i) {
-    MakeCurrent(api, *ranks[i]);
-    api.cuStreamSynchronize(streams[i]);
-    api.cuStreamDestroy(streams[i]);
-  }
-  api.cuEventDestroy(start);
-  api.cuEventDestroy(stop);
   return out;
 }
 

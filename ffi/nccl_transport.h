@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -54,12 +55,19 @@ std::vector<NcclGroupInfo> NcclGroups();
 // process's exit frees the memory.
 void NcclShutdown(bool orderly);
 
-// Times `iters` back-to-back NCCL collectives on the group's arena with CUDA
-// events, no JAX involved: the floor an NCCL-based path can reach. Returns
-// microseconds per call (one figure per repeat).
-ErrorOr<std::vector<double>> NcclTimeRaw(const std::vector<int64_t>& members,
-                                         CollectiveKind kind, size_t bytes_per_rank,
-                                         int dtype, int iters, int repeats);
+// What code outside the transport (the bench's raw timer, nccl_timer.cc) may
+// see of this process's ranks of a group: context, communicator, rank, the
+// largest arena, and the mutex to hold while enqueuing on `comm`. Groups are
+// never freed, so the pointers stay valid; `comm` is null after shutdown.
+struct NcclRankView {
+  CUcontext context;
+  ncclComm_t comm;
+  int rank;
+  char* arena_base;
+  size_t arena_bytes;
+  std::mutex* comm_mu;
+};
+ErrorOr<std::vector<NcclRankView>> NcclLocalRanks(const std::vector<int64_t>& members);
 
 // Handler entry: one collective of `kind` for the device `ordinal`;
 // `arena_bytes[g]` names the arena of the call's g-th group.

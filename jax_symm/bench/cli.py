@@ -1,30 +1,46 @@
-"""python -m jax_symm.bench: jax_symm vs jax.lax collectives over message sizes.
+"""jax-symm-bench (python -m jax_symm.bench): jax_symm vs jax.lax collectives.
 
-Measures all-gather and reduce-scatter for every per-rank message size from
---min-bytes to --max-bytes (powers of two) and every dtype, with each method:
+Measures all-gather, reduce-scatter and all-reduce (--ops) for every per-rank
+message size from --min-bytes to --max-bytes (powers of two) and every dtype,
+with each method:
 
   jax_symm            jax_symm's custom calls (GPU: NCCL symmetric windows;
                       CPU: shared memory between the devices)
+  jax_symm_window     jax_symm forced onto its window path at every size; listed
+                      only when the installed jax_symm has a size-based dispatch
+                      setting (JAX_SYMM_CROSSOVER_BYTES)
   lax                 jax.lax collectives, XLA's default flags
   lax_symm            jax.lax with XLA's own NCCL symmetric-buffer path
                       (--xla_gpu_experimental_enable_nccl_symmetric_buffers,
                       --xla_gpu_enable_nccl_user_buffers)            GPU only
-  nccl_raw            raw NCCL on jax_symm's symmetric windows, no JAX GPU only
+  nccl_raw            raw NCCL on jax_symm's symmetric windows, no JAX,
+                      CUDA events (jax_symm.diagnostics)          GPU only
   <m>[nocmdbuf]       with --cmdbuf-variants: <m> with XLA command buffers
                       (CUDA graphs) off                              GPU only
 
-Methods needing other XLA flags run in worker processes (flags are per
-process), one at a time, so each has the devices to itself.
+Methods needing other XLA flags or settings run in worker processes (flags are
+per process), one group at a time, so each has the devices to itself.
+--processes N runs each group as N processes x --devices-per-process M through
+jax.distributed (jax_symm.testing.run_multiprocess; CPU, gloo for lax), as
+multi-process jobs run; process 0's timings are reported.
 
-Timing: a jitted program of K dependent calls (--k); per repeat
-t_op = (t(K) - t(1)) / (K - 1), wall clock until the result is ready, so
-dispatch and launch cancel; median and p10/p90 over --repeats. nccl_raw is
-timed with CUDA events around K back-to-back calls. Every method's result is
-checked once per size (not timed) against jax.lax in the same process; lax
-itself against numpy while the arrays are small (--host-check-bytes). A
-failed check reports no figure. Bandwidths as nccl-tests: algbw = world *
-bytes_per_rank / t (all-gather: output size; reduce-scatter: input size),
-busbw = algbw * (world - 1) / world; speedup = t(lax) / t(method).
+Timing (jax_symm.bench.timing): jitted programs of K = 1, k/2, k dependent
+calls (--k); each repeat runs each once (wall clock until the result is
+ready); the time per op is the least-squares slope of time against K, so
+dispatch and launch drop out; p10/p90 from a bootstrap over repeats. A case
+whose p10 is not above zero is "below resolution" (no figure). On GPU a
+second pass takes the device time the same way from JAX's profiler (kernel
+timestamps; --device-time), the "device" columns, as nccl-tests reports it.
+Every method's result is checked once per size (not timed) against jax.lax
+in the same process; lax itself against numpy while the arrays are small
+(--host-check-bytes). A failed check reports no figure. Bandwidths as
+nccl-tests: algbw = data / t (all-gather: output size, reduce-scatter: input
+size, all-reduce: size), busbw = algbw * (world - 1) / world (x2 for
+all-reduce); speedup = t(lax) / t(method).
+
+Subcommands: `jax-symm-bench overhead` (per-call cost at world size 1) and
+`jax-symm-bench nccl-log` (runs each op so NCCL's log shows windows and
+kernels); see `jax-symm-bench overhead --help`.
 
 Writes to --out: results.csv, table.txt, bench.png, env.json.
 """
@@ -45,6 +61,8 @@ from .ops import DTYPES, OPS
 
 _DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 _COLLECTIVE_MEM = "XLA_PYTHON_CLIENT_COLLECTIVE_MEM_SIZE_MB"
+# Subcommands: name -> module of this package with main(argv).
+SUBCOMMANDS = {"overhead": "overhead", "nccl-log": "nccl_log"}
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -53,7 +71,7 @@ def _csv_list(text: str) -> list[str]:
 
 
 def parse(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jax_symm.bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="jax-symm-bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ops", type=_csv_list, default=list(OPS),
                    help=f"comma-separated ops (default: {','.join(OPS)})")
@@ -81,6 +99,15 @@ def parse(argv=None) -> argparse.Namespace:
                         "created unless XLA_FLAGS sets a count)")
     p.add_argument("--platform", choices=("auto", "cpu", "gpu"), default="auto",
                    help="JAX platform of the workers (default auto: GPU if present)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="processes per method group, through jax.distributed (default 1: "
+                        "one process with all devices)")
+    p.add_argument("--devices-per-process", type=int, default=None,
+                   help="with --processes > 1: devices per process (default 2 on CPU, "
+                        "1 with --platform gpu)")
+    p.add_argument("--device-time", choices=("auto", "on", "off"), default="auto",
+                   help="device time from JAX's profiler beside wall clock (default auto: "
+                        "on GPU; on: also elsewhere, where it finds no device events)")
     p.add_argument("--seed", type=int, default=0, help="random inputs' seed (default 0)")
     p.add_argument("--host-check-bytes", type=units.parse_bytes, default=128 << 20,
                    help="check lax against numpy while input + output (global) fit in "
@@ -100,10 +127,27 @@ def parse(argv=None) -> argparse.Namespace:
         p.error(f"unknown op(s) {bad}; known: {list(OPS)}")
     if not args.dtypes:
         p.error("--dtypes is empty")
-    for name in ("k", "repeats"):
+    for name in ("k", "repeats", "processes", "devices_per_process"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
-            p.error(f"--{name} must be >= 1")
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.processes > 1:
+        if args.devices is not None:
+            p.error("--devices is for one process; use --devices-per-process with --processes")
+        if args.platform == "gpu" and not _launcher_has_platform():
+            p.error("--processes on GPU needs jax_symm.testing.run_multiprocess(platform=...), "
+                    "which this jax_symm lacks; the multi-process bench runs on CPU")
+        # CPU: several virtual devices per process; GPU: one GPU per process, as jobs run.
+        args.devices_per_process = args.devices_per_process or (1 if args.platform == "gpu" else 2)
+    elif args.devices_per_process is not None:
+        p.error("--devices-per-process needs --processes > 1")
     return args
+
+
+def _launcher_has_platform() -> bool:
+    import inspect
+
+    from jax_symm.testing import run_multiprocess
+    return "platform" in inspect.signature(run_multiprocess).parameters
 
 
 def _child_env(args, group: list, world: int | None, max_bytes: int | None) -> tuple[dict, dict]:
@@ -116,6 +160,7 @@ def _child_env(args, group: list, world: int | None, max_bytes: int | None) -> t
     for flag in group[0].xla_flags:
         flags += f" {flag}"
     changes["XLA_FLAGS"] = flags.strip()
+    changes.update(dict(group[0].env))
     if args.platform != "auto":
         changes["JAX_PLATFORMS"] = {"cpu": "cpu", "gpu": "cuda"}[args.platform]
     if group[0].collective_mem:
@@ -136,6 +181,7 @@ def _spec(args, group: list, label: str, cfg: dict | None) -> dict:
             "warmup": args.warmup, "devices": args.devices, "seed": args.seed,
             "host_check_bytes": args.host_check_bytes, "label": label,
             "progress": not args.no_progress, "verbose": args.verbose,
+            "device_time": {"auto": None, "on": True, "off": False}[args.device_time],
             "methods": [{"label": m.label, "impl": m.impl, "gpu_only": m.gpu_only}
                         for m in group]}
     if cfg:  # later workers: the first worker's resolved settings
@@ -144,9 +190,39 @@ def _spec(args, group: list, label: str, cfg: dict | None) -> dict:
     return spec
 
 
+def _run_distributed(args, group, label, cfg, facts, env_changes) -> dict:
+    """The group in --processes processes (jax.distributed, the shared launcher)."""
+    from jax_symm.testing import MultiProcessError, run_multiprocess
+
+    from . import worker
+
+    spec = _spec(args, group, label, cfg)
+    spec["progress"] = False  # workers' output is a log file, not a terminal
+    kwargs = {}
+    if args.platform == "gpu":  # only when the launcher can (checked in parse)
+        kwargs["platform"] = "gpu"
+    start = time.perf_counter()
+    info = {"label": label, "methods": [m.label for m in group], "env_changes": env_changes}
+    try:
+        results = run_multiprocess(worker.run_distributed, num_processes=args.processes,
+                                   devices_per_process=args.devices_per_process,
+                                   args=(spec,), timeout_s=args.worker_timeout,
+                                   env=env_changes, **kwargs)
+    except MultiProcessError as e:
+        info.update(returncode=e.returncodes, wall_s=round(time.perf_counter() - start, 2))
+        print(str(e)[-4000:], file=sys.stderr)
+        return info
+    info.update(returncode=0, wall_s=round(time.perf_counter() - start, 2))
+    info.update(results[0])  # process 0 collects: its records are the report's
+    info["per_process_time_us"] = [[r["time_us"] for r in res["records"]] for res in results]
+    return info
+
+
 def _run_worker(args, group, label, cfg, facts, tmp) -> dict:
     world = facts["world"] if facts else None
     env, changes = _child_env(args, group, world, cfg["max_bytes"] if cfg else None)
+    if args.processes > 1:
+        return _run_distributed(args, group, label, cfg, facts, changes)
     spec_path = os.path.join(tmp, f"{label}.spec.json")
     result_path = os.path.join(tmp, f"{label}.result.json")
     with open(spec_path, "w") as f:
@@ -175,13 +251,31 @@ def _failed_records(group, cfg, facts, why: str) -> list[dict]:
             for b in cfg["sizes"]:
                 for m in group:
                     r = _record(op, dtype, b, facts["world"],
-                                {"label": m.label, "impl": m.impl}, cfg)
+                                {"label": m.label, "impl": m.impl}, cfg,
+                                facts.get("processes", 1))
                     r["status"], r["error"] = "error", why
                     out.append(r)
     return out
 
 
-def main(argv=None) -> None:
+def _title(facts: dict, host: dict) -> str:
+    """One line: backend, world (and processes), device kind once, jax, date."""
+    kind = facts["device_kind"]
+    devices = f"{facts['world']} {kind}" if kind.lower() != facts["backend"] else \
+        f"{facts['world']} devices"
+    procs = facts.get("processes", 1)
+    if procs > 1:
+        devices += f" ({procs} processes x {facts['devices_per_process']})"
+    return (f"jax_symm.bench: {facts['backend'].upper()}, {devices}, jax {facts['jax']}, "
+            f"{host['cpus']} host cores, {host['date'][:10]}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        import importlib
+        importlib.import_module(f".{SUBCOMMANDS[argv[0]]}", __package__).main(argv[1:])
+        return
     args = parse(argv)
     if args.worker:
         from . import worker
@@ -213,11 +307,13 @@ def main(argv=None) -> None:
         records += first["records"]
         for i, group in enumerate(later):
             labels = [m.label for m in group]
-            if facts["backend"] != "gpu":
+            if facts["backend"] != "gpu" and all(m.gpu_only for m in group):
                 notes.append(f"{', '.join(labels)}: GPU only, skipped on {facts['backend']}")
                 continue
             label = f"w{i + 1}"
-            print(f"worker {label}: {', '.join(labels)}  flags {' '.join(group[0].xla_flags)}")
+            env_s = " ".join(f"{k}={v}" for k, v in group[0].env)
+            print(f"worker {label}: {', '.join(labels)}  flags "
+                  f"{' '.join(group[0].xla_flags)} {env_s}".rstrip())
             sys.stdout.flush()
             info = _run_worker(args, group, label, cfg, facts, tmp)
             workers.append(info)
@@ -231,18 +327,23 @@ def main(argv=None) -> None:
     if facts["world"] == 1:
         notes.append("world=1: XLA drops lax collectives over one device (lax figures are "
                      "noise); jax_symm keeps its calls only with JAX_SYMM_SINGLETON_CALLS=1")
-    gpu_only_skipped = sorted({r["method"] for r in records if r["error"] == "GPU only"})
+    gpu_only_skipped = sorted({m for w in workers for m in w.get("skipped", [])})
     if gpu_only_skipped:
         notes.append(f"{', '.join(gpu_only_skipped)}: GPU only, skipped on {facts['backend']}")
-        records = [r for r in records if r["error"] != "GPU only"]
+    notes += sorted({n for w in workers for n in w.get("device_notes", [])})
+    if facts.get("processes", 1) > 1:
+        notes.append(f"{facts['processes']} processes x {facts['devices_per_process']} devices "
+                     "(jax.distributed): timings of process 0; every process's in env.json")
     report.add_speedups(records)
 
     header = envinfo.summary_lines(host, facts)
     for w in workers[1:]:
         header.append(f"worker {w['label']} ({', '.join(w['methods'])}): "
                       f"XLA_FLAGS {w['env_changes'].get('XLA_FLAGS', '')!r}")
-    header.append(f"timing: K={cfg['k']} dependent calls per program, (t(K)-t(1))/(K-1), "
-                  f"median [p10, p90] over {cfg['repeats']} repeats, {cfg['warmup']} warm-up")
+    from .timing import chain_lengths
+    header.append(f"timing: chains of K={','.join(map(str, chain_lengths(cfg['k'])))} dependent "
+                  f"calls, {cfg['repeats']} repeats, {cfg['warmup']} warm-up; per op = "
+                  "least-squares slope of time vs K, [p10, p90] by bootstrap over repeats")
     cmdbuf = {label: rep for w in workers for label, rep in (w.get("cmdbuf") or {}).items()}
     for label, rep in cmdbuf.items():
         header.append(f"command buffers ({label}): {rep}")
@@ -253,8 +354,7 @@ def main(argv=None) -> None:
     report.write_csv(records, paths["results.csv"])
     with open(paths["table.txt"], "w") as f:
         f.write(text + "\n")
-    title = f"jax_symm.bench  {facts['backend']} x{facts['world']} {facts['device_kind']}  " \
-            f"jax {facts['jax']}  {host['date']}"
+    title = _title(facts, host)
     report.plot(records, paths["bench.png"], title=title)
     report.write_json({"host": host, "config": cfg, "notes": notes, "command_buffers": cmdbuf,
                        "workers": [{k: v for k, v in w.items() if k != "records"}

@@ -24,7 +24,7 @@ class Op:
     algbw_bytes: Callable   # (bytes_per_rank, world) -> bytes for algbw
     busbw_factor: Callable  # world -> busbw / algbw
     exact: bool             # data movement only: results must match bit for bit
-    nccl_kind: int | None   # kind for jax_symm._native.ext.nccl_time_raw, None: no raw timing
+    raw_nccl: bool = True   # timed by jax_symm.diagnostics.nccl_raw_time (op by name)
 
 
 def _jax_symm():
@@ -79,7 +79,6 @@ OPS: dict[str, Op] = {
         algbw_bytes=lambda b, world: b * world,
         busbw_factor=lambda world: (world - 1) / world,
         exact=True,
-        nccl_kind=0,
     ),
     "reduce_scatter": Op(
         name="reduce_scatter",
@@ -91,7 +90,6 @@ OPS: dict[str, Op] = {
         algbw_bytes=lambda b, world: b * world,
         busbw_factor=lambda world: (world - 1) / world,
         exact=False,
-        nccl_kind=1,
     ),
     "all_reduce": Op(
         name="all_reduce",
@@ -103,12 +101,8 @@ OPS: dict[str, Op] = {
         algbw_bytes=lambda b, world: b,
         busbw_factor=lambda world: 2 * (world - 1) / world,
         exact=False,
-        nccl_kind=2,
     ),
 }
-
-# NCCL's ncclDataType_t for the dtypes the raw timer knows.
-NCCL_DTYPES = {"float32": 7, "bfloat16": 9}
 
 DTYPES = ("bfloat16", "float32")
 

@@ -11,9 +11,10 @@ from collections import OrderedDict
 from . import deps
 from .units import format_bytes
 
-COLUMNS = ["op", "dtype", "bytes_per_rank", "size", "world", "method", "impl", "k",
-           "repeats", "time_us", "p10_us", "p90_us", "algbw_GBps", "busbw_GBps",
-           "speedup_vs_lax", "check", "status", "error"]
+COLUMNS = ["op", "dtype", "bytes_per_rank", "size", "world", "processes",
+           "devices_per_process", "method", "impl", "k", "repeats", "time_us", "p10_us",
+           "p90_us", "algbw_GBps", "busbw_GBps", "speedup_vs_lax", "device_us",
+           "device_p10_us", "device_p90_us", "check", "status", "error"]
 
 
 def add_speedups(records: list[dict], baseline: str = "lax") -> None:
@@ -55,8 +56,10 @@ def _cell(r: dict | None) -> str:
         sp = r.get("speedup_vs_lax", math.nan)
         sp_s = f" x{sp:.2f}" if math.isfinite(sp) and r["method"] != "lax" else ""
         flag = "" if r["check"] in ("pass", "n/a") else f" [{r['check']}]"
-        return f"{r['time_us']:.1f} ({r['busbw_GBps']:.3g}){sp_s}{flag}"
-    return {"check_failed": "CHECK FAILED", "error": "ERROR", "noise": "noise",
+        dev = r.get("device_us", math.nan)
+        dev_s = f" dev {dev:.1f}" if isinstance(dev, float) and math.isfinite(dev) else ""
+        return f"{r['time_us']:.1f} ({r['busbw_GBps']:.3g}){sp_s}{dev_s}{flag}"
+    return {"check_failed": "CHECK FAILED", "error": "ERROR", "below_resolution": "<res",
             "skipped": "-"}.get(r["status"], r["status"])
 
 
@@ -70,13 +73,21 @@ def tables(records: list[dict]) -> str:
         sizes = sorted({r["bytes_per_rank"] for r in records if (r["op"], r["dtype"]) == (op, dtype)})
         rows = [[format_bytes(b)] + [_cell(by.get((op, dtype, b, m))) for m in methods]
                 for b in sizes]
-        world = next(r["world"] for r in records if (r["op"], r["dtype"]) == (op, dtype))
-        out.append(f"{op}  {dtype}  world={world}   cell: median us per op (busbw GB/s) "
-                   f"x speedup vs lax")
+        first = next(r for r in records if (r["op"], r["dtype"]) == (op, dtype))
+        out.append(f"{op}  {dtype}  world={first['world']} ({first.get('processes', 1)} "
+                   f"process(es) x {first.get('devices_per_process', first['world'])})   "
+                   f"cell: us per op (busbw GB/s) x speedup vs lax [dev: device us]; "
+                   f"<res: below resolution")
         out.append(tabulate(rows, headers=["size/rank"] + methods, tablefmt="github",
                             disable_numparse=True))
         out.append("")
-    problems = [r for r in records if r["status"] in ("check_failed", "error", "noise")]
+    unresolved = [r for r in records if r["status"] == "below_resolution"]
+    if unresolved:
+        out.append("BELOW RESOLUTION (the op's cost did not stand out of the timing noise):")
+        for r in unresolved:
+            out.append(f"  {r['op']} {r['dtype']} {format_bytes(r['bytes_per_rank'])} "
+                       f"{r['method']}: {r['error']}")
+    problems = [r for r in records if r["status"] in ("check_failed", "error")]
     if problems:
         out.append("PROBLEMS (no figure reported for these):")
         for r in problems:
@@ -87,6 +98,16 @@ def tables(records: list[dict]) -> str:
 
 def plot(records: list[dict], path: str, title: str = "") -> None:
     """Latency and bus bandwidth vs size, one line per method, one row per (op, dtype)."""
+    deps.require("matplotlib").use("Agg")  # before pyplot: no display needed
+    import matplotlib.pyplot as plt
+
+    fig = figure(records, title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def figure(records: list[dict], title: str = ""):
+    """The plot's matplotlib figure (see plot)."""
     matplotlib = deps.require("matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -97,17 +118,21 @@ def plot(records: list[dict], path: str, title: str = "") -> None:
     for row, (op, dtype) in enumerate(panels):
         ax_t, ax_b = axes[row]
         for m in methods:
-            pts = sorted((r["bytes_per_rank"], r["time_us"], r["busbw_GBps"])
-                         for r in records
-                         if (r["op"], r["dtype"], r["method"]) == (op, dtype, m)
-                         and r["status"] == "ok")
-            if not pts:
+            rows = sorted((r for r in records
+                           if (r["op"], r["dtype"], r["method"]) == (op, dtype, m)
+                           and r["status"] == "ok"), key=lambda r: r["bytes_per_rank"])
+            if not rows:
                 continue
-            xs = [p[0] for p in pts]
+            xs = [r["bytes_per_rank"] for r in rows]
             style = dict(marker="o", markersize=3, label=m,
                          linestyle="--" if "[" in m else "-")
-            ax_t.plot(xs, [p[1] for p in pts], **style)
-            ax_b.plot(xs, [p[2] for p in pts], **style)
+            line, = ax_t.plot(xs, [r["time_us"] for r in rows], **style)
+            ax_b.plot(xs, [r["busbw_GBps"] for r in rows], **style)
+            dev = [(r["bytes_per_rank"], r.get("device_us", math.nan)) for r in rows]
+            dev = [(b, t) for b, t in dev if isinstance(t, float) and math.isfinite(t)]
+            if dev and m != "nccl_raw":  # nccl_raw's time is device time already
+                ax_t.plot([d[0] for d in dev], [d[1] for d in dev], marker=".", markersize=3,
+                          linestyle=":", color=line.get_color(), label=f"{m} (device)")
         for ax, ylabel in ((ax_t, "latency per op (us)"), (ax_b, "bus bandwidth (GB/s)")):
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
@@ -118,10 +143,12 @@ def plot(records: list[dict], path: str, title: str = "") -> None:
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=8)
     if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        # Room reserved above the subplots (rect), so the title never overlaps theirs.
+        fig.suptitle(title, fontsize=10)
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
+    else:
+        fig.tight_layout()
+    return fig
 
 
 def ensure_dir(path: str) -> str:

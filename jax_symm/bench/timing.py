@@ -1,4 +1,4 @@
-"""Chains of K dependent calls in one jitted program, and their timing.
+"""Chains of K dependent calls in one jitted program, and the per-op estimate.
 
 The program for K calls is
 
@@ -9,22 +9,34 @@ The program for K calls is
     return y
 
 so every call sees new data and XLA can neither merge nor drop any of them.
-Per repeat, t(K) and t(1) are measured back to back (wall clock around the
-call, until the result is ready) and the time per op is
+Each repeat times one run of every chain length in `chain_lengths(k)` (e.g.
+K = 1, k/2, k; wall clock around the call until the result is ready, the
+order rotating between repeats against drift). The time per op is the
+least-squares slope of the median time at each K against K: dispatch, the
+program's launch and its output copy are the intercept and drop out; the
+slope includes the feedback step (a slice / an in-place update of one per-rank
+chunk). Medians, not single runs, so that one run slowed by another process
+on a busy machine does not tilt the line.
 
-    (t(K) - t(1)) / (K - 1)
-
-which cancels dispatch, the program's launch and its output copy; it includes
-the feedback step (a slice / an in-place update of one per-rank chunk). With
-K = 1 it is t(1) itself. Median and p10/p90 are over the repeats.
+Spread: the slope is refitted on bootstrap resamples of the repeats (whole
+repeats, so each keeps its K points); p10/p90 are that distribution's
+percentiles (widened to include the fit itself, in the
+rare case that it falls outside them). When p10 is not above zero the op's cost is not resolvable above
+the timing noise: the case is reported as below resolution, with no figure,
+never as a zero or negative time. With k = 1 there is no slope: the figure is
+t(1) itself, one call with its dispatch.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
+
+BOOTSTRAP = 400  # resamples; enough for stable 10th/90th percentiles
 
 
 def chain_fn(op_fn, feedback, k: int, mesh, axis: str, world: int):
@@ -43,18 +55,65 @@ def chain_fn(op_fn, feedback, k: int, mesh, axis: str, world: int):
     return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=P(axis), out_specs=P(axis)))
 
 
+def chain_lengths(k: int) -> list[int]:
+    """The chain lengths timed for a largest chain of `k`: 1, k/2, k (distinct)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return sorted({1, max(1, k // 2), k})
+
+
 @dataclass
-class Stats:
-    median_us: float
+class Estimate:
+    """Per-op time in microseconds, or why there is none (`resolved` False)."""
+
+    time_us: float
     p10_us: float
     p90_us: float
-    samples: int
+    samples: int        # repeats
+    resolved: bool
+    slope_us: float     # the fitted slope, reported even when not resolved
+    note: str = ""
 
 
-def stats(per_op_seconds: list[float]) -> Stats:
-    a = np.asarray(per_op_seconds, dtype=np.float64) * 1e6
-    return Stats(float(np.median(a)), float(np.percentile(a, 10)),
-                 float(np.percentile(a, 90)), int(a.size))
+def fit_slope(ks: Sequence[float], ts: Sequence[float]) -> float:
+    """Least-squares slope of ts against ks (nan when all ks are equal)."""
+    x = np.asarray(ks, dtype=np.float64)
+    y = np.asarray(ts, dtype=np.float64)
+    dx = x - x.mean()
+    denom = float(np.dot(dx, dx))
+    if denom == 0.0:
+        return math.nan
+    return float(np.dot(dx, y - y.mean()) / denom)
+
+
+def estimate(ks: Sequence[int], times_s: np.ndarray | Sequence[Sequence[float]], *,
+             bootstrap: int = BOOTSTRAP, seed: int = 0) -> Estimate:
+    """The per-op estimate from `times_s[r][j]`, seconds of repeat r at chain length ks[j]."""
+    t = np.asarray(times_s, dtype=np.float64) * 1e6  # -> microseconds
+    ks = list(ks)
+    if t.ndim != 2 or t.shape[1] != len(ks) or t.shape[0] == 0:
+        raise ValueError(f"times must be [repeats][{len(ks)}], got shape {t.shape}")
+    reps = t.shape[0]
+    if len(set(ks)) == 1:  # k = 1: one call, dispatch included
+        col = t[:, 0]
+        med = float(np.median(col))
+        ok = math.isfinite(med) and med > 0
+        return Estimate(med if ok else math.nan, float(np.percentile(col, 10)),
+                        float(np.percentile(col, 90)), reps, ok, med,
+                        "t(1): one call including dispatch")
+    slope = fit_slope(ks, np.median(t, axis=0))
+    if reps > 1:
+        rng = np.random.default_rng(seed)
+        picks = rng.integers(0, reps, size=(bootstrap, reps))
+        boots = np.array([fit_slope(ks, np.median(t[p], axis=0)) for p in picks])
+    else:
+        boots = np.array([slope])
+    p10, p90 = (float(v) for v in np.percentile(boots, [10, 90]))
+    if not (math.isfinite(slope) and math.isfinite(p10) and p10 > 0 and slope > 0):
+        return Estimate(math.nan, math.nan, math.nan, reps, False, slope,
+                        f"below resolution: slope {slope:.3g} us/op, bootstrap "
+                        f"p10..p90 [{p10:.3g}, {p90:.3g}] reaches zero")
+    return Estimate(slope, min(p10, slope), max(p90, slope), reps, True, slope)
 
 
 def _once(f, x) -> float:
@@ -63,22 +122,17 @@ def _once(f, x) -> float:
     return time.perf_counter() - t
 
 
-def time_chain(f_k, f_1, x, k: int, repeats: int, warmup: int) -> Stats:
-    """Per-op seconds -> Stats (microseconds), see the module docstring."""
+def time_chains(fns: Mapping[int, Callable], x, repeats: int, warmup: int,
+                clock: Callable = _once) -> tuple[list[int], np.ndarray]:
+    """(ks, seconds[repeat][j]) for the chains `fns` (chain length -> jitted fn)."""
+    ks = sorted(fns)
     for _ in range(max(warmup, 1)):
-        f_1(x).block_until_ready()
-        if k > 1:
-            f_k(x).block_until_ready()
-    per_op = []
+        for k in ks:
+            fns[k](x).block_until_ready()
+    out = np.empty((repeats, len(ks)))
     for r in range(repeats):
-        if k == 1:
-            per_op.append(_once(f_1, x))
-            continue
-        if r % 2:  # alternate the order, against drift
-            t1 = _once(f_1, x)
-            tk = _once(f_k, x)
-        else:
-            tk = _once(f_k, x)
-            t1 = _once(f_1, x)
-        per_op.append((tk - t1) / (k - 1))
-    return stats(per_op)
+        order = list(range(len(ks)))
+        shift = r % len(ks)  # rotate the order between repeats, against drift
+        for j in order[shift:] + order[:shift]:
+            out[r, j] = clock(fns[ks[j]], x)
+    return ks, out

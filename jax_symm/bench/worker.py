@@ -1,9 +1,14 @@
 """One worker process's sweep: fresh inputs, one check per size, timings.
 
-    python -m jax_symm.bench --worker SPEC.json RESULT.json
+    python -m jax_symm.bench --worker SPEC.json RESULT.json     (one process)
+    run_distributed(spec)       (each process of a multi-process run, through
+                                 jax_symm.testing.run_multiprocess)
 
 SPEC names the methods of one group (all run under this process's XLA flags);
-RESULT gets {"config", "facts", "records", "cmdbuf"} as JSON.
+the result is {"config", "facts", "records", "cmdbuf", "skipped"}. In a
+multi-process run every process runs the same sweep over the global mesh, in
+the same order (lowering is a collective point), and times its own wall
+clock; the parent reports process 0's records.
 """
 
 from __future__ import annotations
@@ -11,13 +16,14 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 import traceback
 
 import numpy as np
 
-from . import deps, envinfo, hlo, units
-from .ops import NCCL_DTYPES, OPS, tolerance
-from .timing import chain_fn, time_chain
+from . import deps, devtime, envinfo, hlo, units
+from .ops import OPS, tolerance
+from .timing import chain_fn, chain_lengths, estimate, time_chains
 
 AXIS = "x"
 
@@ -26,6 +32,9 @@ DEFAULTS = {
     "cpu": dict(min_bytes=1 << 10, max_bytes=1 << 20, k=10, repeats=5, warmup=1),
     "gpu": dict(min_bytes=1 << 10, max_bytes=256 << 20, k=20, repeats=20, warmup=3),
 }
+# Device time (profiler) where the backend has device timestamps.
+DEVICE_TIME_BACKENDS = ("gpu",)
+DEVICE_TIME_REPEATS = 5
 
 
 def resolve(spec: dict, backend: str) -> dict:
@@ -37,22 +46,77 @@ def resolve(spec: dict, backend: str) -> dict:
     return cfg
 
 
-def _record(op, dtype, nbytes, world, method, cfg) -> dict:
+def _record(op, dtype, nbytes, world, method, cfg, processes: int = 1) -> dict:
     return {"op": op, "dtype": dtype, "bytes_per_rank": nbytes, "world": world,
+            "processes": processes, "devices_per_process": world // max(processes, 1),
             "method": method["label"], "impl": method["impl"], "k": cfg["k"],
             "repeats": cfg["repeats"], "time_us": math.nan, "p10_us": math.nan,
             "p90_us": math.nan, "algbw_GBps": math.nan, "busbw_GBps": math.nan,
+            "device_us": math.nan, "device_p10_us": math.nan, "device_p90_us": math.nan,
             "check": "", "status": "", "error": ""}
 
 
-def _fill_times(rec: dict, st, op, nbytes: int, world: int) -> None:
-    if not (st.median_us > 0 and math.isfinite(st.median_us)):
-        rec["status"] = "noise"
-        rec["error"] = f"median per-op time {st.median_us:.3g} us is not positive: t(K) <= t(1)"
+def _note(rec: dict, text: str) -> None:
+    rec["error"] = f"{rec['error']}; {text}" if rec["error"] else text
+
+
+def _fill_times(rec: dict, est, op, nbytes: int, world: int) -> None:
+    if not est.resolved:
+        rec["status"] = "below_resolution"
+        _note(rec, est.note)
         return
-    rec.update(time_us=st.median_us, p10_us=st.p10_us, p90_us=st.p90_us)
-    algbw = op.algbw_bytes(nbytes, world) / (st.median_us * 1e-6) / 1e9
+    rec.update(time_us=est.time_us, p10_us=est.p10_us, p90_us=est.p90_us)
+    algbw = op.algbw_bytes(nbytes, world) / (est.time_us * 1e-6) / 1e9
     rec.update(algbw_GBps=algbw, busbw_GBps=algbw * op.busbw_factor(world), status="ok")
+    if est.note:
+        _note(rec, est.note)
+
+
+def _fill_device(rec: dict, est) -> None:
+    if est.resolved:
+        rec.update(device_us=est.time_us, device_p10_us=est.p10_us, device_p90_us=est.p90_us)
+    else:
+        _note(rec, "device " + est.note)
+
+
+class Progress:
+    """tqdm on a terminal; in a redirected log one short line per (op, dtype) and
+    at most every 30 s, instead of tqdm's carriage returns on one endless line."""
+
+    def __init__(self, total: int, label: str, enabled: bool):
+        self.total, self.label, self.done = total, label, 0
+        self.enabled = enabled and total > 0
+        self.tty = self.enabled and sys.stderr.isatty()
+        self.bar = None
+        self.start = self.last = time.monotonic()
+        self.panel = None
+        if self.tty:
+            tqdm = deps.require("tqdm").tqdm
+            self.bar = tqdm(total=total, desc=label, unit="case", file=sys.stderr,
+                            dynamic_ncols=True, leave=True)
+
+    def step(self, what: str, panel) -> None:
+        """Called before each case."""
+        if self.bar is not None:
+            self.bar.set_postfix_str(what)
+        elif self.enabled:
+            now = time.monotonic()
+            if panel != self.panel or now - self.last >= 30:
+                print(f"[{self.label}] {self.done}/{self.total} cases  {what}  "
+                      f"({now - self.start:.0f} s)", file=sys.stderr, flush=True)
+                self.panel, self.last = panel, now
+
+    def advance(self) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled:
+            print(f"[{self.label}] {self.done}/{self.total} cases done "
+                  f"({time.monotonic() - self.start:.0f} s)", file=sys.stderr, flush=True)
 
 
 class Sweep:
@@ -65,11 +129,13 @@ class Sweep:
         self.cfg = cfg
         self.devices = devices
         self.world = len(devices)
+        self.processes = jax.process_count()
         self.backend = jax.default_backend()
         self.mesh = Mesh(np.array(devices), (AXIS,))
         self.sharding = NamedSharding(self.mesh, P(AXIS))
         self.key = jax.random.key(cfg["seed"])
         self.cmdbuf: dict[str, dict] = {}
+        self.device_notes: set[str] = set()
 
         def diff(a, b):
             a32, b32 = a.astype(jnp.float32), b.astype(jnp.float32)
@@ -93,9 +159,15 @@ class Sweep:
         ok = math.isfinite(err) and err <= limit and math.isfinite(scale) and scale > 0
         return ok, f"max|diff|={err:.3g} (limit {limit:.3g})"
 
+    def _to_host(self, a) -> np.ndarray:
+        if self.processes > 1:  # a global array: every process gets all of it
+            from jax.experimental import multihost_utils
+            return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+        return np.asarray(a)
+
     def host_check(self, y, x, op, dtype: str) -> tuple[bool, str]:
-        expected = op.reference(np.asarray(x).astype(np.float64), self.world)
-        got = np.asarray(y).astype(np.float64)
+        expected = op.reference(self._to_host(x).astype(np.float64), self.world)
+        got = self._to_host(y).astype(np.float64)
         if got.shape != expected.shape:
             return False, f"shape {got.shape} vs {expected.shape}"
         err = float(np.max(np.abs(got - expected)))
@@ -126,39 +198,52 @@ class Sweep:
             rec["status"], rec["error"] = "check_failed", msg
             return
         rec["error"] = "" if ok else msg
-        f_k = chain_fn(fn, op.feedback, cfg["k"], self.mesh, AXIS, world) if cfg["k"] > 1 else f_1
+        fns = {k: f_1 if k == 1 else chain_fn(fn, op.feedback, k, self.mesh, AXIS, world)
+               for k in chain_lengths(cfg["k"])}
+        f_k = fns[max(fns)]
         if self.backend == "gpu" and method["label"] not in self.cmdbuf:
             try:
                 text = f_k.lower(x).compile().as_text()
                 self.cmdbuf[method["label"]] = hlo.command_buffer_report(text, method["impl"])
             except Exception as e:  # optional report
                 self.cmdbuf[method["label"]] = {"error": repr(e)}
-        st = time_chain(f_k, f_1, x, cfg["k"], cfg["repeats"], cfg["warmup"])
-        _fill_times(rec, st, op, nbytes, world)
+        ks, seconds = time_chains(fns, x, cfg["repeats"], cfg["warmup"])
+        _fill_times(rec, estimate(ks, seconds, seed=cfg["seed"]), op, nbytes, world)
+        if cfg.get("device_time"):  # None (auto) was resolved in run()
+            # A separate pass: the profiler's own overhead stays out of the wall figures.
+            # Device spans vary far less than wall clock: a few repeats are enough,
+            # and each repeat costs profiler time.
+            dev, why = devtime.measure(fns, x, min(cfg["repeats"], DEVICE_TIME_REPEATS))
+            if dev is None:
+                _note(rec, why)
+                self.device_notes.add(why)
+            else:
+                _fill_device(rec, estimate(ks, dev, seed=cfg["seed"]))
 
     def run_raw(self, rec: dict, op, dtype: str, nbytes: int):
-        from jax_symm import _nccl
-        from jax_symm._native import ext
-        from .timing import stats
+        from jax_symm import diagnostics
 
-        if op.nccl_kind is None or dtype not in NCCL_DTYPES:
-            rec["status"], rec["error"] = "skipped", "no raw NCCL timing for this op/dtype"
+        ok, why = diagnostics.nccl_available()
+        if not op.raw_nccl or not ok:
+            rec["status"] = "skipped"
+            rec["error"] = why or "no raw NCCL timing for this op"
             return
-        if not _nccl.usable():
-            rec["status"], rec["error"] = "skipped", "NCCL has no symmetric windows"
-            return
-        members = [d.id for d in self.devices]
-        groups = np.array([members])
-        _nccl.ensure_groups(groups)
-        _nccl.ensure_arenas(groups, self.world * nbytes)
-        us = ext.nccl_time_raw(members, op.nccl_kind, nbytes, NCCL_DTYPES[dtype],
-                               self.cfg["k"], self.cfg["repeats"])
+        us = diagnostics.nccl_raw_time(self.devices, op.name, nbytes, dtype,
+                                       iters=self.cfg["k"], repeats=self.cfg["repeats"])
         rec["check"] = "n/a"
-        rec["error"] = "raw NCCL: timed, not checked (no JAX output)"
-        _fill_times(rec, stats([u * 1e-6 for u in us]), op, nbytes, self.world)
+        rec["error"] = "raw NCCL: timed with CUDA events, not checked (no JAX output)"
+        # CUDA events are device time already; the per-repeat figures are per call.
+        per_call = np.asarray(us, dtype=np.float64)[:, None] * 1e-6
+        est = estimate([1], per_call)
+        est.note = ""
+        _fill_times(rec, est, op, nbytes, self.world)
+        if est.resolved:
+            rec.update(device_us=est.time_us, device_p10_us=est.p10_us,
+                       device_p90_us=est.p90_us)
 
 
 def run(spec: dict) -> dict:
+    """This process's sweep (all processes of a multi-process run call it alike)."""
     import jax
     import jax.numpy as jnp
     import jax_symm  # noqa: F401  (registers the lowerings)
@@ -167,14 +252,16 @@ def run(spec: dict) -> dict:
     devices = all_devices[: spec["devices"]] if spec.get("devices") else all_devices
     backend = jax.default_backend()
     cfg = resolve(spec, backend)
+    if cfg.get("device_time") is None:
+        cfg["device_time"] = backend in DEVICE_TIME_BACKENDS
     sweep = Sweep(cfg, devices)
-    world = len(devices)
-    methods = cfg["methods"]
+    world, processes = len(devices), sweep.processes
+    # GPU-only methods are not cases here: neither run nor counted.
+    methods = [m for m in cfg["methods"] if backend == "gpu" or not m.get("gpu_only")]
+    skipped = [m["label"] for m in cfg["methods"] if m not in methods]
     tasks = [(o, d, b) for o in cfg["ops"] for d in cfg["dtypes"] for b in cfg["sizes"]]
-    tqdm = deps.require("tqdm").tqdm
-    bar = tqdm(total=len(tasks) * len(methods), desc=cfg.get("label", "bench"),
-               unit="case", file=sys.stderr, disable=not cfg.get("progress", True),
-               dynamic_ncols=True, leave=True)
+    progress = Progress(len(tasks) * len(methods), cfg.get("label", "bench"),
+                        cfg.get("progress", True) and jax.process_index() == 0)
     records = []
     for index, (op_name, dtype, nbytes) in enumerate(tasks):
         op = OPS[op_name]
@@ -182,12 +269,11 @@ def run(spec: dict) -> dict:
         n = nbytes // itemsize
         x, ref_box = None, {}
         for method in methods:
-            bar.set_postfix_str(f"{op_name} {dtype} {units.format_bytes(nbytes)} {method['label']}")
-            rec = _record(op_name, dtype, nbytes, world, method, cfg)
+            progress.step(f"{op_name} {dtype} {units.format_bytes(nbytes)} {method['label']}",
+                          (op_name, dtype))
+            rec = _record(op_name, dtype, nbytes, world, method, cfg, processes)
             try:
-                if method.get("gpu_only") and backend != "gpu":
-                    rec["status"], rec["error"] = "skipped", "GPU only"
-                elif n * itemsize != nbytes or n == 0:
+                if n * itemsize != nbytes or n == 0:
                     rec["status"], rec["error"] = "skipped", f"{nbytes} B is not whole {dtype} elements"
                 elif method["impl"] == "nccl_raw":
                     sweep.run_raw(rec, op, dtype, nbytes)
@@ -203,11 +289,19 @@ def run(spec: dict) -> dict:
                 if cfg.get("verbose"):
                     traceback.print_exc()
             records.append(rec)
-            bar.update()
+            progress.advance()
         del x, ref_box
-    bar.close()
-    return {"config": cfg, "facts": envinfo.process_facts(devices), "records": records,
-            "cmdbuf": sweep.cmdbuf}
+    progress.close()
+    facts = envinfo.process_facts(devices)
+    facts.update(processes=processes, devices_per_process=world // processes,
+                 process_index=jax.process_index())
+    return {"config": cfg, "facts": facts, "records": records, "cmdbuf": sweep.cmdbuf,
+            "skipped": skipped, "device_notes": sorted(sweep.device_notes)}
+
+
+def run_distributed(spec: dict) -> dict:
+    """Entry of each process of a multi-process run (jax.distributed is up)."""
+    return run(spec)
 
 
 def main(spec_path: str, result_path: str) -> None:

@@ -1,0 +1,222 @@
+#include "nccl_timer.h"
+
+#include <mutex>
+#include <utility>
+
+#include "cuda_api.h"
+#include "nccl_transport.h"
+
+namespace jax_symm {
+namespace {
+
+// NCCL's type and element size for a numpy dtype name. Sums of these are
+// what NCCL (and jax_symm's GPU path) can reduce.
+ErrorOr<std::pair<int, size_t>> NcclTypeByName(const std::string& dtype) {
+  static const std::pair<const char*, std::pair<int, size_t>> kTypes[] = {
+      {"int8", {kNcclInt8, 1}},        {"uint8", {kNcclUint8, 1}},
+      {"int32", {kNcclInt32, 4}},      {"uint32", {kNcclUint32, 4}},
+      {"int64", {kNcclInt64, 8}},      {"uint64", {kNcclUint64, 8}},
+      {"float16", {kNcclFloat16, 2}},  {"float32", {kNcclFloat32, 4}},
+      {"float64", {kNcclFloat64, 8}},  {"bfloat16", {kNcclBfloat16, 2}},
+  };
+  for (const auto& t : kTypes) {
+    if (dtype == t.first) return t.second;
+  }
+  return InvalidArgument("raw NCCL timer: no NCCL type for dtype '" + dtype +
+                         "' (int8, uint8, int32, uint32, int64, uint64, float16, "
+                         "float32, float64, bfloat16)");
+}
+
+ErrorOr<CollectiveKind> KindByName(const std::string& op) {
+  if (op == "all_gather") return CollectiveKind::kAllGather;
+  if (op == "reduce_scatter") return CollectiveKind::kReduceScatter;
+  if (op == "all_reduce") return CollectiveKind::kAllReduce;
+  return InvalidArgument("raw NCCL timer: unknown op '" + op +
+                         "' (all_gather, reduce_scatter, all_reduce)");
+}
+
+// Streams created on the ranks' contexts, destroyed on every path. Release()
+// is the checked teardown of the normal path; the destructor is the
+// best-effort one of error paths, where the first error is what gets reported
+// (CUDA defers destroying a stream or event until its pending work is done).
+class Streams {
+ public:
+  explicit Streams(const CudaApi& api) : api_(api) {}
+  ~Streams() {
+    for (auto& [ctx, s] : streams_) {
+      if (api_.cuCtxSetCurrent(ctx) == 0) api_.cuStreamDestroy(s);
+    }
+  }
+  Streams(const Streams&) = delete;
+  Streams& operator=(const Streams&) = delete;
+
+  ErrorOr<CUstream> Create(CUcontext ctx) {
+    JAX_SYMM_RETURN_IF_ERROR(CudaCheck(api_.cuCtxSetCurrent(ctx), "cuCtxSetCurrent"));
+    CUstream s = nullptr;
+    JAX_SYMM_RETURN_IF_ERROR(CudaCheck(api_.cuStreamCreate(&s, /*non-blocking*/ 1),
+                                       "cuStreamCreate"));
+    streams_.emplace_back(ctx, s);
+    return s;
+  }
+
+  // Waits for every stream, destroys them all; the first error wins.
+  Error Release() {
+    Error first = Error::Success();
+    auto keep = [&first](Error e) {
+      if (first.success() && e.failure()) first = std::move(e);
+    };
+    for (auto& [ctx, s] : streams_) {
+      Error current = CudaCheck(api_.cuCtxSetCurrent(ctx), "cuCtxSetCurrent");
+      if (current.success()) {
+        keep(CudaCheck(api_.cuStreamSynchronize(s), "cuStreamSynchronize"));
+        keep(CudaCheck(api_.cuStreamDestroy(s), "cuStreamDestroy"));
+      } else {
+        keep(std::move(current));
+      }
+    }
+    streams_.clear();
+    return first;
+  }
+
+ private:
+  const CudaApi& api_;
+  std::vector<std::pair<CUcontext, CUstream>> streams_;
+};
+
+// One CUDA event on `ctx`, destroyed on every path (see Streams).
+class Event {
+ public:
+  Event(const CudaApi& api, CUcontext ctx) : api_(api), ctx_(ctx) {}
+  ~Event() {
+    if (event_ != nullptr && api_.cuCtxSetCurrent(ctx_) == 0) api_.cuEventDestroy(event_);
+  }
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+
+  Error Create() {
+    JAX_SYMM_RETURN_IF_ERROR(CudaCheck(api_.cuCtxSetCurrent(ctx_), "cuCtxSetCurrent"));
+    return CudaCheck(api_.cuEventCreate(&event_, 0), "cuEventCreate");
+  }
+  void* get() const { return event_; }
+  Error Release() {
+    if (event_ == nullptr) return Error::Success();
+    JAX_SYMM_RETURN_IF_ERROR(CudaCheck(api_.cuCtxSetCurrent(ctx_), "cuCtxSetCurrent"));
+    void* e = event_;
+    event_ = nullptr;
+    return CudaCheck(api_.cuEventDestroy(e), "cuEventDestroy");
+  }
+
+ private:
+  const CudaApi& api_;
+  CUcontext ctx_;
+  void* event_ = nullptr;
+};
+
+}  // namespace
+
+ErrorOr<std::vector<double>> NcclTimeRaw(const std::vector<int64_t>& members,
+                                         const std::string& op, size_t bytes_per_rank,
+                                         const std::string& dtype, int iters, int repeats) {
+  ErrorOr<CollectiveKind> kind = KindByName(op);
+  if (kind.has_error()) return kind.error();
+  ErrorOr<std::pair<int, size_t>> type = NcclTypeByName(dtype);
+  if (type.has_error()) return type.error();
+  const int nccl_type = type->first;
+  const size_t elt = type->second;
+  if (iters < 1 || repeats < 1) {
+    return InvalidArgument("raw NCCL timer: iters and repeats must be >= 1");
+  }
+  if (bytes_per_rank == 0 || bytes_per_rank % elt != 0) {
+    return InvalidArgument("raw NCCL timer: " + std::to_string(bytes_per_rank) +
+                           " bytes per rank is not a whole number of " + dtype + " elements");
+  }
+  // Arguments first, so that a wrong name fails the same way with or without a GPU.
+  const CudaApi* api_ptr = LoadedCudaApi();
+  if (api_ptr == nullptr) return Internal("raw NCCL timer used before jax_symm loaded NCCL");
+  const CudaApi& api = *api_ptr;
+  ErrorOr<std::vector<NcclRankView>> ranks_or = NcclLocalRanks(members);
+  if (ranks_or.has_error()) return ranks_or.error();
+  const std::vector<NcclRankView>& ranks = *ranks_or;
+  if (ranks.empty()) return Internal("no local rank in group " + GroupToString(members));
+  const size_t world = members.size();
+  const size_t count = bytes_per_rank / elt;
+  for (const NcclRankView& r : ranks) {
+    if (bytes_per_rank * world > r.arena_bytes) {
+      return InvalidArgument("raw NCCL timer: the arena of " + std::to_string(r.arena_bytes) +
+                             " bytes is smaller than world x bytes per rank; grow it first");
+    }
+  }
+
+  Streams streams(api);
+  std::vector<CUstream> stream(ranks.size());
+  for (size_t i = 0; i < ranks.size(); ++i) {
+    ErrorOr<CUstream> s = streams.Create(ranks[i].context);
+    if (s.has_error()) return s.error();
+    stream[i] = *s;
+  }
+  Event start(api, ranks[0].context), stop(api, ranks[0].context);
+  JAX_SYMM_RETURN_IF_ERROR(start.Create());
+  JAX_SYMM_RETURN_IF_ERROR(stop.Create());
+
+  // NCCL forbids two threads on one communicator at once: hold every local
+  // rank's communicator lock (always in the group's order, as set-up does)
+  // while this timer enqueues.
+  std::vector<std::unique_lock<std::mutex>> comm_locks;
+  for (const NcclRankView& r : ranks) comm_locks.emplace_back(*r.comm_mu);
+
+  // One collective on every local rank, in one NCCL group. Ends the group
+  // whatever happened inside it, keeping the first error.
+  auto enqueue = [&]() -> Error {
+    JAX_SYMM_RETURN_IF_ERROR(NcclCheck(api.ncclGroupStart(), "ncclGroupStart"));
+    Error body = Error::Success();
+    for (size_t i = 0; i < ranks.size() && body.success(); ++i) {
+      const NcclRankView& r = ranks[i];
+      char* win = r.arena_base;
+      const size_t me = static_cast<size_t>(r.rank);
+      body = CudaCheck(api.cuCtxSetCurrent(r.context), "cuCtxSetCurrent");
+      if (body.failure()) break;
+      switch (*kind) {
+        case CollectiveKind::kAllGather:
+          body = NcclCheck(api.ncclAllGather(win + me * bytes_per_rank, win, count, nccl_type,
+                                             r.comm, stream[i]),
+                           "ncclAllGather", r.comm);
+          break;
+        case CollectiveKind::kReduceScatter:
+          body = NcclCheck(api.ncclReduceScatter(win, win + me * bytes_per_rank, count,
+                                                 nccl_type, kNcclSum, r.comm, stream[i]),
+                           "ncclReduceScatter", r.comm);
+          break;
+        case CollectiveKind::kAllReduce:
+          body = NcclCheck(api.ncclAllReduce(win, win, count, nccl_type, kNcclSum, r.comm,
+                                             stream[i]),
+                           "ncclAllReduce", r.comm);
+          break;
+      }
+    }
+    Error end = NcclCheck(api.ncclGroupEnd(), "ncclGroupEnd");
+    return body.failure() ? body : end;
+  };
+
+  for (int w = 0; w < 5; ++w) JAX_SYMM_RETURN_IF_ERROR(enqueue());
+  std::vector<double> out;
+  out.reserve(repeats);
+  for (int rep = 0; rep < repeats; ++rep) {
+    JAX_SYMM_RETURN_IF_ERROR(CudaCheck(api.cuCtxSetCurrent(ranks[0].context), "cuCtxSetCurrent"));
+    JAX_SYMM_RETURN_IF_ERROR(CudaCheck(api.cuEventRecord(start.get(), stream[0]), "cuEventRecord"));
+    for (int it = 0; it < iters; ++it) JAX_SYMM_RETURN_IF_ERROR(enqueue());
+    JAX_SYMM_RETURN_IF_ERROR(CudaCheck(api.cuCtxSetCurrent(ranks[0].context), "cuCtxSetCurrent"));
+    JAX_SYMM_RETURN_IF_ERROR(CudaCheck(api.cuEventRecord(stop.get(), stream[0]), "cuEventRecord"));
+    JAX_SYMM_RETURN_IF_ERROR(CudaCheck(api.cuEventSynchronize(stop.get()), "cuEventSynchronize"));
+    float ms = 0;
+    JAX_SYMM_RETURN_IF_ERROR(
+        CudaCheck(api.cuEventElapsedTime(&ms, start.get(), stop.get()), "cuEventElapsedTime"));
+    out.push_back(ms * 1000.0 / iters);
+  }
+  comm_locks.clear();
+  JAX_SYMM_RETURN_IF_ERROR(streams.Release());
+  JAX_SYMM_RETURN_IF_ERROR(start.Release());
+  JAX_SYMM_RETURN_IF_ERROR(stop.Release());
+  return out;
+}
+
+}  // namespace jax_symm

@@ -1,0 +1,45 @@
+"""jax-symm-bench nccl-log: run each jax_symm op at a few sizes on all GPUs, so
+that NCCL's own log shows window registration and which kernels ran:
+
+    NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,REG,TUNING jax-symm-bench nccl-log
+
+With one GPU, JAX_SYMM_SINGLETON_CALLS=1 (set here unless given) keeps the
+custom calls; NCCL runs no symmetric kernel for a 1-rank communicator, but
+registers the window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(prog="jax-symm-bench nccl-log", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter
+                            ).parse_args(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("JAX_SYMM_SINGLETON_CALLS", "1")
+    import numpy as np
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    import jax_symm
+
+    mesh = Mesh(np.array(jax.devices()), ("x",))
+    n = mesh.size
+    ops = {
+        "all_gather": lambda a: jax_symm.all_gather(a, "x", tiled=True),
+        "reduce_scatter": lambda a: jax_symm.psum_scatter(a, "x", tiled=True),
+        "all_reduce": lambda a: jax_symm.psum(a, "x"),
+    }
+    rng = np.random.default_rng(0)
+    for name, op in ops.items():
+        for per_rank in (1 << 12, 1 << 20, 1 << 24):
+            x = jax.device_put(jnp.asarray(rng.standard_normal(n * per_rank // 2), jnp.bfloat16),
+                               NamedSharding(mesh, P("x")))
+            f = jax.jit(jax.shard_map(op, mesh=mesh, in_specs=P("x"), out_specs=P("x")))
+            print(f"=== {name} {per_rank} bytes per rank: out "
+                  f"{f(x).block_until_ready().shape}", flush=True)
+    print(jax_symm.info()["nccl"])

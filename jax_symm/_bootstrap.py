@@ -16,7 +16,9 @@ PREFIX = "jax_symm/"
 
 
 def timeout_ms() -> int:
-    return int(float(os.environ.get("JAX_SYMM_BOOTSTRAP_TIMEOUT_S", "120")) * 1000)
+    from . import settings
+
+    return int(settings.bootstrap_timeout_s() * 1000)
 
 
 def _client():

@@ -120,6 +120,19 @@ def clear_order_tokens() -> None:
     dispatch.runtime_tokens.clear()
 
 
+def config_state(name: str, default, help: str):
+    """A JAX config option that keys jit's cache and the trace context; its
+    environment variable is NAME.upper(). Reuses one defined already (reload)."""
+    from jax._src import config as jax_config
+
+    make = jax_config.bool_state if isinstance(default, bool) else jax_config.int_state
+    try:
+        return make(name, default, help, include_in_jit_key=True,
+                    include_in_trace_context=True)
+    except Exception:  # defined already (the module was reloaded)
+        return jax_config.config._value_holders[name]
+
+
 def register_lowering(prim, rule, platform=None) -> None:
     # Not cacheable: JAX would otherwise lower identical equations (same shape
     # and parameters) once and reuse the result, so that independent calls
@@ -156,6 +169,13 @@ def reshape_to(ctx, x, aval):
     from jax._src.lib.mlir.dialects import hlo
 
     return hlo.reshape(mlir.aval_to_ir_type(ctx.module_context, aval), x)
+
+
+def canonicalize_axis(axis: int, ndim: int) -> int:
+    """A non-negative axis for `ndim` dimensions; ValueError if out of range."""
+    from jax._src.util import canonicalize_axis as canonical
+
+    return canonical(axis, ndim)
 
 
 def typeof(x: Any) -> core.AbstractValue:

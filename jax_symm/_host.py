@@ -17,30 +17,19 @@ import atexit
 import functools
 import hashlib
 import itertools
-import os
 import secrets
 import threading
 
 import numpy as np
 import jax
 
-from . import _bootstrap, _compat
+from . import _bootstrap, _compat, settings
 from ._native import ext, publish_local_devices
 
 _lock = threading.Lock()
 _sites = itertools.count(1)
 _ready = False
 _secret = b""
-
-
-def timeout_s() -> float:
-    """JAX_SYMM_TIMEOUT_S: the longest wait for a live peer at a barrier."""
-    return float(os.environ.get("JAX_SYMM_TIMEOUT_S", "300"))
-
-
-def _spins() -> int:
-    """JAX_SYMM_SPINS: busy-waits before a barrier sleeps (-1: by core count)."""
-    return int(os.environ.get("JAX_SYMM_SPINS", "-1"))
 
 
 @functools.cache
@@ -64,8 +53,8 @@ def setup() -> None:
         ext.host_reap_stale()  # segments of earlier jobs that died
         multi = _compat.process_count() > 1
         _secret = bytes.fromhex(_bootstrap.agree_on("host_secret", lambda: secrets.token_hex(32)))
-        ext.set_host_config(timeout_s(), 0.05, _bootstrap.timeout_ms() / 1000, not multi,
-                            _spins())
+        ext.set_host_config(settings.timeout_s(), 0.05, settings.bootstrap_timeout_s(),
+                            not multi, settings.spins())
         if multi:
             _allow_many_files()
         atexit.register(ext.host_unlink_all)

@@ -1,34 +1,48 @@
-"""From a primitive's parameters to an XLA FFI custom call, per platform.
+"""From a jax_symm primitive to XLA, for every op and platform.
 
-Every collective is described to the handlers the same way: the replica groups
-as global device ids, a channel that names the call site, and the data layout
-as `outer` rows of `world` chunks of `inner_bytes` (see ffi/ffi_common.h).
+Each op module describes its collective with a `Collective` spec and calls
+`register`. The one lowering rule here then, for each call:
+
+1. lowers a group of one device to a reshape (no data moves);
+2. decides whether XLA's own collective serves the call instead, and why
+   (`_use_xla_reason`): jax_symm disabled, a partially manual shard_map, a
+   transport that cannot serve it, or -- on GPU -- a message above the
+   size crossover of `_dispatch`;
+3. moves the gathered or scattered dimension to the front in JAX
+   (`_leading_axis_form`), so that transports only ever see NCCL's natural
+   layout and XLA fuses the transposes into neighbouring work;
+4. hands the call to the platform's transport slice: `_host` (XLA:CPU) or
+   `_nccl` (XLA:GPU), which own their set-up, FFI targets and attributes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-import os
 import warnings
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
+import jax.numpy as jnp
 
-import jax
+from . import _compat, _dispatch, settings
 
-from . import _compat
 
-def layout(shape, dim: int, itemsize: int) -> tuple[int, int]:
-    """(outer, inner_bytes) for data split around dimension `dim` of `shape`.
+@dataclasses.dataclass(frozen=True)
+class Collective:
+    """What the shared lowering needs to know about one collective primitive.
 
-    For all-gather `shape` is the input and `dim` the gather dimension; for
-    reduce-scatter `shape` is the output (tiled form) and `dim` the scatter
-    dimension. Either way: outer = prod(shape[:dim]), inner = the rest.
+    kind:      "all_gather", "reduce_scatter" or "all_reduce" (the transports' name)
+    lax:       lax's twin primitive, whose lowering serves the XLA path
+    lax_params: our primitive's parameters -> lax's
+    dimension: the parameter naming the gathered / scattered dimension, if any
     """
-    outer = math.prod(shape[:dim])
-    inner = math.prod(shape[dim:]) * itemsize
-    return int(outer), int(inner)
+
+    kind: str
+    lax: Any
+    lax_params: Callable[[dict], dict]
+    dimension: str | None = None
 
 
 @functools.cache
@@ -36,146 +50,110 @@ def _warn_once(message: str) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-def _require_mesh(kind: str, ctx):
+def _message_bytes(spec: Collective, ctx) -> int:
+    """Bytes one rank contributes: the input, or for reduce-scatter the output."""
+    aval = ctx.avals_out[0] if spec.kind == "reduce_scatter" else ctx.avals_in[0]
+    return int(math.prod(aval.shape)) * aval.dtype.itemsize
+
+
+def _use_xla_reason(spec: Collective, platform: str, ctx, axes: tuple):
+    """(why XLA's collective serves this call, or None; whether to warn; groups)."""
+    if settings.disable.value:
+        return "disabled", False, None
     axis_ctx = ctx.module_context.axis_context
-    if not hasattr(axis_ctx, "mesh"):
+    mesh = getattr(axis_ctx, "mesh", None)
+    if mesh is None:
         raise NotImplementedError(
-            f"jax_symm.{kind} must be used inside jax.shard_map (it has no pmap "
-            "or auto-sharding lowering).")
-    return axis_ctx
-
-
-def _partially_manual(axis_ctx) -> bool:
-    """shard_map(axis_names=...) over some mesh axes only: XLA's partitioner
-    still owns the other axes and would replicate the custom call over them."""
+            f"jax_symm.{spec.kind} must be used inside jax.shard_map or jax.pmap (this "
+            "program has no manual mesh axes to communicate over).")
     manual = getattr(axis_ctx, "manual_axes", None)
-    return manual is not None and set(manual) != set(axis_ctx.mesh.axis_names)
+    if manual is not None and set(manual) != set(mesh.axis_names):
+        # XLA's partitioner owns the other axes and would replicate the call.
+        return (f"jax_symm.{spec.kind} inside a shard_map that is manual over only some "
+                "mesh axes uses XLA's own collective"), True, None
+    groups = _compat.replica_groups(axis_ctx, axes)
+    if platform == "cpu":
+        from . import _host
 
-
-def _use_lax_instead(kind: str, axis_ctx) -> str | None:
-    """Why this call must go to XLA's own collective, if it must."""
-    if _partially_manual(axis_ctx):
-        return (f"jax_symm.{kind} inside a shard_map that is manual over only some mesh "
-                "axes uses XLA's own collective")
-    return None
-
-
-def disabled() -> bool:
-    """jax_symm_disable (env JAX_SYMM_DISABLE=1) lowers every jax_symm op to
-    XLA's own collective."""
-    from . import _config
-
-    return bool(_config.disable.value)
-
-
-def lower_host(kind: str, lax_rule: Callable, ctx, x, *, axes: tuple,
-               outer: int, inner_bytes: int, lax_params: dict):
-    """XLA:CPU lowering: the shared-memory host transport (jax_symm/_host.py)."""
-    from . import _host
-
-    axis_ctx = _require_mesh(kind, ctx)
-    why = _use_lax_instead(kind, axis_ctx)
-    groups = None
-    if why is None and not _compat.has_order_token(ctx):
-        why = ("jax_symm: this CPU program was traced while the default backend was not "
-               "the CPU, so its collectives carry no order token; they use XLA's own "
-               "collectives.")
-    if why is None:
-        groups = _compat.replica_groups(axis_ctx, axes)
+        if not _compat.has_order_token(ctx):
+            return ("jax_symm: this CPU program was traced while the default backend was "
+                    "not the CPU, so its collectives carry no order token; they use XLA's "
+                    "own collectives."), True, None
         why = _host.unusable_reason(groups)
-    if why is not None:
-        _warn_once(why)
-        return lax_rule(ctx, x, **lax_params)
-    return _host.lower(kind, ctx, x, groups=groups, outer=outer, inner_bytes=inner_bytes)
-
-
-# NCCL has no 16-bit integer type: those sums stay with XLA.
-_NCCL_UNSUMMABLE = {np.dtype(np.int16), np.dtype(np.uint16)}
-
-
-def lower_nccl(kind: str, lax_rule: Callable, ctx, x, *, axes: tuple,
-               outer: int, inner_bytes: int, lax_params: dict):
-    """XLA:GPU lowering: NCCL collectives on symmetric windows.
-
-    Creates the group's communicators and grows its arena here, at lowering
-    time, the one point every process passes in step. No side effect is
-    declared: identical calls may be merged or dropped, on every device alike,
-    and XLA stays free to capture the calls into CUDA graphs.
-    """
+        return why, True, groups
     from . import _nccl
 
-    axis_ctx = _require_mesh(kind, ctx)
-    if (why := _use_lax_instead(kind, axis_ctx)) is not None:
-        _warn_once(why)
-        return lax_rule(ctx, x, **lax_params)
-    if not _nccl.usable():
-        return lax_rule(ctx, x, **lax_params)
-    _nccl.warn_if_concurrent_command_buffers()
-    if kind != "all_gather" and np.dtype(ctx.avals_in[0].dtype) in _NCCL_UNSUMMABLE:
-        return lax_rule(ctx, x, **lax_params)
-    groups = _compat.replica_groups(axis_ctx, axes)
-    _nccl.ensure_groups(groups)
-    world = groups.shape[1]
-    need = outer * inner_bytes * (1 if kind == "all_reduce" else world)
-    arenas = _nccl.ensure_arenas(groups, need)
-    rule = jax.ffi.ffi_lowering(_nccl.NCCL_TARGETS[kind])
-    _compat.pass_order_token(ctx)  # one stream per device keeps program order
-    return rule(
-        ctx, x,
-        groups=np.ascontiguousarray(groups.reshape(-1), dtype=np.int64),
-        group_size=np.int64(world),
-        outer=np.int64(outer),
-        inner_bytes=np.int64(inner_bytes),
-        arena_bytes=arenas,
-    )
+    why = _nccl.unusable_reason(spec.kind, ctx.avals_in[0].dtype)
+    if why is not None:
+        return why, True, None
+    if not _dispatch.use_window(spec.kind, groups.shape[1], _message_bytes(spec, ctx)):
+        return "above the crossover", False, None
+    return None, False, groups
 
 
-def singleton_calls() -> bool:
-    """JAX_SYMM_SINGLETON_CALLS=1 keeps the custom call for groups of one
-    (normally a reshape), to test and time the transport on a single device."""
-    return os.environ.get("JAX_SYMM_SINGLETON_CALLS", "0") not in ("", "0", "false", "False")
+def _leading_axis_form(spec: Collective, prim, params: dict, out_shape: tuple):
+    """The call as a JAX function around the same primitive along dimension 0
+    (untiled), or None if it already is in that form."""
+    if spec.dimension is None or params[spec.dimension] == 0:
+        return None
+    d = params[spec.dimension]
+    lead = dict(params, **{spec.dimension: 0, "tiled": False})
+    world = params["axis_size"]
+    if spec.kind == "all_gather":
+        def gather(x):
+            # [W, *x] -> W moved to d; tiled merges it with x's dimension d.
+            y = jnp.moveaxis(prim.bind(x, **lead), 0, d)
+            return y.reshape(out_shape)
+        return gather
+
+    def scatter(x):
+        y = jnp.moveaxis(x, d, 0)
+        if params["tiled"]:  # [W*c, ...] -> [W, c, ...]: W chunks of c rows
+            y = y.reshape(world, y.shape[0] // world, *y.shape[1:])
+        r = prim.bind(y, **lead)
+        return jnp.moveaxis(r, 0, d) if params["tiled"] else r
+    return scatter
 
 
-_TRANSPORTS = {"cpu": lower_host, "cuda": lower_nccl}
+def register(prim, spec: Collective) -> None:
+    """Registers `prim`'s lowerings: jax_symm's transports on CPU and CUDA,
+    XLA's collective elsewhere and wherever jax_symm does not serve a call."""
 
-
-def register(prim, kind: str, lax_prim, to_lax_params: Callable, layout_of: Callable,
-             identity_rule: Callable) -> None:
-    """Registers `prim`'s lowerings: a jax_symm transport on CPU and CUDA, lax
-    elsewhere (and wherever jax_symm is disabled).
-
-    `to_lax_params(params)` maps our parameters to lax's primitive's, for the
-    fallback; `layout_of(aval_in, params)` gives (outer, inner_bytes);
-    `identity_rule(ctx, x, **params)` lowers a group of one (no communication).
-    """
-
-    def lax_rule(platform):
-        rule = _compat.lax_lowering(lax_prim, platform)
+    def xla_rule(platform):
+        rule = _compat.lax_lowering(spec.lax, platform)
 
         def lowered(ctx, x, **params):
-            out = rule(ctx, x, **params)
+            out = rule(ctx, x, **spec.lax_params(params))
             _compat.pass_order_token(ctx)
             return out
         return lowered
 
-    def fallback(platform):
-        def rule(ctx, x, **params):
-            return lax_rule(platform)(ctx, x, **to_lax_params(params))
-        return rule
-
     def transport_rule(platform):
         def rule(ctx, x, **params):
-            if params["axis_size"] == 1 and not singleton_calls():
+            if params["axis_size"] == 1 and not settings.singleton_calls.value:
                 _compat.pass_order_token(ctx)
-                return identity_rule(ctx, x, **params)
-            if disabled():
-                return fallback(platform)(ctx, x, **params)
-            outer, inner = layout_of(ctx.avals_in[0], params)
-            return _TRANSPORTS[platform](kind, lax_rule(platform), ctx, x, axes=params["axes"],
-                                         outer=outer, inner_bytes=inner,
-                                         lax_params=to_lax_params(params))
+                return [_compat.reshape_to(ctx, x, ctx.avals_out[0])]
+            why, warn, groups = _use_xla_reason(spec, platform, ctx, params["axes"])
+            if why is not None:
+                if warn:
+                    _warn_once(why)
+                return xla_rule(platform)(ctx, x, **params)
+            relayout = _leading_axis_form(spec, prim, params, ctx.avals_out[0].shape)
+            if relayout is not None:
+                return _compat.lower_fun(relayout, multiple_results=False)(ctx, x)
+            transport = _transport(platform)
+            return transport.lower(spec.kind, ctx, x, groups=groups, outer=1,
+                                   inner_bytes=_message_bytes(spec, ctx))
         return rule
 
-    _compat.register_lowering(prim, fallback(None))
-    for platform in _TRANSPORTS:
+    _compat.register_lowering(prim, xla_rule(None))
+    for platform in ("cpu", "cuda"):
         _compat.register_lowering(prim, transport_rule(platform), platform=platform)
+
+
+def _transport(platform: str):
+    if platform == "cpu":
+        from . import _host
+        return _host
+    from . import _nccl
+    return _nccl

@@ -7,11 +7,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax._src.util import canonicalize_axis
 
 from . import _checks, _compat, _lowering
-
-all_gather_p = _compat.Primitive("jax_symm_all_gather")
+from ._primitives import all_gather_p, reduce_scatter_p
 
 
 def all_gather(x: Any, axis_name: Any, *, axis: int = 0, tiled: bool = False,
@@ -40,7 +38,7 @@ def all_gather(x: Any, axis_name: Any, *, axis: int = 0, tiled: bool = False,
         ndim = jnp.ndim(leaf)
         return all_gather_p.bind(
             leaf,
-            all_gather_dimension=canonicalize_axis(axis, ndim if tiled else ndim + 1),
+            all_gather_dimension=_compat.canonicalize_axis(axis, ndim if tiled else ndim + 1),
             axes=axes, axis_size=size, tiled=bool(tiled), invariant=(to == "invarying"))
 
     return jax.tree_util.tree_map(bind, x)
@@ -63,14 +61,14 @@ def _abstract_eval(x_aval, *, all_gather_dimension, axes, axis_size, tiled, inva
 
 
 def _transpose(ct, x, *, all_gather_dimension, axes, axis_size, tiled, invariant):
-    from .reduce_scatter import reduce_scatter
-
     if invariant:  # each device keeps its own slice of the invariant cotangent
         chunk = ct.shape[all_gather_dimension] // axis_size
         start = lax.axis_index(axes) * chunk
         out = lax.dynamic_slice_in_dim(ct, start, chunk, axis=all_gather_dimension)
         return (out if tiled else lax.squeeze(out, [all_gather_dimension]),)
-    return (reduce_scatter(ct, axes, scatter_dimension=all_gather_dimension, tiled=tiled),)
+    ct = _compat.pvary_for_collective(axes, ct)
+    return (reduce_scatter_p.bind(ct, scatter_dimension=all_gather_dimension, axes=axes,
+                                  axis_size=axis_size, tiled=tiled),)
 
 
 def _batch(axis_data, vals_in, dims_in, *, all_gather_dimension, axes, axis_size,
@@ -109,17 +107,8 @@ def _to_lax(params):
                 axis_size=params["axis_size"], tiled=params["tiled"])
 
 
-def _layout(x_aval, params):
-    return _lowering.layout(x_aval.shape, params["all_gather_dimension"],
-                            x_aval.dtype.itemsize)
-
-
-def _identity(ctx, x, **_):
-    return [_compat.reshape_to(ctx, x, ctx.avals_out[0])]
-
-
 all_gather_p.def_effectful_abstract_eval(_abstract_eval)
 _compat.deflinear2(all_gather_p, _transpose)
 _compat.register_collective_batcher(all_gather_p, _batch)
-_lowering.register(all_gather_p, "all_gather", _compat.all_gather_p, _to_lax, _layout,
-                   _identity)
+_lowering.register(all_gather_p, _lowering.Collective(
+    "all_gather", _compat.all_gather_p, _to_lax, dimension="all_gather_dimension"))

@@ -10,8 +10,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from . import _checks, _compat, _lowering
-
-all_reduce_p = _compat.Primitive("jax_symm_all_reduce")
+from ._primitives import all_reduce_p
 
 
 def all_reduce(x: Any, axis_name: Any, *, axis_index_groups: Any = None) -> Any:
@@ -87,15 +86,7 @@ def _to_lax(params):
     return dict(axes=params["axes"], axis_index_groups=None)
 
 
-def _layout(x_aval, params):
-    return 1, int(x_aval.size * x_aval.dtype.itemsize)
-
-
-def _identity(ctx, x, **_):
-    return [x]
-
-
 all_reduce_p.def_effectful_abstract_eval(_abstract_eval)
 _compat.deflinear2(all_reduce_p, _transpose)
 _compat.register_collective_batcher(all_reduce_p, _batch)
-_lowering.register(all_reduce_p, "all_reduce", _compat.psum_p, _to_lax, _layout, _identity)
+_lowering.register(all_reduce_p, _lowering.Collective("all_reduce", _compat.psum_p, _to_lax))

@@ -8,11 +8,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax._src.util import canonicalize_axis
 
 from . import _checks, _compat, _lowering
-
-reduce_scatter_p = _compat.Primitive("jax_symm_reduce_scatter")
+from ._primitives import all_gather_p, reduce_scatter_p
 
 
 def reduce_scatter(x: Any, axis_name: Any, *, scatter_dimension: int = 0,
@@ -37,7 +35,7 @@ def reduce_scatter(x: Any, axis_name: Any, *, scatter_dimension: int = 0,
                                     tiled=tiled)
         leaf = _compat.pvary_for_collective(axes, leaf)
         # Negative dimensions count from the end, as in newer lax (0.11+).
-        dim = canonicalize_axis(scatter_dimension, max(jnp.ndim(leaf), 1))
+        dim = _compat.canonicalize_axis(scatter_dimension, max(jnp.ndim(leaf), 1))
         return reduce_scatter_p.bind(
             leaf, scatter_dimension=dim, axes=axes, axis_size=size, tiled=bool(tiled))
 
@@ -73,9 +71,9 @@ def _abstract_eval(x_aval, *, scatter_dimension, axes, axis_size, tiled):
 
 
 def _transpose(ct, x, *, scatter_dimension, axes, axis_size, tiled):
-    from .all_gather import all_gather
-
-    return (all_gather(ct, axes, axis=scatter_dimension, tiled=tiled),)
+    ct = _compat.pvary_for_collective(axes, ct)
+    return (all_gather_p.bind(ct, all_gather_dimension=scatter_dimension, axes=axes,
+                              axis_size=axis_size, tiled=tiled, invariant=False),)
 
 
 def _batch(axis_data, vals_in, dims_in, *, scatter_dimension, axes, axis_size, tiled):
@@ -110,19 +108,8 @@ def _to_lax(params):
                 tiled=params["tiled"])
 
 
-def _layout(x_aval, params):
-    dim, size = params["scatter_dimension"], params["axis_size"]
-    shape = list(x_aval.shape)
-    shape[dim] //= size
-    return _lowering.layout(shape, dim, x_aval.dtype.itemsize)
-
-
-def _identity(ctx, x, **_):
-    return [_compat.reshape_to(ctx, x, ctx.avals_out[0])]
-
-
 reduce_scatter_p.def_effectful_abstract_eval(_abstract_eval)
 _compat.deflinear2(reduce_scatter_p, _transpose)
 _compat.register_collective_batcher(reduce_scatter_p, _batch)
-_lowering.register(reduce_scatter_p, "reduce_scatter", _compat.reduce_scatter_p, _to_lax,
-                   _layout, _identity)
+_lowering.register(reduce_scatter_p, _lowering.Collective(
+    "reduce_scatter", _compat.reduce_scatter_p, _to_lax, dimension="scatter_dimension"))

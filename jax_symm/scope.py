@@ -23,10 +23,8 @@ from typing import Iterator
 
 import numpy as np
 
-from . import _checks, _compat, _config
-from .all_gather import all_gather_p
-from .all_reduce import all_reduce_p
-from .reduce_scatter import reduce_scatter_p
+from . import _checks, _compat, settings
+from ._primitives import all_gather_p, all_reduce_p, reduce_scatter_p
 
 _PASS = object()  # a reroute's answer for "let lax handle this call"
 
@@ -115,7 +113,7 @@ def _install() -> None:
             original = prim.bind
 
             def bind(*args, _original=original, _reroute=reroute, **params):
-                if (_config.use_symmetric_memory.value and not _config.disable.value
+                if (settings.use_symmetric_memory.value and not settings.disable.value
                         and len(args) == 1):
                     out = _reroute(*args, **params)
                     if out is not _PASS:
@@ -134,5 +132,5 @@ def use_symmetric_memory(disabled: bool = False) -> Iterator[None]:
     also when the body raises.
     """
     _install()
-    with _config.use_symmetric_memory(not disabled):
+    with settings.use_symmetric_memory(not disabled):
         yield

@@ -268,18 +268,13 @@ def test_device_time_is_optional_on_cpu():
 
 # ---------------------------------------------------------------- methods, report
 
-def test_window_method_listed_only_with_a_crossover_setting(monkeypatch):
-    import importlib.machinery
-    import types
+def test_window_method_forces_the_window_path_in_its_own_worker():
+    from jax_symm import settings
     from jax_symm.bench import methods
-    assert ("jax_symm_window" in methods.METHODS) == (methods.window_setting() is not None)
-    fake = types.ModuleType("jax_symm.settings")
-    fake.__doc__ = "JAX_SYMM_CROSSOVER_BYTES: above this size, XLA's collective."
-    fake.__spec__ = importlib.machinery.ModuleSpec("jax_symm.settings", None)
-    monkeypatch.setitem(sys.modules, "jax_symm.settings", fake)
-    name, value = methods.window_setting()
-    assert name == "JAX_SYMM_CROSSOVER_BYTES" and int(value) >= 1 << 40
-    m = methods.Method("jax_symm_window", "jax_symm", env=((name, value),))
+    m = methods.METHODS["jax_symm_window"]
+    assert m.gpu_only  # the size crossover only exists on GPU
+    (name, value), = m.env
+    assert name == settings.CROSSOVER_ENV == "JAX_SYMM_CROSSOVER_BYTES" and int(value) >= 1 << 40
     groups = methods.groups([methods.METHODS["jax_symm"], methods.METHODS["lax"], m])
     assert [x.label for x in groups[0]] == ["jax_symm", "lax"]
     assert [x.label for x in groups[1]] == ["jax_symm_window"]  # its own worker (env)

@@ -8,8 +8,6 @@ devices to itself. A new method is one `Method(...)` entry in METHODS.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from dataclasses import dataclass
 
 # What a worker knows how to run.
@@ -37,32 +35,16 @@ class Method:
 
 
 # jax_symm's size-based dispatch (XLA's collective above a crossover size) is
-# being built elsewhere; its setting's name is not settled. The bench lists
-# "jax_symm_window" (the window path forced at every size, so the measured
-# crossover can be read off the plot) only when the running jax_symm
-# documents one of these names in a public settings module.
-CROSSOVER_ENV_NAMES = ("JAX_SYMM_CROSSOVER_BYTES", "JAX_SYMM_CROSSOVER")
+# switched off by the setting it names: "jax_symm_window" forces the window
+# path at every size, so the measured crossover can be read off the plot.
 _FORCE_WINDOW = str(1 << 62)  # a crossover above any message: always the window path
 
 
-def window_setting() -> tuple[str, str] | None:
-    """(environment variable, value) forcing jax_symm's window path, if it has one."""
-    import jax_symm
+def window_setting() -> tuple[str, str]:
+    """(environment variable, value) forcing jax_symm's window path at every size."""
+    from jax_symm import settings
 
-    texts = [repr(sorted(vars(jax_symm)))]
-    for name in ("settings", "config"):
-        if importlib.util.find_spec(f"jax_symm.{name}") is None:
-            continue
-        try:
-            mod = importlib.import_module(f"jax_symm.{name}")
-        except Exception:  # a probe: a broken module means "no setting"
-            continue
-        texts.append((mod.__doc__ or "") + repr(sorted(vars(mod))) + repr(
-            [v for v in vars(mod).values() if isinstance(v, str)]))
-    for env_name in CROSSOVER_ENV_NAMES:
-        if any(env_name in t for t in texts):
-            return env_name, _FORCE_WINDOW
-    return None
+    return settings.CROSSOVER_ENV, _FORCE_WINDOW
 
 
 METHODS: dict[str, Method] = {
@@ -74,9 +56,10 @@ METHODS: dict[str, Method] = {
     "nccl_raw": Method("nccl_raw", "nccl_raw", gpu_only=True,
                        doc="raw NCCL on symmetric windows, no JAX (GPU)"),
 }
-if (_window := window_setting()) is not None:
-    METHODS["jax_symm_window"] = Method("jax_symm_window", "jax_symm", env=(_window,),
-                                        doc="jax_symm forced onto its window path at every size")
+# The size crossover only exists on GPU (jax_symm/_dispatch.py).
+METHODS["jax_symm_window"] = Method("jax_symm_window", "jax_symm", env=(window_setting(),),
+                                    gpu_only=True,
+                                    doc="jax_symm forced onto its window path at every size")
 
 
 def nocmdbuf(m: Method) -> Method:

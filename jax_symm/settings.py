@@ -1,0 +1,81 @@
+"""Every jax_symm setting, read in this one module.
+
+Settings that change what a program lowers to are JAX config options, so they
+are part of jit's cache key (a function traced with one value is traced again
+with another). Each is set by its environment variable before start-up or by
+``jax.config.update(name, value)`` at any time; ``with
+jax_symm.settings.<state>(value):`` sets one for the current thread.
+
+| option / environment variable | default | effect |
+| --- | --- | --- |
+| ``jax_symm_disable`` / ``JAX_SYMM_DISABLE`` | off | every jax_symm op lowers to XLA's own collective; ``use_symmetric_memory`` becomes a pass-through |
+| ``jax_symm_singleton_calls`` / ``JAX_SYMM_SINGLETON_CALLS`` | off | keep the custom call for groups of one device (testing, overhead measurement) |
+| ``jax_symm_crossover_bytes`` / ``JAX_SYMM_CROSSOVER_BYTES`` | -1 | GPU: messages (bytes per rank) above this use XLA's collective; -1: each op's default from the cost model in ``jax_symm/_dispatch.py`` |
+| ``jax_symm_use_symmetric_memory`` | off | set per thread by the ``use_symmetric_memory`` scope |
+
+Settings read when a transport is set up (at the first lowering that uses
+it), passed to the C++ core explicitly:
+
+| environment variable | default | meaning |
+| --- | --- | --- |
+| ``JAX_SYMM_TIMEOUT_S`` | 300 | longest wait for a live peer at a CPU barrier |
+| ``JAX_SYMM_BOOTSTRAP_TIMEOUT_S`` | 120 | longest wait for a value from another process (key-value store), or for a peer to create a window |
+| ``JAX_SYMM_SPINS`` | by core count | busy-wait iterations before a CPU barrier sleeps (2000, or 0 when a group has more ranks than the machine has cores) |
+| ``JAX_SYMM_ARENA_MB`` | 64 | smallest symmetric arena per NCCL communicator (GPU) |
+
+``JAX_SYMM_SKIP_VERSION_CHECK=1`` lets ``import jax_symm`` proceed on an
+unsupported jax; it is read by ``_compat.check_jax_version``, which must run
+before anything else.
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import _compat
+
+# ---- lowering: JAX config options (part of jit's cache key) ----
+disable = _compat.config_state(
+    "jax_symm_disable", False, "Lower jax_symm ops to XLA's own collectives.")
+singleton_calls = _compat.config_state(
+    "jax_symm_singleton_calls", False,
+    "Keep jax_symm's custom call for groups of one device.")
+crossover_bytes = _compat.config_state(
+    "jax_symm_crossover_bytes", -1,
+    "GPU: per-rank message size above which jax_symm uses XLA's collective "
+    "(-1: each op's cost-model default).")
+use_symmetric_memory = _compat.config_state(
+    "jax_symm_use_symmetric_memory", False,
+    "Reroute lax collectives traced now to jax_symm.")
+
+# The variable the benchmark sets to force the window path at every size.
+CROSSOVER_ENV = "JAX_SYMM_CROSSOVER_BYTES"
+
+
+# ---- transports' set-up: read when first needed ----
+def _number(name: str, default: float) -> float:
+    text = os.environ.get(name, "")
+    try:
+        return float(text) if text.strip() else default
+    except ValueError:
+        raise ValueError(f"jax_symm: {name}={text!r} is not a number") from None
+
+
+def timeout_s() -> float:
+    """JAX_SYMM_TIMEOUT_S: the longest wait for a live peer at a CPU barrier."""
+    return _number("JAX_SYMM_TIMEOUT_S", 300.0)
+
+
+def bootstrap_timeout_s() -> float:
+    """JAX_SYMM_BOOTSTRAP_TIMEOUT_S: the longest wait for another process."""
+    return _number("JAX_SYMM_BOOTSTRAP_TIMEOUT_S", 120.0)
+
+
+def spins() -> int:
+    """JAX_SYMM_SPINS: busy-waits before a CPU barrier sleeps (-1: by core count)."""
+    return int(_number("JAX_SYMM_SPINS", -1))
+
+
+def arena_bytes() -> int:
+    """JAX_SYMM_ARENA_MB: the smallest arena registered per NCCL communicator."""
+    return int(_number("JAX_SYMM_ARENA_MB", 64) * (1 << 20))

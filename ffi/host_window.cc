@@ -5,6 +5,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <climits>
 #include <cstring>
@@ -20,7 +21,7 @@ namespace {
 
 constexpr size_t kPage = 4096;
 constexpr uint64_t kMagic = 0x6a61785f73796d6dull;  // "jax_symm"
-constexpr uint64_t kVersion = 2;
+constexpr uint64_t kVersion = 3;
 // Far more ranks than any host has devices; bounds every size computation.
 constexpr size_t kMaxWorld = 1 << 16;
 
@@ -88,6 +89,7 @@ struct HostWindow::Header {
     std::atomic<int32_t> pid;       // that process (for messages only)
     std::atomic<uint64_t> input;    // direct mode: address of this rank's input
     std::atomic<int64_t> run_id;    // direct mode: the execution this rank serves
+    std::atomic<uint64_t> output;   // direct mode: address of this rank's output
   };
   std::atomic<uint64_t> magic;
   uint64_t version, world, slot_bytes, fingerprint, kind;
@@ -399,12 +401,97 @@ Error HostWindow::ReduceScatter(const CallLayout& layout, int64_t run_id,
                   });
 }
 
+// From this size on, an all-reduce is split: each rank sums only its 1/world
+// share of the elements, then copies the others' shares. That reads each
+// input once in all instead of once per rank -- world times less summing,
+// which is what matters with more ranks than cores -- for one more barrier.
+constexpr size_t kPartitionedSumBytes = 8 << 10;
+
 Error HostWindow::AllReduce(const CallLayout& layout, int64_t run_id, ffi::DataType dtype,
                             const void* in, void* out) {
   const size_t bytes = layout.chunk_bytes();
-  return Exchange(layout.rank, run_id, in, bytes, [&](const std::vector<const char*>& src) {
-    return host_reduce::Sum(dtype, out, src, bytes / ffi::ByteWidth(dtype));
-  });
+  const size_t elem = ffi::ByteWidth(dtype);
+  if (bytes < kPartitionedSumBytes || elem == 0) {
+    return Exchange(layout.rank, run_id, in, bytes, [&](const std::vector<const char*>& src) {
+      return host_reduce::Sum(dtype, out, src, bytes / elem);
+    });
+  }
+  return PartitionedAllReduce(layout.rank, run_id, dtype, in, out, bytes / elem, elem);
+}
+
+Error HostWindow::PartitionedAllReduce(int64_t rank, int64_t run_id, ffi::DataType dtype,
+                                       const void* in, void* out, size_t count, size_t elem) {
+  if (header_->failed.load(std::memory_order_acquire) != 0) {
+    return Internal("an earlier call at this call site of group " + GroupToString(members_) +
+                    " failed, so its ranks are out of step; restart the job. The cause: " +
+                    FailureReason());
+  }
+  const size_t world = members_.size(), bytes = count * elem;
+  if (bytes > slot_bytes_) {
+    return Internal("a call of " + std::to_string(bytes) + " bytes does not fit its host "
+                    "window's " + std::to_string(slot_bytes_) + "-byte slot");
+  }
+  // Rank q owns elements [share(q), share(q + 1)), in whole cache lines.
+  const size_t per = (count + world - 1) / world;
+  const size_t line = std::max<size_t>(1, 64 / elem);
+  const size_t step = (per + line - 1) / line * line;
+  auto share = [&](size_t q) { return std::min(count, q * step); };
+  const size_t lo = share(rank), n = share(rank + 1) - lo;
+  auto& me = header_->ranks[rank];
+  const uint64_t epoch = me.epoch.load(std::memory_order_relaxed) + 1;
+  std::vector<const char*> sources(world);
+  char* dst = static_cast<char*>(out);
+
+  if (direct_) {
+    // Three meetings: inputs and outputs published; every share summed into
+    // its owner's output; every share copied (then inputs may be released).
+    me.input.store(reinterpret_cast<uint64_t>(in), std::memory_order_relaxed);
+    me.output.store(reinterpret_cast<uint64_t>(out), std::memory_order_relaxed);
+    me.run_id.store(run_id, std::memory_order_relaxed);
+    JAX_SYMM_RETURN_IF_ERROR(Barrier(rank, epoch));
+    bool same_run = true;
+    for (size_t q = 0; q < world; ++q) {
+      sources[q] = reinterpret_cast<const char*>(
+                       header_->ranks[q].input.load(std::memory_order_relaxed)) + lo * elem;
+      same_run &= header_->ranks[q].run_id.load(std::memory_order_relaxed) == run_id;
+    }
+    Error summed = same_run ? (n ? host_reduce::Sum(dtype, dst + lo * elem, sources, n)
+                                 : Error::Success())
+                            : Internal("the devices of group " + GroupToString(members_) +
+                                       " met at one call site while serving different "
+                                       "executions: programs that share devices were run "
+                                       "concurrently from several threads; run them from "
+                                       "one thread at a time");
+    JAX_SYMM_RETURN_IF_ERROR(Barrier(rank, epoch + 1));
+    if (summed.success()) {
+      for (size_t q = 0; q < world; ++q) {
+        if (q == static_cast<size_t>(rank)) continue;
+        const char* theirs = reinterpret_cast<const char*>(
+            header_->ranks[q].output.load(std::memory_order_relaxed));
+        const size_t at = share(q), len = share(q + 1) - at;
+        if (len) std::memcpy(dst + at * elem, theirs + at * elem, len * elem);
+      }
+    }
+    Error left = Barrier(rank, epoch + 2);
+    return summed.failure() ? summed : left;
+  }
+  // Across processes: inputs go through the slots; each rank writes its sum
+  // over its share back into its own slot (no one else reads that share of
+  // it), and after a second meeting everyone copies the shares out. Two
+  // barriers a call, so buffers alternate by call, not by barrier.
+  const uint64_t call = (epoch - 1) / 2;
+  char* buffer = data_ + (call & 1) * world * slot_bytes_;
+  std::memcpy(Slot(buffer, rank), in, bytes);
+  JAX_SYMM_RETURN_IF_ERROR(Barrier(rank, epoch));
+  for (size_t q = 0; q < world; ++q) sources[q] = Slot(buffer, q) + lo * elem;
+  char* mine = Slot(buffer, rank) + lo * elem;
+  if (n) JAX_SYMM_RETURN_IF_ERROR(host_reduce::Sum(dtype, mine, sources, n));
+  JAX_SYMM_RETURN_IF_ERROR(Barrier(rank, epoch + 1));
+  for (size_t q = 0; q < world; ++q) {
+    const size_t at = share(q), len = share(q + 1) - at;
+    if (len) std::memcpy(dst + at * elem, Slot(buffer, q) + at * elem, len * elem);
+  }
+  return Error::Success();
 }
 
 void HostWindow::UnlinkAll() {

@@ -74,6 +74,9 @@ class HostWindow {
   Error Validate(const WindowSpec& spec, double timeout_s) const;
   // Publishes this rank's arrival at barrier `epoch` and waits for the others.
   Error Barrier(int64_t rank, uint64_t epoch);
+  // All-reduce of `count` elements of `elem` bytes, each rank summing a share.
+  Error PartitionedAllReduce(int64_t rank, int64_t run_id, ffi::DataType dtype,
+                             const void* in, void* out, size_t count, size_t elem);
   // Records why this call site failed, once, for every rank's error message.
   void RecordFailure(const std::string& why);
   std::string FailureReason() const;

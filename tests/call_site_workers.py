@@ -90,3 +90,28 @@ def threads_run_different_programs(rounds: int) -> dict:
     for t in threads:
         t.join(120)
     return dict(wrong=wrong, errors=errors, hung=any(t.is_alive() for t in threads))
+
+
+def large_all_reduces(counts: tuple, seed: int) -> dict:
+    """psum of float32 / int32 arrays of each count per device, against numpy;
+    from 8 KiB the ranks split the sum into shares across processes."""
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    import jax_symm
+
+    mesh = _mesh()
+    n = mesh.shape["x"]
+    rng = np.random.default_rng(seed)  # the same data in every process
+    bad = []
+    for count in counts:
+        for dtype in (np.float32, np.int32):
+            data = (rng.standard_normal(n * count) * 50).astype(dtype)
+            f = jax.jit(jax.shard_map(lambda a: jax_symm.psum(a, "x"), mesh=mesh,
+                                      in_specs=P("x"), out_specs=P(None), check_vma=False))
+            for _ in range(3):  # consecutive calls alternate the window's buffers
+                got = _gathered(f(_put(data, mesh, P("x"))))
+                want = data.reshape(n, count).sum(axis=0, dtype=dtype)
+                if not np.allclose(got, want, rtol=1e-5, atol=1e-3):
+                    bad.append((count, np.dtype(dtype).name))
+    return dict(bad=bad)

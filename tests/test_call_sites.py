@@ -136,3 +136,11 @@ def test_multiprocess_threads_running_different_programs():
         assert p["wrong"] == {"gather": 0, "psum": 0}, out
         for err in p["errors"]:
             assert "jax_symm" in err and ("same order" in err or "out of step" in err), err
+
+
+@pytest.mark.timeout(120)
+def test_multiprocess_large_all_reduce_shares():
+    out = run_multiprocess(csw.large_all_reduces, args=((2047, 4096, 70001), 7), timeout_s=100,
+                           env={"JAX_SYMM_TIMEOUT_S": "20"})
+    for p in out:
+        assert p["bad"] == [], out

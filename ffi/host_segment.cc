@@ -100,12 +100,7 @@ ErrorOr<SharedSegment*> SharedSegment::Create(const std::string& name, size_t by
     }
     void* base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (base == MAP_FAILED) return fail(Internal(Errno("mmap /dev/shm" + name)));
-    auto* seg = new SharedSegment();
-    seg->name_ = name;
-    seg->base_ = static_cast<char*>(base);
-    seg->bytes_ = bytes;
-    seg->fd_ = fd;
-    return seg;
+    return new SharedSegment(name, static_cast<char*>(base), bytes, fd);
   }
 }
 
@@ -157,12 +152,7 @@ ErrorOr<SharedSegment*> SharedSegment::Open(const std::string& name, size_t byte
       close(fd);
       return err;
     }
-    auto* seg = new SharedSegment();
-    seg->name_ = name;
-    seg->base_ = static_cast<char*>(base);
-    seg->bytes_ = bytes;
-    seg->fd_ = fd;
-    return seg;
+    return new SharedSegment(name, static_cast<char*>(base), bytes, fd);
   }
 }
 

@@ -19,6 +19,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ffi_common.h"
@@ -50,7 +51,8 @@ class SharedSegment {
   const std::string& name() const { return name_; }
 
  private:
-  SharedSegment() = default;
+  SharedSegment(std::string name, char* base, size_t bytes, int fd)
+      : name_(std::move(name)), base_(base), bytes_(bytes), fd_(fd) {}
   std::string name_;
   char* base_ = nullptr;
   size_t bytes_ = 0;

@@ -321,18 +321,42 @@ Error HostWindow::Barrier(int64_t rank, uint64_t epoch) {
   }
 }
 
-template <typename Consume>
-Error HostWindow::Exchange(int64_t rank, int64_t run_id, const void* in, size_t in_bytes,
-                           Consume consume) {
+Error HostWindow::Admit(size_t bytes) const {
   if (header_->failed.load(std::memory_order_acquire) != 0) {
     return Internal("an earlier call at this call site of group " + GroupToString(members_) +
                     " failed, so its ranks are out of step; restart the job. The cause: " +
                     FailureReason());
   }
-  if (in_bytes > slot_bytes_) {
-    return Internal("a call of " + std::to_string(in_bytes) + " bytes does not fit its host "
+  if (bytes > slot_bytes_) {
+    return Internal("a call of " + std::to_string(bytes) + " bytes does not fit its host "
                     "window's " + std::to_string(slot_bytes_) + "-byte slot");
   }
+  return Error::Success();
+}
+
+bool HostWindow::PublishedInputs(int64_t run_id, size_t offset,
+                                 std::vector<const char*>& sources) const {
+  bool same_run = true;
+  for (size_t q = 0; q < members_.size(); ++q) {
+    sources[q] = reinterpret_cast<const char*>(
+                     header_->ranks[q].input.load(std::memory_order_relaxed)) + offset;
+    same_run &= header_->ranks[q].run_id.load(std::memory_order_relaxed) == run_id;
+  }
+  return same_run;
+}
+
+// Executions launched concurrently from several threads may reach the devices
+// in different orders; better an error than another run's data.
+Error HostWindow::DifferentExecutions() const {
+  return Internal("the devices of group " + GroupToString(members_) + " met at one call "
+                  "site while serving different executions: programs that share devices were "
+                  "run concurrently from several threads; run them from one thread at a time");
+}
+
+template <typename Consume>
+Error HostWindow::Exchange(int64_t rank, int64_t run_id, const void* in, size_t in_bytes,
+                           Consume consume) {
+  JAX_SYMM_RETURN_IF_ERROR(Admit(in_bytes));
   auto& me = header_->ranks[rank];
   const uint64_t epoch = me.epoch.load(std::memory_order_relaxed) + 1;
   const size_t world = members_.size();
@@ -343,20 +367,8 @@ Error HostWindow::Exchange(int64_t rank, int64_t run_id, const void* in, size_t 
     me.input.store(reinterpret_cast<uint64_t>(in), std::memory_order_relaxed);
     me.run_id.store(run_id, std::memory_order_relaxed);
     JAX_SYMM_RETURN_IF_ERROR(Barrier(rank, epoch));
-    bool same_run = true;
-    for (size_t q = 0; q < world; ++q) {
-      sources[q] = reinterpret_cast<const char*>(
-          header_->ranks[q].input.load(std::memory_order_relaxed));
-      same_run &= header_->ranks[q].run_id.load(std::memory_order_relaxed) == run_id;
-    }
-    // Executions launched concurrently from several threads may reach the
-    // devices in different orders; better an error than another run's data.
-    Error consumed =
-        same_run ? consume(sources)
-                 : Internal("the devices of group " + GroupToString(members_) +
-                            " met at one call site while serving different executions: "
-                            "programs that share devices were run concurrently from "
-                            "several threads; run them from one thread at a time");
+    Error consumed = PublishedInputs(run_id, 0, sources) ? consume(sources)
+                                                         : DifferentExecutions();
     Error left = Barrier(rank, epoch + 1);
     return consumed.failure() ? consumed : left;
   }
@@ -421,16 +433,8 @@ Error HostWindow::AllReduce(const CallLayout& layout, int64_t run_id, ffi::DataT
 
 Error HostWindow::PartitionedAllReduce(int64_t rank, int64_t run_id, ffi::DataType dtype,
                                        const void* in, void* out, size_t count, size_t elem) {
-  if (header_->failed.load(std::memory_order_acquire) != 0) {
-    return Internal("an earlier call at this call site of group " + GroupToString(members_) +
-                    " failed, so its ranks are out of step; restart the job. The cause: " +
-                    FailureReason());
-  }
   const size_t world = members_.size(), bytes = count * elem;
-  if (bytes > slot_bytes_) {
-    return Internal("a call of " + std::to_string(bytes) + " bytes does not fit its host "
-                    "window's " + std::to_string(slot_bytes_) + "-byte slot");
-  }
+  JAX_SYMM_RETURN_IF_ERROR(Admit(bytes));
   // Rank q owns elements [share(q), share(q + 1)), in whole cache lines.
   const size_t per = (count + world - 1) / world;
   const size_t line = std::max<size_t>(1, 64 / elem);
@@ -449,19 +453,9 @@ Error HostWindow::PartitionedAllReduce(int64_t rank, int64_t run_id, ffi::DataTy
     me.output.store(reinterpret_cast<uint64_t>(out), std::memory_order_relaxed);
     me.run_id.store(run_id, std::memory_order_relaxed);
     JAX_SYMM_RETURN_IF_ERROR(Barrier(rank, epoch));
-    bool same_run = true;
-    for (size_t q = 0; q < world; ++q) {
-      sources[q] = reinterpret_cast<const char*>(
-                       header_->ranks[q].input.load(std::memory_order_relaxed)) + lo * elem;
-      same_run &= header_->ranks[q].run_id.load(std::memory_order_relaxed) == run_id;
-    }
-    Error summed = same_run ? (n ? host_reduce::Sum(dtype, dst + lo * elem, sources, n)
-                                 : Error::Success())
-                            : Internal("the devices of group " + GroupToString(members_) +
-                                       " met at one call site while serving different "
-                                       "executions: programs that share devices were run "
-                                       "concurrently from several threads; run them from "
-                                       "one thread at a time");
+    Error summed = !PublishedInputs(run_id, lo * elem, sources) ? DifferentExecutions()
+                   : n ? host_reduce::Sum(dtype, dst + lo * elem, sources, n)
+                       : Error::Success();
     JAX_SYMM_RETURN_IF_ERROR(Barrier(rank, epoch + 1));
     if (summed.success()) {
       for (size_t q = 0; q < world; ++q) {

@@ -77,6 +77,12 @@ class HostWindow {
   // All-reduce of `count` elements of `elem` bytes, each rank summing a share.
   Error PartitionedAllReduce(int64_t rank, int64_t run_id, ffi::DataType dtype,
                              const void* in, void* out, size_t count, size_t elem);
+  // Before a call: a failed call site stays failed; a call must fit its slot.
+  Error Admit(size_t bytes) const;
+  // Direct mode: every rank's published input (+ offset) into `sources`;
+  // false if some rank serves another execution.
+  bool PublishedInputs(int64_t run_id, size_t offset, std::vector<const char*>& sources) const;
+  Error DifferentExecutions() const;
   // Records why this call site failed, once, for every rank's error message.
   void RecordFailure(const std::string& why);
   std::string FailureReason() const;

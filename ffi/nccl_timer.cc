@@ -133,8 +133,8 @@ ErrorOr<std::vector<double>> NcclTimeRaw(const std::vector<int64_t>& members,
   }
   // Arguments first, so that a wrong name fails the same way with or without a GPU.
   // Every local rank's communicator stays locked (in the group's order, as
-  // set-up locks them) until the timer returns: NCCL forbids two threads on
-  // one communicator at once.
+  // set-up locks them) until the last timed call is enqueued: NCCL forbids two
+  // threads on one communicator at once.
   std::vector<NcclRank> ranks;
   JAX_SYMM_RETURN_IF_ERROR(NcclAcquireLocalRanks(members, &ranks));
   if (ranks.empty()) return Internal("no local rank in group " + GroupToString(members));

@@ -44,15 +44,36 @@ inline Error DeadlineExceeded(std::string msg) {
 
 // The kinds of collective a window serves; part of the window's identity so
 // that an all-gather and a reduce-scatter never share a buffer by accident.
+// Python names them only by the strings below (the module exports them).
 enum class CollectiveKind : int64_t { kAllGather = 0, kReduceScatter = 1, kAllReduce = 2 };
+inline constexpr CollectiveKind kCollectiveKinds[] = {
+    CollectiveKind::kAllGather, CollectiveKind::kReduceScatter, CollectiveKind::kAllReduce};
+
+inline const char* CollectiveKindName(CollectiveKind kind) {
+  switch (kind) {
+    case CollectiveKind::kAllGather: return "all_gather";
+    case CollectiveKind::kReduceScatter: return "reduce_scatter";
+    case CollectiveKind::kAllReduce: return "all_reduce";
+  }
+  return "?";
+}
+
+inline ErrorOr<CollectiveKind> CollectiveKindByName(const std::string& name) {
+  for (CollectiveKind kind : kCollectiveKinds) {
+    if (name == CollectiveKindName(kind)) return kind;
+  }
+  return InvalidArgument("unknown collective '" + name +
+                         "' (all_gather, reduce_scatter, all_reduce)");
+}
 
 // One call site's view of the data, independent of transport.
 //
 // Every collective here moves `world` chunks of `inner_bytes` contiguous bytes
 // for each of `outer` rows: all-gather reads [outer][inner] and writes
 // [outer][world][inner]; reduce-scatter reads [outer][world][inner] and writes
-// [outer][inner]; all-reduce reads and writes [outer][inner]. Lowering computes outer/inner from the gather/scatter dimension
-// so the handlers never look at shapes.
+// [outer][inner]; all-reduce reads and writes [outer][inner]. Lowering
+// computes outer/inner from the gather/scatter dimension so the handlers
+// never look at shapes.
 struct CallLayout {
   int64_t outer = 1;
   int64_t inner_bytes = 0;

@@ -1,53 +1,65 @@
-// XLA:CPU handlers: resolve the call site, then hand the data to the host
-// window that lowering prepared for (call site, group).
+// XLA:CPU handlers: decode the call, then hand the data to the host window
+// that lowering prepared for (call site, group).
 #include <cstring>
 
-#include "call_site.h"
+#include "ffi_call.h"
 #include "host_collectives.h"
 #include "host_window.h"
 
 namespace jax_symm {
+
+// The host handler's attributes (jax_symm/_host.py `lower` emits them).
+struct HostCallAttrs {
+  CallAttrs call;
+  int64_t site;  // the call site, numbered at lowering; names the window
+  HostCallAttrs(Int64Span groups, int64_t group_size, int64_t site, int64_t outer,
+                int64_t inner_bytes)
+      : call{groups, group_size, outer, inner_bytes}, site(site) {}
+};
+
+}  // namespace jax_symm
+
+// XLA decodes the attributes dictionary into the struct, by name.
+XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(
+    ::jax_symm::HostCallAttrs,
+    ::xla::ffi::StructMember<::jax_symm::Int64Span>("groups"),
+    ::xla::ffi::StructMember<int64_t>("group_size"),
+    ::xla::ffi::StructMember<int64_t>("site"),
+    ::xla::ffi::StructMember<int64_t>("outer"),
+    ::xla::ffi::StructMember<int64_t>("inner_bytes"));
+
+namespace jax_symm {
 namespace {
 
-Error HostCollective(CollectiveKind kind, int64_t run_id, int32_t ordinal, AnyBuffer in,
-                     ffi::Result<AnyBuffer> out, Int64Span groups,
-                     int64_t group_size, int64_t site_id, int64_t outer,
-                     int64_t inner_bytes) {
-  // all-gather grows its data world-fold, reduce-scatter shrinks it, and
-  // all-reduce keeps it (its layout is one [1][bytes] chunk).
-  const bool in_is_world = kind == CollectiveKind::kReduceScatter;
-  const bool out_is_world = kind == CollectiveKind::kAllGather;
-  ErrorOr<CallSite> site =
-      ResolveCallSite(Platform::kHost, ordinal, groups, group_size, outer, inner_bytes,
-                      in_is_world, out_is_world, in, *out);
+// The window checks the data against the slot lowering sized it with.
+Error HostCollective(CollectiveKind kind, int64_t run_id, int32_t ordinal, const AnyBuffer& in,
+                     AnyBuffer& out, const HostCallAttrs& attrs) {
+  ErrorOr<CallSite> site = ResolveCall(Platform::kHost, ordinal, kind, attrs.call, in, out);
   if (site.has_error()) return site.error();
   const CallLayout& layout = site->layout;
   if (layout.world == 1) {  // nothing to exchange
-    std::memcpy(out->untyped_data(), in.untyped_data(), in.size_bytes());
+    std::memcpy(out.untyped_data(), in.untyped_data(), in.size_bytes());
     return Error::Success();
   }
-  ErrorOr<HostWindow*> window = HostWindow::Find(site_id, site->group.members);
+  ErrorOr<HostWindow*> window = HostWindow::Find(attrs.site, site->group.members);
   if (window.has_error()) return window.error();
   switch (kind) {
     case CollectiveKind::kAllGather:
-      return (*window)->AllGather(layout, run_id, in.untyped_data(), out->untyped_data());
+      return (*window)->AllGather(layout, run_id, in.untyped_data(), out.untyped_data());
     case CollectiveKind::kReduceScatter:
-      return (*window)->ReduceScatter(layout, run_id, in.element_type(),
-                                      in.untyped_data(), out->untyped_data());
+      return (*window)->ReduceScatter(layout, run_id, in.element_type(), in.untyped_data(),
+                                      out.untyped_data());
     case CollectiveKind::kAllReduce:
       return (*window)->AllReduce(layout, run_id, in.element_type(), in.untyped_data(),
-                                  out->untyped_data());
+                                  out.untyped_data());
   }
   return Internal("unknown collective kind");
 }
 
 template <CollectiveKind kKind>
 Error HostHandler(ffi::RunId run, int32_t ordinal, ffi::Token, AnyBuffer in,
-                  ffi::Result<ffi::Token>, ffi::Result<AnyBuffer> out,
-                  Int64Span groups, int64_t group_size, int64_t site,
-                  int64_t outer, int64_t inner_bytes) {
-  return HostCollective(kKind, run.run_id, ordinal, in, out, groups, group_size, site,
-                        outer, inner_bytes);
+                  ffi::Result<ffi::Token>, ffi::Result<AnyBuffer> out, HostCallAttrs attrs) {
+  return HostCollective(kKind, run.run_id, ordinal, in, *out, attrs);
 }
 
 auto BindHostCall() {
@@ -58,19 +70,14 @@ auto BindHostCall() {
       .Arg<AnyBuffer>()
       .Ret<ffi::Token>()
       .Ret<AnyBuffer>()
-      .Attr<Int64Span>("groups")
-      .Attr<int64_t>("group_size")
-      .Attr<int64_t>("site")
-      .Attr<int64_t>("outer")
-      .Attr<int64_t>("inner_bytes");
+      .Attrs<HostCallAttrs>();
 }
 
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HostAllGather, HostHandler<CollectiveKind::kAllGather>,
                               BindHostCall());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(HostReduceScatter,
-                              HostHandler<CollectiveKind::kReduceScatter>,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HostReduceScatter, HostHandler<CollectiveKind::kReduceScatter>,
                               BindHostCall());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HostAllReduce, HostHandler<CollectiveKind::kAllReduce>,
                               BindHostCall());

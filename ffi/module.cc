@@ -3,17 +3,16 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
-#include <nanobind/stl/tuple.h>
-
-#include "cuda_api.h"
-#include "cuda_collectives.h"
-#include "device_table.h"
-#include "nccl_timer.h"
-#include "nccl_transport.h"
+#include "ffi_devices.h"
 #include "host_collectives.h"
 #include "host_window.h"
+#include "nccl_api.h"
+#include "nccl_collectives.h"
+#include "nccl_comms.h"
+#include "nccl_timer.h"
 
 namespace nb = nanobind;
 
@@ -37,11 +36,20 @@ T Value(jax_symm::ErrorOr<T> v) {
   return std::move(*v);
 }
 
-jax_symm::ErrorOr<jax_symm::CollectiveKind> KindOf(const std::string& name) {
-  if (name == "all_gather") return jax_symm::CollectiveKind::kAllGather;
-  if (name == "reduce_scatter") return jax_symm::CollectiveKind::kReduceScatter;
-  if (name == "all_reduce") return jax_symm::CollectiveKind::kAllReduce;
-  return jax_symm::InvalidArgument("unknown collective '" + name + "'");
+// {op: (FFI target name, handler capsule)} for one transport. The names are
+// made here, next to the handlers they name; Python registers what it gets
+// and emits custom calls with these names.
+template <typename Fn>
+nb::dict Targets(const char* prefix, Fn* all_gather, Fn* reduce_scatter, Fn* all_reduce) {
+  nb::dict d;
+  for (jax_symm::CollectiveKind kind : jax_symm::kCollectiveKinds) {
+    Fn* fn = kind == jax_symm::CollectiveKind::kAllGather       ? all_gather
+             : kind == jax_symm::CollectiveKind::kReduceScatter ? reduce_scatter
+                                                                : all_reduce;
+    const char* op = jax_symm::CollectiveKindName(kind);
+    d[op] = nb::make_tuple(std::string(prefix) + op, Capsule(fn));
+  }
+  return d;
 }
 
 }  // namespace
@@ -49,18 +57,21 @@ jax_symm::ErrorOr<jax_symm::CollectiveKind> KindOf(const std::string& name) {
 NB_MODULE(_jax_symm, m) {
   m.doc() = "jax_symm native core: FFI handlers and transport set-up.";
 
-  // Target names live here, next to the handlers they name: Python registers
-  // what it gets and emits custom calls with these names.
+  m.def("collective_kinds", []() {
+    nb::list out;
+    for (jax_symm::CollectiveKind kind : jax_symm::kCollectiveKinds) {
+      out.append(jax_symm::CollectiveKindName(kind));
+    }
+    return nb::tuple(out);
+  }, "The collectives the handlers implement, by the names every other call uses.");
   m.def("host_targets", []() {
-    nb::dict d;
-    d["all_gather"] = nb::make_tuple("jax_symm_host_all_gather",
-                                     Capsule(jax_symm::HostAllGather));
-    d["reduce_scatter"] = nb::make_tuple("jax_symm_host_reduce_scatter",
-                                         Capsule(jax_symm::HostReduceScatter));
-    d["all_reduce"] = nb::make_tuple("jax_symm_host_all_reduce",
-                                     Capsule(jax_symm::HostAllReduce));
-    return d;
-  }, "{op: (FFI target name, handler capsule)} of the host transport.");
+    return Targets("jax_symm_host_", jax_symm::HostAllGather, jax_symm::HostReduceScatter,
+                   jax_symm::HostAllReduce);
+  }, "{op: (FFI target name, handler capsule)} of the host transport (XLA:CPU).");
+  m.def("nccl_targets", []() {
+    return Targets("jax_symm_nccl_", jax_symm::NcclAllGather, jax_symm::NcclReduceScatter,
+                   jax_symm::NcclAllReduce);
+  }, "{op: (FFI target name, handler capsule)} of the NCCL transport (XLA:GPU).");
 
   m.def(
       "set_local_devices",
@@ -88,7 +99,7 @@ NB_MODULE(_jax_symm, m) {
          std::vector<int64_t> local_ranks) {
         jax_symm::WindowSpec spec;
         spec.site = site;
-        spec.kind = Value(KindOf(kind));
+        spec.kind = Value(jax_symm::CollectiveKindByName(kind));
         spec.members = std::move(members);
         spec.slot_bytes = slot_bytes;
         spec.fingerprint = fingerprint;
@@ -109,18 +120,10 @@ NB_MODULE(_jax_symm, m) {
   m.def("host_unlink_all", &jax_symm::HostWindow::UnlinkAll,
         "Unlinks this process's shared-memory windows (mappings stay valid).");
 
-  m.def("nccl_handlers", []() {
-    nb::dict d;
-    d["all_gather"] = Capsule(jax_symm::NcclAllGather);
-    d["reduce_scatter"] = Capsule(jax_symm::NcclReduceScatter);
-    d["all_reduce"] = Capsule(jax_symm::NcclAllReduce);
-    return d;
-  });
-
   m.def(
       "nccl_load",
       [](const std::string& hint) {
-        const jax_symm::CudaApi* api = Value(jax_symm::LoadCudaApi(hint));
+        const jax_symm::NcclApi* api = Value(jax_symm::LoadNcclApi(hint));
         nb::dict d;
         d["version"] = api->nccl_version;
         d["path"] = api->nccl_path;

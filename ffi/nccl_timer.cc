@@ -3,8 +3,8 @@
 #include <mutex>
 #include <utility>
 
-#include "cuda_api.h"
-#include "nccl_transport.h"
+#include "nccl_api.h"
+#include "nccl_comms.h"
 
 namespace jax_symm {
 namespace {
@@ -28,11 +28,12 @@ ErrorOr<std::pair<int, size_t>> NcclTypeByName(const std::string& dtype) {
 }
 
 ErrorOr<CollectiveKind> KindByName(const std::string& op) {
-  if (op == "all_gather") return CollectiveKind::kAllGather;
-  if (op == "reduce_scatter") return CollectiveKind::kReduceScatter;
-  if (op == "all_reduce") return CollectiveKind::kAllReduce;
-  return InvalidArgument("raw NCCL timer: unknown op '" + op +
-                         "' (all_gather, reduce_scatter, all_reduce)");
+  ErrorOr<CollectiveKind> kind = CollectiveKindByName(op);
+  if (kind.has_error()) {
+    return InvalidArgument("raw NCCL timer: unknown op '" + op +
+                           "' (all_gather, reduce_scatter, all_reduce)");
+  }
+  return kind;
 }
 
 // Streams created on the ranks' contexts, destroyed on every path. Release()
@@ -41,7 +42,7 @@ ErrorOr<CollectiveKind> KindByName(const std::string& op) {
 // (CUDA defers destroying a stream or event until its pending work is done).
 class Streams {
  public:
-  explicit Streams(const CudaApi& api) : api_(api) {}
+  explicit Streams(const NcclApi& api) : api_(api) {}
   ~Streams() {
     for (auto& [ctx, s] : streams_) {
       if (api_.cuCtxSetCurrent(ctx) == 0) api_.cuStreamDestroy(s);
@@ -79,14 +80,14 @@ class Streams {
   }
 
  private:
-  const CudaApi& api_;
+  const NcclApi& api_;
   std::vector<std::pair<CUcontext, CUstream>> streams_;
 };
 
 // One CUDA event on `ctx`, destroyed on every path (see Streams).
 class Event {
  public:
-  Event(const CudaApi& api, CUcontext ctx) : api_(api), ctx_(ctx) {}
+  Event(const NcclApi& api, CUcontext ctx) : api_(api), ctx_(ctx) {}
   ~Event() {
     if (event_ != nullptr && api_.cuCtxSetCurrent(ctx_) == 0) api_.cuEventDestroy(event_);
   }
@@ -107,7 +108,7 @@ class Event {
   }
 
  private:
-  const CudaApi& api_;
+  const NcclApi& api_;
   CUcontext ctx_;
   void* event_ = nullptr;
 };
@@ -131,16 +132,16 @@ ErrorOr<std::vector<double>> NcclTimeRaw(const std::vector<int64_t>& members,
                            " bytes per rank is not a whole number of " + dtype + " elements");
   }
   // Arguments first, so that a wrong name fails the same way with or without a GPU.
-  const CudaApi* api_ptr = LoadedCudaApi();
-  if (api_ptr == nullptr) return Internal("raw NCCL timer used before jax_symm loaded NCCL");
-  const CudaApi& api = *api_ptr;
-  ErrorOr<std::vector<NcclRankView>> ranks_or = NcclLocalRanks(members);
-  if (ranks_or.has_error()) return ranks_or.error();
-  const std::vector<NcclRankView>& ranks = *ranks_or;
+  // Every local rank's communicator stays locked (in the group's order, as
+  // set-up locks them) until the last timed call is enqueued: NCCL forbids two
+  // threads on one communicator at once.
+  std::vector<NcclRank> ranks;
+  JAX_SYMM_RETURN_IF_ERROR(NcclAcquireLocalRanks(members, &ranks));
   if (ranks.empty()) return Internal("no local rank in group " + GroupToString(members));
+  const NcclApi& api = *ranks[0].api;
   const size_t world = members.size();
   const size_t count = bytes_per_rank / elt;
-  for (const NcclRankView& r : ranks) {
+  for (const NcclRank& r : ranks) {
     if (bytes_per_rank * world > r.arena_bytes) {
       return InvalidArgument("raw NCCL timer: the arena of " + std::to_string(r.arena_bytes) +
                              " bytes is smaller than world x bytes per rank; grow it first");
@@ -158,19 +159,13 @@ ErrorOr<std::vector<double>> NcclTimeRaw(const std::vector<int64_t>& members,
   JAX_SYMM_RETURN_IF_ERROR(start.Create());
   JAX_SYMM_RETURN_IF_ERROR(stop.Create());
 
-  // NCCL forbids two threads on one communicator at once: hold every local
-  // rank's communicator lock (always in the group's order, as set-up does)
-  // while this timer enqueues.
-  std::vector<std::unique_lock<std::mutex>> comm_locks;
-  for (const NcclRankView& r : ranks) comm_locks.emplace_back(*r.comm_mu);
-
   // One collective on every local rank, in one NCCL group. Ends the group
   // whatever happened inside it, keeping the first error.
   auto enqueue = [&]() -> Error {
     JAX_SYMM_RETURN_IF_ERROR(NcclCheck(api.ncclGroupStart(), "ncclGroupStart"));
     Error body = Error::Success();
     for (size_t i = 0; i < ranks.size() && body.success(); ++i) {
-      const NcclRankView& r = ranks[i];
+      const NcclRank& r = ranks[i];
       char* win = r.arena_base;
       const size_t me = static_cast<size_t>(r.rank);
       body = CudaCheck(api.cuCtxSetCurrent(r.context), "cuCtxSetCurrent");
@@ -212,7 +207,7 @@ ErrorOr<std::vector<double>> NcclTimeRaw(const std::vector<int64_t>& members,
         CudaCheck(api.cuEventElapsedTime(&ms, start.get(), stop.get()), "cuEventElapsedTime"));
     out.push_back(ms * 1000.0 / iters);
   }
-  comm_locks.clear();
+  for (NcclRank& r : ranks) r.lock.unlock();  // the rest only waits and frees
   JAX_SYMM_RETURN_IF_ERROR(streams.Release());
   JAX_SYMM_RETURN_IF_ERROR(start.Release());
   JAX_SYMM_RETURN_IF_ERROR(stop.Release());

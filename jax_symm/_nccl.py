@@ -1,8 +1,15 @@
-"""Set-up of the GPU transport: NCCL, communicators and symmetric arenas.
+"""The NCCL transport (XLA:GPU): NCCL, communicators, symmetric arenas and
+the custom call that uses them.
 
-Called while a program is lowered, which every process does for the same
-program in the same order: that is the collective point where communicators
-are created and arenas grow. Handlers never do either.
+Everything happens while a program is lowered, which every process does for
+the same program in the same order: that is the collective point where
+communicators are created and arenas grow. Handlers (ffi/nccl_collectives.cc)
+never do either; they check the buffers XLA passes against the arena named
+here and enqueue NCCL work.
+
+The contract with C++: the FFI target names and handlers come from
+`ext.nccl_targets()`; the attributes are those `lower` emits; the arena size
+a call needs is computed once, here (`arena_bytes_needed`).
 """
 
 from __future__ import annotations
@@ -20,11 +27,8 @@ import jax
 from . import _bootstrap, _compat
 from ._native import ext, publish_local_devices
 
-NCCL_TARGETS = {
-    "all_gather": "jax_symm_nccl_all_gather",
-    "reduce_scatter": "jax_symm_nccl_reduce_scatter",
-    "all_reduce": "jax_symm_nccl_all_reduce",
-}
+# {op: FFI target name}, as the C++ module names its handlers.
+NCCL_TARGETS = {op: name for op, (name, _) in ext.nccl_targets().items()}
 
 _ready_groups: set[tuple[int, ...]] = set()
 _setup_lock = threading.Lock()  # two threads lowering at once create a group once
@@ -52,8 +56,8 @@ def min_arena_bytes() -> int:
 def load() -> dict:
     """Loads NCCL (JAX's copy) and registers the GPU handlers; idempotent."""
     info = ext.nccl_load(_wheel_nccl())
-    for op, capsule in ext.nccl_handlers().items():
-        jax.ffi.register_ffi_target(NCCL_TARGETS[op], capsule, platform="CUDA")
+    for name, capsule in ext.nccl_targets().values():
+        jax.ffi.register_ffi_target(name, capsule, platform="CUDA")
     publish_local_devices("gpu")
     atexit.register(shutdown)
     if not info["symmetric_windows"]:
@@ -143,3 +147,54 @@ def warn_if_concurrent_command_buffers() -> None:
 
 def groups_info() -> list[dict]:
     return list(ext.nccl_groups())
+
+
+# NCCL has no 16-bit integer type: those sums stay with XLA.
+_UNSUMMABLE = {np.dtype(np.int16), np.dtype(np.uint16)}
+
+
+def unusable_reason(kind: str, dtype) -> str | None:
+    """None if NCCL serves this call; otherwise a one-line user-facing reason
+    why XLA's collective is used instead."""
+    try:
+        info = load()
+    except RuntimeError as e:
+        return (f"jax_symm: NCCL could not be loaded ({e}); jax_symm.{kind} uses XLA's "
+                "own collective.")
+    if not info["symmetric_windows"]:
+        return (f"jax_symm: NCCL {version_string(info['version'])} has no symmetric windows "
+                f"(needs >= 2.27.3); jax_symm.{kind} uses XLA's own collective.")
+    if kind != "all_gather" and np.dtype(dtype) in _UNSUMMABLE:
+        return (f"jax_symm: NCCL cannot sum {np.dtype(dtype).name} (it has no 16-bit integer "
+                f"type); jax_symm.{kind} uses XLA's own collective.")
+    return None
+
+
+def arena_bytes_needed(kind: str, chunk_bytes: int, world: int) -> int:
+    """What one call stages in its arena: the all-gather's output and the
+    reduce-scatter's input hold `world` chunks, the all-reduce's data one.
+    The handler checks the buffers against the arena, never this rule."""
+    return chunk_bytes * (1 if kind == "all_reduce" else world)
+
+
+def lower(kind: str, ctx, x, *, groups: np.ndarray, outer: int, inner_bytes: int) -> list:
+    """Creates communicators and grows arenas for `groups` (a (num_groups,
+    group_size) int64 array of global device ids), then emits the custom call.
+
+    No side effect is declared: identical calls may be merged or dropped, on
+    every device alike, and XLA stays free to capture them into CUDA graphs.
+    """
+    warn_if_concurrent_command_buffers()
+    ensure_groups(groups)
+    world = int(groups.shape[1])
+    arenas = ensure_arenas(groups, arena_bytes_needed(kind, outer * inner_bytes, world))
+    rule = jax.ffi.ffi_lowering(NCCL_TARGETS[kind])
+    _compat.pass_order_token(ctx)  # one stream per device keeps program order
+    return list(rule(
+        ctx, x,
+        groups=np.ascontiguousarray(groups.reshape(-1), dtype=np.int64),
+        group_size=np.int64(world),
+        outer=np.int64(outer),
+        inner_bytes=np.int64(inner_bytes),
+        arena_bytes=arenas,
+    ))

@@ -1,4 +1,4 @@
-#include "device_table.h"
+#include "ffi_devices.h"
 
 #include <map>
 #include <mutex>

@@ -1,5 +1,8 @@
-// The slice of the CUDA driver API and of NCCL's host API that jax_symm uses,
-// declared here and resolved at run time with dlopen/dlsym.
+// The GPU transport's view of its libraries: the slice of NCCL's host API and
+// of the CUDA driver API (contexts, copies, streams and events around the
+// NCCL calls) that jax_symm uses, declared here and resolved at run time with
+// dlopen/dlsym. Named nccl_* as the rest of the GPU transport: nothing
+// outside it calls CUDA.
 //
 // Why not link them: JAX already loaded its own libnccl.so.2 (from the
 // nvidia-nccl wheel) and a second copy in one process corrupts NCCL's state;
@@ -48,16 +51,16 @@ using ncclWindow_t = struct ncclWindow_vidmem*;
 struct ncclUniqueId {
   char internal[128];
 };
+// ncclDataType_t values (the ones jax_symm sums or moves).
 enum NcclDataType : int {
   kNcclInt8 = 0, kNcclUint8 = 1, kNcclInt32 = 2, kNcclUint32 = 3, kNcclInt64 = 4,
   kNcclUint64 = 5, kNcclFloat16 = 6, kNcclFloat32 = 7, kNcclFloat64 = 8,
-  kNcclBfloat16 = 9, kNcclFloat8e4m3 = 10, kNcclFloat8e5m2 = 11,
+  kNcclBfloat16 = 9,
 };
-constexpr int kNcclSum = 0;
-constexpr int kNcclWinCollSymmetric = 0x01;
-constexpr int kNcclInProgress = 7;
+constexpr int kNcclSum = 0;                  // ncclSum
+constexpr int kNcclWinCollSymmetric = 0x01;  // NCCL_WIN_COLL_SYMMETRIC
 
-struct CudaApi {
+struct NcclApi {
   // driver
   CUresult (*cuInit)(unsigned int);
   CUresult (*cuDeviceGet)(CUdevice*, int);
@@ -105,9 +108,9 @@ struct CudaApi {
 
 // Resolves the API once. `nccl_hint` is the wheel's libnccl.so.2, used only
 // when no libnccl.so.2 is loaded in the process yet.
-ErrorOr<const CudaApi*> LoadCudaApi(const std::string& nccl_hint);
-// The API if LoadCudaApi has succeeded, else nullptr.
-const CudaApi* LoadedCudaApi();
+ErrorOr<const NcclApi*> LoadNcclApi(const std::string& nccl_hint);
+// The API if LoadNcclApi has succeeded, else nullptr.
+const NcclApi* LoadedNcclApi();
 
 Error CudaCheck(CUresult result, const char* what);
 Error NcclCheck(ncclResult_t result, const char* what, ncclComm_t comm = nullptr);

@@ -1,10 +1,10 @@
-// GPU transport: NCCL communicators per replica group and, per communicator,
-// symmetric window arenas (ncclMemAlloc + ncclCommWindowRegister).
+// GPU transport, lifetime: NCCL communicators per replica group and, per
+// communicator, symmetric window arenas (ncclMemAlloc + ncclCommWindowRegister).
 //
 // Everything collective (communicator creation, window registration) happens
 // in the set-up calls that lowering makes from Python, never inside a handler
-// and never during CUDA-graph capture. Handlers only look up what set-up made
-// and enqueue copies and one NCCL call on XLA's stream.
+// and never during CUDA-graph capture. Handlers (nccl_collectives.cc) only
+// look up what set-up made and enqueue work on XLA's stream.
 //
 // An arena is identified by its size: arenas only grow, each growth is a new
 // registration and the old arena stays alive, so a compiled call that names
@@ -17,8 +17,8 @@
 #include <string>
 #include <vector>
 
-#include "cuda_api.h"
 #include "ffi_common.h"
+#include "nccl_api.h"
 
 namespace jax_symm {
 
@@ -35,8 +35,9 @@ Error NcclInitGroup(const std::vector<int64_t>& members,
                     const std::string& unique_id);
 
 // Makes sure every local rank of the group has a registered arena of at
-// least `bytes`; returns the size of the arena calls should name. Waits for
-// the group's devices to go idle before registering a new window.
+// least `bytes` (lowering's figure; never recomputed here); returns the size
+// of the arena calls should name. Waits for the group's devices to go idle
+// before registering a new window.
 ErrorOr<size_t> NcclEnsureArena(const std::vector<int64_t>& members, size_t bytes,
                                 size_t min_bytes);
 
@@ -55,25 +56,28 @@ std::vector<NcclGroupInfo> NcclGroups();
 // process's exit frees the memory.
 void NcclShutdown(bool orderly);
 
-// What code outside the transport (the bench's raw timer, nccl_timer.cc) may
-// see of this process's ranks of a group: context, communicator, rank, the
-// largest arena, and the mutex to hold while enqueuing on `comm`. Groups are
-// never freed, so the pointers stay valid; `comm` is null after shutdown.
-struct NcclRankView {
-  CUcontext context;
-  ncclComm_t comm;
-  int rank;
-  char* arena_base;
-  size_t arena_bytes;
-  std::mutex* comm_mu;
+// One local rank of a group, held for enqueuing: NCCL forbids using one
+// communicator from two threads at once, so `lock` holds the communicator's
+// mutex for as long as this object lives. `comm` was read under that lock
+// and is not null (a shut-down group is an error), so the arena, freed only
+// by shutdown under the same lock, stays valid meanwhile.
+struct NcclRank {
+  std::unique_lock<std::mutex> lock;
+  const NcclApi* api = nullptr;
+  CUcontext context = nullptr;
+  ncclComm_t comm = nullptr;
+  int rank = -1;
+  char* arena_base = nullptr;
+  size_t arena_bytes = 0;
 };
-ErrorOr<std::vector<NcclRankView>> NcclLocalRanks(const std::vector<int64_t>& members);
 
-// Handler entry: one collective of `kind` for the device `ordinal`;
-// `arena_bytes[g]` names the arena of the call's g-th group.
-Error NcclCollective(CollectiveKind kind, CUstream stream, int32_t ordinal,
-                     const AnyBuffer& in, AnyBuffer& out, Int64Span groups,
-                     int64_t group_size, int64_t outer, int64_t inner_bytes,
-                     Int64Span arena_bytes);
+// The handlers' look-up: the rank of device `global_id` in the group, with
+// the arena of exactly `arena_bytes` (the size lowering named).
+Error NcclAcquireRank(const std::vector<int64_t>& members, int64_t global_id,
+                      size_t arena_bytes, NcclRank* out);
+
+// The bench timer's (nccl_timer.cc): every local rank of the group with its
+// largest arena, locked in the group's order as set-up locks them.
+Error NcclAcquireLocalRanks(const std::vector<int64_t>& members, std::vector<NcclRank>* out);
 
 }  // namespace jax_symm

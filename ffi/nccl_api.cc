@@ -1,4 +1,4 @@
-#include "cuda_api.h"
+#include "nccl_api.h"
 
 #include <dlfcn.h>
 #include <link.h>
@@ -9,7 +9,7 @@ namespace jax_symm {
 namespace {
 
 std::mutex api_mu;
-CudaApi* loaded_api = nullptr;  // never freed: handlers may run during exit
+NcclApi* loaded_api = nullptr;  // never freed: handlers may run during exit
 
 template <typename Fn>
 bool Resolve(void* lib, const char* name, Fn* fn) {
@@ -44,14 +44,14 @@ Error NcclCheck(ncclResult_t result, const char* what, ncclComm_t comm) {
                   ": " + msg);
 }
 
-const CudaApi* LoadedCudaApi() {
+const NcclApi* LoadedNcclApi() {
   std::lock_guard<std::mutex> lock(api_mu);
   return loaded_api;
 }
 
-ErrorOr<const CudaApi*> LoadCudaApi(const std::string& nccl_hint) {
+ErrorOr<const NcclApi*> LoadNcclApi(const std::string& nccl_hint) {
   std::lock_guard<std::mutex> lock(api_mu);
-  if (loaded_api) return static_cast<const CudaApi*>(loaded_api);
+  if (loaded_api) return static_cast<const NcclApi*>(loaded_api);
 
   void* cuda = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
   if (!cuda) return Internal(std::string("cannot load the CUDA driver: ") + dlerror());
@@ -64,7 +64,7 @@ ErrorOr<const CudaApi*> LoadCudaApi(const std::string& nccl_hint) {
                     "wheel installed?): " + std::string(why ? why : "not loaded"));
   }
 
-  auto* api = new CudaApi();
+  auto* api = new NcclApi();
   bool ok = Resolve(cuda, "cuInit", &api->cuInit) &&
             Resolve(cuda, "cuDeviceGet", &api->cuDeviceGet) &&
             Resolve(cuda, "cuDevicePrimaryCtxRetain", &api->cuDevicePrimaryCtxRetain) &&
@@ -123,7 +123,7 @@ ErrorOr<const CudaApi*> LoadCudaApi(const std::string& nccl_hint) {
     return err;
   }
   loaded_api = api;
-  return static_cast<const CudaApi*>(api);
+  return static_cast<const NcclApi*>(api);
 }
 
 }  // namespace jax_symm

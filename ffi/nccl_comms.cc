@@ -1,12 +1,11 @@
-#include "nccl_transport.h"
+#include "nccl_comms.h"
 
 #include <algorithm>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
-
-#include "call_site.h"
+#include <utility>
 
 namespace jax_symm {
 namespace {
@@ -46,13 +45,13 @@ std::map<std::vector<int64_t>, std::unique_ptr<Group>>& Groups() {
   return *groups;
 }
 
-ErrorOr<const CudaApi*> Api() {
-  const CudaApi* api = LoadedCudaApi();
+ErrorOr<const NcclApi*> Api() {
+  const NcclApi* api = LoadedNcclApi();
   if (api == nullptr) return Internal("NCCL transport used before jax_symm loaded NCCL");
   return api;
 }
 
-Error MakeCurrent(const CudaApi& api, LocalRank& r) {
+Error MakeCurrent(const NcclApi& api, LocalRank& r) {
   if (r.context == nullptr) {
     CUdevice dev;
     JAX_SYMM_RETURN_IF_ERROR(CudaCheck(api.cuDeviceGet(&dev, r.cuda_ordinal), "cuDeviceGet"));
@@ -63,82 +62,29 @@ Error MakeCurrent(const CudaApi& api, LocalRank& r) {
 }
 
 // Ends an NCCL group whether or not its body failed, keeping the first error.
-Error EndGroup(const CudaApi& api, Error body) {
+Error EndGroup(const NcclApi& api, Error body) {
   Error end = NcclCheck(api.ncclGroupEnd(), "ncclGroupEnd");
   return body.failure() ? body : end;
 }
 
-Error Copy(const CudaApi& api, void* dst, const void* src, size_t bytes, CUstream s) {
-  if (bytes == 0 || dst == src) return Error::Success();
-  return CudaCheck(api.cuMemcpyDtoDAsync(reinterpret_cast<CUdeviceptr>(dst),
-                                         reinterpret_cast<CUdeviceptr>(src), bytes, s),
-                   "cuMemcpyDtoDAsync");
-}
-
-// Copies `height` rows of `width` bytes between pitched device layouts.
-Error Copy2D(const CudaApi& api, void* dst, size_t dst_pitch, const void* src,
-             size_t src_pitch, size_t width, size_t height, CUstream s) {
-  if (height == 1) return Copy(api, dst, src, width, s);
-  CudaMemcpy2D c;
-  std::memset(&c, 0, sizeof(c));
-  c.srcMemoryType = kCuMemoryTypeDevice;
-  c.srcDevice = reinterpret_cast<CUdeviceptr>(src);
-  c.srcPitch = src_pitch;
-  c.dstMemoryType = kCuMemoryTypeDevice;
-  c.dstDevice = reinterpret_cast<CUdeviceptr>(dst);
-  c.dstPitch = dst_pitch;
-  c.WidthInBytes = width;
-  c.Height = height;
-  return CudaCheck(api.cuMemcpy2DAsync(&c, s), "cuMemcpy2DAsync");
-}
-
-// NCCL's type and element count for a sum over `bytes` of `dtype`.
-ErrorOr<std::pair<int, size_t>> NcclSumType(ffi::DataType dtype, size_t bytes) {
-  using DT = ffi::DataType;
-  switch (dtype) {
-    case DT::F16: return std::pair<int, size_t>(kNcclFloat16, bytes / 2);
-    case DT::BF16: return std::pair<int, size_t>(kNcclBfloat16, bytes / 2);
-    case DT::F32: return std::pair<int, size_t>(kNcclFloat32, bytes / 4);
-    case DT::F64: return std::pair<int, size_t>(kNcclFloat64, bytes / 8);
-    case DT::C64: return std::pair<int, size_t>(kNcclFloat32, bytes / 4);  // re, im
-    case DT::C128: return std::pair<int, size_t>(kNcclFloat64, bytes / 8);
-    case DT::S8: return std::pair<int, size_t>(kNcclInt8, bytes);
-    case DT::U8: return std::pair<int, size_t>(kNcclUint8, bytes);
-    case DT::S32: return std::pair<int, size_t>(kNcclInt32, bytes / 4);
-    case DT::U32: return std::pair<int, size_t>(kNcclUint32, bytes / 4);
-    case DT::S64: return std::pair<int, size_t>(kNcclInt64, bytes / 8);
-    case DT::U64: return std::pair<int, size_t>(kNcclUint64, bytes / 8);
-    default:
-      return InvalidArgument("NCCL has no sum for element type " +
-                             std::to_string(static_cast<int>(dtype)));
-  }
-}
-
-ErrorOr<std::pair<LocalRank*, Arena>> Lookup(const std::vector<int64_t>& members,
-                                             int64_t global_id, size_t arena_bytes) {
-  std::lock_guard<std::mutex> lock(groups_mu);
-  auto it = Groups().find(members);
-  if (it == Groups().end()) {
-    return Internal("no NCCL communicator for group " + GroupToString(members) +
-                    " (it is created when a program using it is lowered)");
-  }
-  for (LocalRank& r : it->second->local) {
-    if (r.global_id != global_id) continue;
-    auto a = r.arenas.find(arena_bytes);
-    if (a == r.arenas.end()) {
-      return Internal("no symmetric arena of " + std::to_string(arena_bytes) +
-                      " bytes for device " + std::to_string(global_id));
-    }
-    return std::make_pair(&r, a->second);
-  }
-  return Internal("device " + std::to_string(global_id) + " has no rank in group " +
-                  GroupToString(members));
+// Locks `r`'s communicator into `out`; fails if the group was shut down.
+Error Hold(const NcclApi& api, LocalRank& r, const Arena& arena, NcclRank* out) {
+  std::unique_lock<std::mutex> lock(*r.comm_mu);
+  if (r.comm == nullptr) return Internal("the NCCL communicator has been shut down");
+  out->lock = std::move(lock);
+  out->api = &api;
+  out->context = r.context;
+  out->comm = r.comm;
+  out->rank = r.rank;
+  out->arena_base = arena.base;
+  out->arena_bytes = arena.bytes;
+  return Error::Success();
 }
 
 }  // namespace
 
 ErrorOr<std::string> NcclNewUniqueId() {
-  ErrorOr<const CudaApi*> api = Api();
+  ErrorOr<const NcclApi*> api = Api();
   if (api.has_error()) return api.error();
   ncclUniqueId id;
   JAX_SYMM_RETURN_IF_ERROR(NcclCheck((*api)->ncclGetUniqueId(&id), "ncclGetUniqueId"));
@@ -147,9 +93,9 @@ ErrorOr<std::string> NcclNewUniqueId() {
 
 Error NcclInitGroup(const std::vector<int64_t>& members,
                     const std::vector<LocalRankSpec>& local, const std::string& unique_id) {
-  ErrorOr<const CudaApi*> api_or = Api();
+  ErrorOr<const NcclApi*> api_or = Api();
   if (api_or.has_error()) return api_or.error();
-  const CudaApi& api = **api_or;
+  const NcclApi& api = **api_or;
   std::lock_guard<std::mutex> setup(setup_mu);
   {
     std::lock_guard<std::mutex> lock(groups_mu);
@@ -195,9 +141,9 @@ Error NcclInitGroup(const std::vector<int64_t>& members,
 
 ErrorOr<size_t> NcclEnsureArena(const std::vector<int64_t>& members, size_t bytes,
                                 size_t min_bytes) {
-  ErrorOr<const CudaApi*> api_or = Api();
+  ErrorOr<const NcclApi*> api_or = Api();
   if (api_or.has_error()) return api_or.error();
-  const CudaApi& api = **api_or;
+  const NcclApi& api = **api_or;
   if (!api.symmetric_windows()) return Internal("this NCCL has no symmetric windows");
   std::lock_guard<std::mutex> setup(setup_mu);
   Group* group = nullptr;
@@ -273,7 +219,7 @@ std::vector<NcclGroupInfo> NcclGroups() {
 }
 
 void NcclShutdown(bool orderly) {
-  const CudaApi* api = LoadedCudaApi();
+  const NcclApi* api = LoadedNcclApi();
   if (api == nullptr) return;
   std::lock_guard<std::mutex> setup(setup_mu);
   std::vector<Group*> groups;
@@ -316,106 +262,58 @@ void NcclShutdown(bool orderly) {
   }
 }
 
-Error NcclCollective(CollectiveKind kind, CUstream stream, int32_t ordinal,
-                     const AnyBuffer& in, AnyBuffer& out, Int64Span groups,
-                     int64_t group_size, int64_t outer, int64_t inner_bytes,
-                     Int64Span arena_bytes) {
-  ErrorOr<const CudaApi*> api_or = Api();
-  if (api_or.has_error()) return api_or.error();
-  const CudaApi& api = **api_or;
-  ErrorOr<CallSite> site =
-      ResolveCallSite(Platform::kCuda, ordinal, groups, group_size, outer, inner_bytes,
-                      kind == CollectiveKind::kReduceScatter,
-                      kind == CollectiveKind::kAllGather, in, out);
-  if (site.has_error()) return site.error();
-  const CallLayout& l = site->layout;
-  const size_t chunk = l.chunk_bytes(), inner = static_cast<size_t>(l.inner_bytes);
-  const size_t world = static_cast<size_t>(l.world), rank = static_cast<size_t>(l.rank);
-  if (chunk == 0) return Error::Success();
-  if (site->group.index >= static_cast<int64_t>(arena_bytes.size())) {
-    return Internal("arena_bytes attribute has no entry for this group");
+Error NcclAcquireRank(const std::vector<int64_t>& members, int64_t global_id,
+                      size_t arena_bytes, NcclRank* out) {
+  ErrorOr<const NcclApi*> api = Api();
+  if (api.has_error()) return api.error();
+  LocalRank* rank = nullptr;
+  Arena arena;
+  {
+    std::lock_guard<std::mutex> lock(groups_mu);
+    auto it = Groups().find(members);
+    if (it == Groups().end()) {
+      return Internal("no NCCL communicator for group " + GroupToString(members) +
+                      " (it is created when a program using it is lowered)");
+    }
+    for (LocalRank& r : it->second->local) {
+      if (r.global_id == global_id) rank = &r;
+    }
+    if (rank == nullptr) {
+      return Internal("device " + std::to_string(global_id) + " has no rank in group " +
+                      GroupToString(members));
+    }
+    auto a = rank->arenas.find(arena_bytes);
+    if (a == rank->arenas.end()) {
+      return Internal("no symmetric arena of " + std::to_string(arena_bytes) +
+                      " bytes for device " + std::to_string(global_id));
+    }
+    arena = a->second;
   }
-  ErrorOr<std::pair<LocalRank*, Arena>> found =
-      Lookup(site->group.members, site->group.members[rank],
-             static_cast<size_t>(arena_bytes[site->group.index]));
-  if (found.has_error()) return found.error();
-  std::lock_guard<std::mutex> comm_lock(*found->first->comm_mu);
-  ncclComm_t comm = found->first->comm;
-  if (comm == nullptr) return Internal("the NCCL communicator has been shut down");
-  char* win = found->second.base;
-  const size_t needed = kind == CollectiveKind::kAllReduce ? chunk : chunk * world;
-  if (needed > found->second.bytes) return Internal("symmetric arena too small for this call");
-  const char* src = static_cast<const char*>(in.untyped_data());
-  char* dst = static_cast<char*>(out.untyped_data());
-  // From NCCL 2.29 only the all-gather receive buffer and the reduce-scatter
-  // send buffer must lie in a window, which saves one copy each.
-  const bool send_anywhere = api.nccl_version >= 22900;
-
-  switch (kind) {
-    case CollectiveKind::kAllGather: {
-      const char* send = src;
-      if (!send_anywhere) {
-        JAX_SYMM_RETURN_IF_ERROR(Copy(api, win + rank * chunk, src, chunk, stream));
-        send = win + rank * chunk;
-      }
-      JAX_SYMM_RETURN_IF_ERROR(NcclCheck(
-          api.ncclAllGather(send, win, chunk, kNcclInt8, comm, stream), "ncclAllGather", comm));
-      // The window holds [world][outer][inner]; the output wants [outer][world][inner].
-      for (size_t q = 0; q < (outer == 1 ? 1 : world); ++q) {
-        if (outer == 1) {
-          JAX_SYMM_RETURN_IF_ERROR(Copy(api, dst, win, chunk * world, stream));
-        } else {
-          JAX_SYMM_RETURN_IF_ERROR(Copy2D(api, dst + q * inner, world * inner, win + q * chunk,
-                                          inner, inner, outer, stream));
-        }
-      }
-      return Error::Success();
-    }
-    case CollectiveKind::kReduceScatter: {
-      ErrorOr<std::pair<int, size_t>> type = NcclSumType(in.element_type(), chunk);
-      if (type.has_error()) return type.error();
-      // The input is [outer][world][inner]; NCCL wants [world][outer][inner].
-      for (size_t q = 0; q < (outer == 1 ? 1 : world); ++q) {
-        if (outer == 1) {
-          JAX_SYMM_RETURN_IF_ERROR(Copy(api, win, src, chunk * world, stream));
-        } else {
-          JAX_SYMM_RETURN_IF_ERROR(Copy2D(api, win + q * chunk, inner, src + q * inner,
-                                          world * inner, inner, outer, stream));
-        }
-      }
-      char* recv = send_anywhere ? dst : win + rank * chunk;
-      JAX_SYMM_RETURN_IF_ERROR(NcclCheck(
-          api.ncclReduceScatter(win, recv, type->second, type->first, kNcclSum, comm, stream),
-          "ncclReduceScatter", comm));
-      return Copy(api, dst, recv, chunk, stream);
-    }
-    case CollectiveKind::kAllReduce: {
-      ErrorOr<std::pair<int, size_t>> type = NcclSumType(in.element_type(), chunk);
-      if (type.has_error()) return type.error();
-      JAX_SYMM_RETURN_IF_ERROR(Copy(api, win, src, chunk, stream));
-      JAX_SYMM_RETURN_IF_ERROR(NcclCheck(
-          api.ncclAllReduce(win, win, type->second, type->first, kNcclSum, comm, stream),
-          "ncclAllReduce", comm));
-      return Copy(api, dst, win, chunk, stream);
-    }
-  }
-  return Internal("unknown collective kind");
+  // groups_mu is released first: shutdown takes the communicator locks before it.
+  return Hold(**api, *rank, arena, out);
 }
 
-ErrorOr<std::vector<NcclRankView>> NcclLocalRanks(const std::vector<int64_t>& members) {
-  std::lock_guard<std::mutex> lock(groups_mu);
-  auto it = Groups().find(members);
-  if (it == Groups().end()) {
-    return Internal("no NCCL communicator for group " + GroupToString(members));
+Error NcclAcquireLocalRanks(const std::vector<int64_t>& members, std::vector<NcclRank>* out) {
+  ErrorOr<const NcclApi*> api = Api();
+  if (api.has_error()) return api.error();
+  std::vector<std::pair<LocalRank*, Arena>> found;
+  {
+    std::lock_guard<std::mutex> lock(groups_mu);
+    auto it = Groups().find(members);
+    if (it == Groups().end()) {
+      return Internal("no NCCL communicator for group " + GroupToString(members));
+    }
+    for (LocalRank& r : it->second->local) {
+      if (r.arenas.empty()) return Internal("no symmetric arena for " + GroupToString(members));
+      found.emplace_back(&r, r.arenas.rbegin()->second);
+    }
   }
-  std::vector<NcclRankView> out;
-  for (LocalRank& r : it->second->local) {
-    if (r.comm == nullptr) return Internal("group " + GroupToString(members) + " is shut down");
-    if (r.arenas.empty()) return Internal("no symmetric arena for " + GroupToString(members));
-    const Arena& a = r.arenas.rbegin()->second;
-    out.push_back({r.context, r.comm, r.rank, a.base, a.bytes, r.comm_mu.get()});
+  out->clear();
+  out->resize(found.size());
+  for (size_t i = 0; i < found.size(); ++i) {
+    JAX_SYMM_RETURN_IF_ERROR(Hold(**api, *found[i].first, found[i].second, &(*out)[i]));
   }
-  return out;
+  return Error::Success();
 }
 
 }  // namespace jax_symm

@@ -1,0 +1,196 @@
+// XLA:GPU handlers: decode the call, then enqueue copies and one NCCL
+// collective on XLA's stream, through the arena lowering prepared.
+//
+// Declared command-buffer compatible: they only enqueue stream work on
+// buffers XLA passed plus arenas that live, at fixed addresses, until exit;
+// no allocation, no host synchronisation, nothing that changes per call. So
+// XLA may capture them into CUDA graphs, which removes most launch overhead.
+#include "nccl_collectives.h"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <utility>
+
+#include "ffi_call.h"
+#include "nccl_comms.h"
+
+namespace jax_symm {
+
+// The NCCL handler's attributes (jax_symm/_nccl.py `lower` emits them).
+struct NcclCallAttrs {
+  CallAttrs call;
+  Int64Span arena_bytes;  // per group: the size of the arena lowering prepared
+  NcclCallAttrs(Int64Span groups, int64_t group_size, int64_t outer, int64_t inner_bytes,
+                Int64Span arena_bytes)
+      : call{groups, group_size, outer, inner_bytes}, arena_bytes(arena_bytes) {}
+};
+
+}  // namespace jax_symm
+
+// XLA decodes the attributes dictionary into the struct, by name.
+XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(
+    ::jax_symm::NcclCallAttrs,
+    ::xla::ffi::StructMember<::jax_symm::Int64Span>("groups"),
+    ::xla::ffi::StructMember<int64_t>("group_size"),
+    ::xla::ffi::StructMember<int64_t>("outer"),
+    ::xla::ffi::StructMember<int64_t>("inner_bytes"),
+    ::xla::ffi::StructMember<::jax_symm::Int64Span>("arena_bytes"));
+
+namespace jax_symm {
+namespace {
+
+Error Copy(const NcclApi& api, void* dst, const void* src, size_t bytes, CUstream s) {
+  if (bytes == 0 || dst == src) return Error::Success();
+  return CudaCheck(api.cuMemcpyDtoDAsync(reinterpret_cast<CUdeviceptr>(dst),
+                                         reinterpret_cast<CUdeviceptr>(src), bytes, s),
+                   "cuMemcpyDtoDAsync");
+}
+
+// Copies `height` rows of `width` bytes between pitched device layouts.
+Error Copy2D(const NcclApi& api, void* dst, size_t dst_pitch, const void* src,
+             size_t src_pitch, size_t width, size_t height, CUstream s) {
+  if (height == 1) return Copy(api, dst, src, width, s);
+  CudaMemcpy2D c;
+  std::memset(&c, 0, sizeof(c));
+  c.srcMemoryType = kCuMemoryTypeDevice;
+  c.srcDevice = reinterpret_cast<CUdeviceptr>(src);
+  c.srcPitch = src_pitch;
+  c.dstMemoryType = kCuMemoryTypeDevice;
+  c.dstDevice = reinterpret_cast<CUdeviceptr>(dst);
+  c.dstPitch = dst_pitch;
+  c.WidthInBytes = width;
+  c.Height = height;
+  return CudaCheck(api.cuMemcpy2DAsync(&c, s), "cuMemcpy2DAsync");
+}
+
+// NCCL's type and element count for a sum over `bytes` of `dtype`.
+ErrorOr<std::pair<int, size_t>> NcclSumType(ffi::DataType dtype, size_t bytes) {
+  using DT = ffi::DataType;
+  switch (dtype) {
+    case DT::F16: return std::pair<int, size_t>(kNcclFloat16, bytes / 2);
+    case DT::BF16: return std::pair<int, size_t>(kNcclBfloat16, bytes / 2);
+    case DT::F32: return std::pair<int, size_t>(kNcclFloat32, bytes / 4);
+    case DT::F64: return std::pair<int, size_t>(kNcclFloat64, bytes / 8);
+    case DT::C64: return std::pair<int, size_t>(kNcclFloat32, bytes / 4);  // re, im
+    case DT::C128: return std::pair<int, size_t>(kNcclFloat64, bytes / 8);
+    case DT::S8: return std::pair<int, size_t>(kNcclInt8, bytes);
+    case DT::U8: return std::pair<int, size_t>(kNcclUint8, bytes);
+    case DT::S32: return std::pair<int, size_t>(kNcclInt32, bytes / 4);
+    case DT::U32: return std::pair<int, size_t>(kNcclUint32, bytes / 4);
+    case DT::S64: return std::pair<int, size_t>(kNcclInt64, bytes / 8);
+    case DT::U64: return std::pair<int, size_t>(kNcclUint64, bytes / 8);
+    default:
+      return InvalidArgument("NCCL has no sum for element type " +
+                             std::to_string(static_cast<int>(dtype)));
+  }
+}
+
+// One collective of `kind` for the device `ordinal`, on XLA's `stream`.
+Error NcclCollective(CollectiveKind kind, CUstream stream, int32_t ordinal,
+                     const AnyBuffer& in, AnyBuffer& out, const NcclCallAttrs& attrs) {
+  ErrorOr<CallSite> site = ResolveCall(Platform::kCuda, ordinal, kind, attrs.call, in, out);
+  if (site.has_error()) return site.error();
+  const CallLayout& l = site->layout;
+  const size_t chunk = l.chunk_bytes(), inner = static_cast<size_t>(l.inner_bytes);
+  const size_t world = static_cast<size_t>(l.world), rank = static_cast<size_t>(l.rank);
+  const size_t outer = static_cast<size_t>(l.outer);
+  if (chunk == 0) return Error::Success();
+  if (site->group.index >= static_cast<int64_t>(attrs.arena_bytes.size())) {
+    return Internal("arena_bytes attribute has no entry for this group");
+  }
+  NcclRank r;
+  JAX_SYMM_RETURN_IF_ERROR(NcclAcquireRank(site->group.members, site->group.members[rank],
+                                           static_cast<size_t>(
+                                               attrs.arena_bytes[site->group.index]),
+                                           &r));
+  // The window stages the larger of the two buffers (the all-gather's output,
+  // the reduce-scatter's input, the all-reduce's either); lowering sized the
+  // arena for it, so only the buffers' own sizes are compared here.
+  if (std::max(in.size_bytes(), out.size_bytes()) > r.arena_bytes) {
+    return Internal("symmetric arena of " + std::to_string(r.arena_bytes) +
+                    " bytes too small for this call's " +
+                    std::to_string(std::max(in.size_bytes(), out.size_bytes())) + " bytes");
+  }
+  const NcclApi& api = *r.api;
+  ncclComm_t comm = r.comm;
+  char* win = r.arena_base;
+  const char* src = static_cast<const char*>(in.untyped_data());
+  char* dst = static_cast<char*>(out.untyped_data());
+  // From NCCL 2.29 only the all-gather receive buffer and the reduce-scatter
+  // send buffer must lie in a window, which saves one copy each.
+  const bool send_anywhere = api.nccl_version >= 22900;
+
+  switch (kind) {
+    case CollectiveKind::kAllGather: {
+      const char* send = src;
+      if (!send_anywhere) {
+        JAX_SYMM_RETURN_IF_ERROR(Copy(api, win + rank * chunk, src, chunk, stream));
+        send = win + rank * chunk;
+      }
+      JAX_SYMM_RETURN_IF_ERROR(NcclCheck(
+          api.ncclAllGather(send, win, chunk, kNcclInt8, comm, stream), "ncclAllGather", comm));
+      // The window holds [world][outer][inner]; the output wants [outer][world][inner].
+      if (outer == 1) return Copy(api, dst, win, chunk * world, stream);
+      for (size_t q = 0; q < world; ++q) {
+        JAX_SYMM_RETURN_IF_ERROR(Copy2D(api, dst + q * inner, world * inner, win + q * chunk,
+                                        inner, inner, outer, stream));
+      }
+      return Error::Success();
+    }
+    case CollectiveKind::kReduceScatter: {
+      ErrorOr<std::pair<int, size_t>> type = NcclSumType(in.element_type(), chunk);
+      if (type.has_error()) return type.error();
+      // The input is [outer][world][inner]; NCCL wants [world][outer][inner].
+      if (outer == 1) {
+        JAX_SYMM_RETURN_IF_ERROR(Copy(api, win, src, chunk * world, stream));
+      } else {
+        for (size_t q = 0; q < world; ++q) {
+          JAX_SYMM_RETURN_IF_ERROR(Copy2D(api, win + q * chunk, inner, src + q * inner,
+                                          world * inner, inner, outer, stream));
+        }
+      }
+      char* recv = send_anywhere ? dst : win + rank * chunk;
+      JAX_SYMM_RETURN_IF_ERROR(NcclCheck(
+          api.ncclReduceScatter(win, recv, type->second, type->first, kNcclSum, comm, stream),
+          "ncclReduceScatter", comm));
+      return Copy(api, dst, recv, chunk, stream);
+    }
+    case CollectiveKind::kAllReduce: {
+      ErrorOr<std::pair<int, size_t>> type = NcclSumType(in.element_type(), chunk);
+      if (type.has_error()) return type.error();
+      JAX_SYMM_RETURN_IF_ERROR(Copy(api, win, src, chunk, stream));
+      JAX_SYMM_RETURN_IF_ERROR(NcclCheck(
+          api.ncclAllReduce(win, win, type->second, type->first, kNcclSum, comm, stream),
+          "ncclAllReduce", comm));
+      return Copy(api, dst, win, chunk, stream);
+    }
+  }
+  return Internal("unknown collective kind");
+}
+
+template <CollectiveKind kKind>
+Error NcclHandler(CUstream_st* stream, int32_t ordinal, AnyBuffer in,
+                  ffi::Result<AnyBuffer> out, NcclCallAttrs attrs) {
+  return NcclCollective(kKind, stream, ordinal, in, *out, attrs);
+}
+
+auto BindNcclCall() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::PlatformStream<CUstream_st*>>()
+      .Ctx<ffi::DeviceOrdinal>()
+      .Arg<AnyBuffer>()
+      .Ret<AnyBuffer>()
+      .Attrs<NcclCallAttrs>();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NcclAllGather, NcclHandler<CollectiveKind::kAllGather>,
+                              BindNcclCall(), {ffi::Traits::kCmdBufferCompatible});
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NcclReduceScatter, NcclHandler<CollectiveKind::kReduceScatter>,
+                              BindNcclCall(), {ffi::Traits::kCmdBufferCompatible});
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NcclAllReduce, NcclHandler<CollectiveKind::kAllReduce>,
+                              BindNcclCall(), {ffi::Traits::kCmdBufferCompatible});
+
+}  // namespace jax_symm

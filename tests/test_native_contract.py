@@ -1,0 +1,87 @@
+"""The contract between the Python slices and the C++ module: kinds and FFI
+target names come from C++, and the attributes each slice emits are exactly
+what its handler decodes. Runs on CPU: the NCCL handler's attribute decoding
+is checked by registering its capsule on the CPU platform, where XLA decodes
+everything it can and reports each operand it cannot (the CUDA stream)."""
+
+import re
+
+import numpy as np
+import pytest
+import jax
+import jax.numpy as jnp
+from jax.extend.core import Primitive
+from jax.interpreters import mlir
+
+import jax_symm  # noqa: F401  (loads the extension)
+from jax_symm import _nccl
+from jax_symm._native import ext
+
+
+def test_kinds_and_targets_come_from_cpp():
+    kinds = ext.collective_kinds()
+    assert kinds == ("all_gather", "reduce_scatter", "all_reduce")
+    host, nccl = ext.host_targets(), ext.nccl_targets()
+    assert tuple(host) == kinds and tuple(nccl) == kinds
+    names = [n for t in (host, nccl) for n, _ in t.values()]
+    assert len(set(names)) == len(names)
+    assert _nccl.NCCL_TARGETS == {op: n for op, (n, _) in nccl.items()}
+
+
+def test_arena_rule():
+    assert _nccl.arena_bytes_needed("all_gather", 96, 4) == 384
+    assert _nccl.arena_bytes_needed("reduce_scatter", 96, 4) == 384
+    assert _nccl.arena_bytes_needed("all_reduce", 96, 4) == 96
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="checks the no-NCCL reason")
+def test_unusable_reason_without_nccl():
+    why = _nccl.unusable_reason("reduce_scatter", np.float32)
+    assert why is not None and "\n" not in why
+    assert "jax_symm.reduce_scatter" in why and "XLA's own collective" in why
+
+
+_prim = Primitive("jax_symm_test_nccl_all_gather")
+_prim.def_abstract_eval(
+    lambda x, *, world: jax.core.ShapedArray((world * x.shape[0],), x.dtype))
+
+
+def _lower_through_nccl_slice(ctx, x, *, world):
+    groups = np.arange(world, dtype=np.int64).reshape(1, world)
+    return _nccl.lower("all_gather", ctx, x, groups=groups, outer=1,
+                       inner_bytes=ctx.avals_in[0].shape[0] * 4)
+
+
+mlir.register_lowering(_prim, _lower_through_nccl_slice, platform="cpu")
+
+
+def test_nccl_handler_decodes_what_lower_emits(monkeypatch):
+    """`_nccl.lower`'s attributes decode in the NCCL handler: only operand 0
+    (the CUDA stream, absent on CPU) fails. An extra attribute makes the
+    attributes fail too, so the check can fail."""
+    targets = {}
+    for op, (name, capsule) in ext.nccl_targets().items():
+        targets[op] = "test_cpu_" + name
+        jax.ffi.register_ffi_target(targets[op], capsule, platform="cpu")
+    monkeypatch.setattr(_nccl, "NCCL_TARGETS", targets)
+    monkeypatch.setattr(_nccl, "ensure_groups", lambda groups: None)
+    monkeypatch.setattr(_nccl, "ensure_arenas",
+                        lambda groups, nbytes: np.full(groups.shape[0], nbytes, np.int64))
+    f = jax.jit(lambda x: _prim.bind(x, world=2))
+    with pytest.raises(Exception, match=re.escape("bad operands at: 0)")) as err:
+        f(jnp.ones(4, jnp.float32))
+    assert "platform stream" in str(err.value)
+
+    rule = jax.ffi.ffi_lowering(targets["all_gather"])
+
+    def extra_attr(ctx, x, *, world):
+        return rule(ctx, x, groups=np.arange(world, dtype=np.int64), group_size=np.int64(world),
+                    outer=np.int64(1), inner_bytes=np.int64(16),
+                    arena_bytes=np.zeros(1, np.int64), site=np.int64(1))
+
+    probe = Primitive("jax_symm_test_nccl_probe")
+    probe.def_abstract_eval(
+        lambda x, *, world: jax.core.ShapedArray((world * x.shape[0],), x.dtype))
+    mlir.register_lowering(probe, extra_attr, platform="cpu")
+    with pytest.raises(Exception, match="Wrong number of attributes"):
+        jax.jit(lambda x: probe.bind(x, world=2))(jnp.ones(4, jnp.float32))

@@ -24,7 +24,7 @@ import warnings
 import numpy as np
 import jax
 
-from . import _bootstrap, _compat
+from . import _bootstrap, _compat, settings
 from ._native import ext, publish_local_devices
 
 # {op: FFI target name}, as the C++ module names its handlers.
@@ -47,11 +47,6 @@ def _wheel_nccl() -> str:
     return ""
 
 
-def min_arena_bytes() -> int:
-    """JAX_SYMM_ARENA_MB: the smallest arena registered per communicator."""
-    return int(float(os.environ.get("JAX_SYMM_ARENA_MB", "64")) * (1 << 20))
-
-
 @functools.cache
 def load() -> dict:
     """Loads NCCL (JAX's copy) and registers the GPU handlers; idempotent."""
@@ -60,12 +55,7 @@ def load() -> dict:
         jax.ffi.register_ffi_target(name, capsule, platform="CUDA")
     publish_local_devices("gpu")
     atexit.register(shutdown)
-    if not info["symmetric_windows"]:
-        warnings.warn(
-            f"jax_symm: NCCL {version_string(info['version'])} has no symmetric windows "
-            "(needs >= 2.27.3); jax_symm ops use XLA's plain NCCL collectives.",
-            RuntimeWarning, stacklevel=2)
-    return info
+    return info  # without symmetric windows, lowering warns (unusable_reason)
 
 
 def version_string(code: int) -> str:
@@ -127,7 +117,7 @@ def ensure_arenas(groups: np.ndarray, nbytes: int) -> np.ndarray:
     sizes = np.zeros(groups.shape[0], dtype=np.int64)
     for g in _local_rows(groups):
         sizes[g] = ext.nccl_ensure_arena([int(i) for i in groups[g]], int(nbytes),
-                                         min_arena_bytes())
+                                         settings.arena_bytes())
     return sizes
 
 

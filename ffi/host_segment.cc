@@ -36,14 +36,17 @@ bool TryLock(int fd, short type, off_t start, off_t len) {
   return fcntl(fd, F_OFD_SETLK, &lk) == 0;
 }
 
-// The problems with a segment another process created, or "" if none.
+// The problems with a segment another process created, or "" if none. The
+// mode is judged only once the file has its full size: the creator sets it
+// (fchmod) before sizing the file, and a narrow umask may leave it briefly
+// narrower than 0600 before that.
 std::string Untrusted(const struct stat& st, size_t max_bytes) {
   if (!S_ISREG(st.st_mode)) return "it is not a regular file";
   if (st.st_uid != geteuid()) {
     return "it is owned by uid " + std::to_string(st.st_uid) + ", not by this user (uid " +
            std::to_string(geteuid()) + ")";
   }
-  if ((st.st_mode & 07777) != 0600) {
+  if (static_cast<uint64_t>(st.st_size) >= max_bytes && (st.st_mode & 07777) != 0600) {
     char mode[8];
     snprintf(mode, sizeof(mode), "%04o", static_cast<unsigned>(st.st_mode & 07777));
     return std::string("its mode is ") + mode + ", not 0600";
@@ -61,13 +64,56 @@ Error Refuse(const std::string& name, const std::string& why) {
                   "jax_symm's names); remove it if it is stale.");
 }
 
+// What kind of thing a refused name is, for the message.
+std::string Describe(const std::string& name) {
+  struct stat st;
+  const std::string path = "/dev/shm" + name;
+  if (fstatat(AT_FDCWD, path.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return "";
+  if (S_ISDIR(st.st_mode)) return "it is a directory";
+  if (S_ISSOCK(st.st_mode)) return "it is a socket";
+  if (S_ISFIFO(st.st_mode)) return "it is a FIFO";
+  if (S_ISLNK(st.st_mode)) return "it is a symbolic link";
+  if (!S_ISREG(st.st_mode)) return "it is not a regular file";
+  if (st.st_uid != geteuid()) {
+    return "it is owned by uid " + std::to_string(st.st_uid) + ", not by this user (uid " +
+           std::to_string(geteuid()) + ")";
+  }
+  return "";
+}
+
 }  // namespace
+
+// The mapping is not passed on to forked children (multiprocessing, data
+// loaders): the mapping keeps our open file description, and with it our
+// liveness locks, alive; inherited by a child, it would keep a killed peer
+// looking alive for as long as the child lives.
+Error KeepFromChildren(const std::string& name, void* base, size_t bytes) {
+  if (madvise(base, bytes, MADV_DONTFORK) != 0) {
+    return Internal(Errno("madvise(MADV_DONTFORK) on /dev/shm" + name));
+  }
+  return Error::Success();
+}
+
+SharedSegment::SharedSegment(std::string name, char* base, size_t bytes, int fd)
+    : name_(std::move(name)), base_(base), bytes_(bytes), fd_(fd) {}
+
+void SharedSegment::DropDescriptor() {
+  if (int fd = fd_.exchange(-1); fd >= 0) close(fd);
+}
+
+void SharedSegment::Close() {
+  DropDescriptor();
+  if (int fd = probe_.exchange(-1); fd >= 0) close(fd);
+}
 
 ErrorOr<SharedSegment*> SharedSegment::Create(const std::string& name, size_t bytes) {
   for (int attempt = 0;; ++attempt) {
     int fd = shm_open(name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) {
-      if (errno == EEXIST) return Refuse(name, "it exists already");
+      if (errno == EEXIST) {
+        const std::string what = Describe(name);
+        return Refuse(name, "it exists already" + (what.empty() ? "" : " (" + what + ")"));
+      }
       return Internal(Errno("cannot create /dev/shm" + name));
     }
     // Alive at once, so a concurrent clean-up cannot take it for stale. If a
@@ -79,6 +125,14 @@ ErrorOr<SharedSegment*> SharedSegment::Create(const std::string& name, size_t by
         continue;
       }
       return Internal(Errno("cannot lock /dev/shm" + name));
+    }
+    // A clean-up may have unlinked the name between our open and our lock;
+    // once we hold the lock it cannot, so a name still linked now stays ours.
+    struct stat st;
+    if (fstat(fd, &st) != 0 || st.st_nlink == 0) {
+      close(fd);
+      if (attempt < 50) continue;
+      return Internal("/dev/shm" + name + " kept disappearing while it was created");
     }
     auto fail = [&](Error err) -> Error {
       close(fd);
@@ -100,6 +154,10 @@ ErrorOr<SharedSegment*> SharedSegment::Create(const std::string& name, size_t by
     }
     void* base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (base == MAP_FAILED) return fail(Internal(Errno("mmap /dev/shm" + name)));
+    if (Error err = KeepFromChildren(name, base, bytes); err.failure()) {
+      munmap(base, bytes);
+      return fail(std::move(err));
+    }
     return new SharedSegment(name, static_cast<char*>(base), bytes, fd);
   }
 }
@@ -127,7 +185,9 @@ ErrorOr<SharedSegment*> SharedSegment::Open(const std::string& name, size_t byte
         JAX_SYMM_RETURN_IF_ERROR(wait_or("to appear"));
         continue;
       }
-      if (errno == ELOOP) return Refuse(name, "it is a symbolic link");
+      const int err = errno;
+      if (std::string what = Describe(name); !what.empty()) return Refuse(name, what);
+      errno = err;
       return Internal(Errno("cannot open /dev/shm" + name));
     }
     struct stat st;
@@ -152,45 +212,45 @@ ErrorOr<SharedSegment*> SharedSegment::Open(const std::string& name, size_t byte
       close(fd);
       return err;
     }
+    if (Error err = KeepFromChildren(name, base, bytes); err.failure()) {
+      munmap(base, bytes);
+      close(fd);
+      return err;
+    }
     return new SharedSegment(name, static_cast<char*>(base), bytes, fd);
   }
 }
 
 Error SharedSegment::HoldRank(int64_t rank) {
-  if (!TryLock(fd_, F_RDLCK, RankByte(rank), 1)) {
+  if (!TryLock(fd_.load(), F_RDLCK, RankByte(rank), 1)) {
     return Internal(Errno("cannot take the liveness lock of rank " + std::to_string(rank) +
                           " in /dev/shm" + name_));
   }
-  if (probe_ < 0) {
+  if (probe_.load() < 0) {
     // Another open file description of the same file: its lock queries
     // conflict with our own locks too, so "held" covers this process's ranks.
-    const std::string self = "/proc/self/fd/" + std::to_string(fd_);
-    probe_ = open(self.c_str(), O_RDWR | O_CLOEXEC);
-    if (probe_ < 0) return Internal(Errno("cannot reopen " + self));
+    const std::string self = "/proc/self/fd/" + std::to_string(fd_.load());
+    const int probe = open(self.c_str(), O_RDWR | O_CLOEXEC);
+    if (probe < 0) return Internal(Errno("cannot reopen " + self));
+    probe_.store(probe);
   }
   return Error::Success();
 }
 
 bool SharedSegment::RankHeld(int64_t rank) const {
-  if (probe_ < 0) return true;  // cannot tell: never call a peer dead on a guess
+  const int probe = probe_.load();
+  if (probe < 0) return true;  // cannot tell: never call a peer dead on a guess
   struct flock lk;
   std::memset(&lk, 0, sizeof(lk));
   lk.l_type = F_WRLCK;
   lk.l_whence = SEEK_SET;
   lk.l_start = RankByte(rank);
   lk.l_len = 1;
-  if (fcntl(probe_, F_OFD_GETLK, &lk) != 0) return true;
+  if (fcntl(probe, F_OFD_GETLK, &lk) != 0) return true;
   return lk.l_type != F_UNLCK;
 }
 
 void SharedSegment::Unlink() const { shm_unlink(name_.c_str()); }
-
-void SharedSegment::UnlinkAndClose() {
-  Unlink();
-  if (fd_ >= 0) close(fd_);
-  if (probe_ >= 0) close(probe_);
-  fd_ = probe_ = -1;
-}
 
 std::vector<std::string> ReapStaleSegments() {
   std::vector<std::string> removed;

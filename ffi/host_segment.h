@@ -11,11 +11,13 @@
 //    0600 and exactly the expected size before mapping it;
 //  - who is alive is told by open-file-description locks, not by pids: each
 //    process holds a shared lock on one byte per rank it serves, for as long as
-//    it lives. The kernel drops the lock when the process dies -- killed,
-//    exited, or a zombie -- and locks are seen across PID namespaces, where
-//    `kill(pid, 0)` sees nothing.
+//    it lives (the mapping keeps the description, and so the lock, alive; it is
+//    not inherited by forked children). The kernel drops the lock when the
+//    process dies -- killed, exited, or a zombie -- and locks are seen across
+//    PID namespaces, where `kill(pid, 0)` sees nothing.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -43,21 +45,29 @@ class SharedSegment {
   bool RankHeld(int64_t rank) const;
   // Removes the name (mappings stay valid until exit).
   void Unlink() const;
+  // Closes the descriptor that took our locks. The locks stay: they belong to
+  // the open file description, which our mapping keeps alive until this
+  // process ends (and which forked children do not inherit).
+  void DropDescriptor();
+  // Lets go of the descriptors; the mapping stays, and so does any lock.
+  void Close();
   // Single-process jobs need neither the name nor the descriptor.
-  void UnlinkAndClose();
+  void UnlinkAndClose() {
+    Unlink();
+    Close();
+  }
 
   char* base() const { return base_; }
   size_t bytes() const { return bytes_; }
   const std::string& name() const { return name_; }
 
  private:
-  SharedSegment(std::string name, char* base, size_t bytes, int fd)
-      : name_(std::move(name)), base_(base), bytes_(bytes), fd_(fd) {}
+  SharedSegment(std::string name, char* base, size_t bytes, int fd);
   std::string name_;
   char* base_ = nullptr;
   size_t bytes_ = 0;
-  int fd_ = -1;     // kept open: it carries our liveness locks
-  int probe_ = -1;  // a second open file description, for testing others' locks
+  std::atomic<int> fd_{-1};     // the description our locks belong to, until dropped
+  std::atomic<int> probe_{-1};  // a second open file description (no locks), for testing others' locks
 };
 
 // Unlinks segments named jax_symm-* in /dev/shm that are regular files owned

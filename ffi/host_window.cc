@@ -159,6 +159,16 @@ Error HostWindow::Prepare(const WindowSpec& spec) {
   window->timeout_s_ = config.timeout_s;
   window->poll_s_ = config.poll_s;
   Header* h = window->header_;
+  // Whatever fails from here leaves nothing behind: a segment we created is
+  // unlinked; one we only opened is left to its creator.
+  auto give_up = [&](Error err) -> Error {
+    if (spec.create) {
+      window->segment_->UnlinkAndClose();
+    } else {
+      window->segment_->Close();
+    }
+    return err;
+  };
   if (spec.create) {
     h->version = kVersion;
     h->world = world;
@@ -175,16 +185,19 @@ Error HostWindow::Prepare(const WindowSpec& spec) {
       h->ranks[r].claimed.store(0);
       h->ranks[r].pid.store(0);
     }
-    h->magic.store(kMagic, std::memory_order_release);
   } else if (Error err = window->Validate(spec, config.open_timeout_s); err.failure()) {
-    window->segment_->UnlinkAndClose();  // never used; the name is not ours to keep
-    return err;
+    return give_up(std::move(err));  // nothing written into a file we did not accept
   }
   for (int64_t r : spec.local_ranks) {
-    if (!config.single_process) JAX_SYMM_RETURN_IF_ERROR(window->segment_->HoldRank(r));
+    if (!config.single_process) {
+      if (Error err = window->segment_->HoldRank(r); err.failure()) return give_up(std::move(err));
+    }
     h->ranks[r].pid.store(static_cast<int32_t>(getpid()));
     h->ranks[r].claimed.store(1, std::memory_order_release);
   }
+  // Published last: peers use nothing before they see it.
+  if (spec.create) h->magic.store(kMagic, std::memory_order_release);
+  window->segment_->DropDescriptor();  // the mapping holds the locks from here
   // Alone, nobody else needs the name: unlink now, so that not even a
   // SIGKILL can leave the segment behind.
   if (config.single_process) window->segment_->UnlinkAndClose();

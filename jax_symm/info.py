@@ -13,7 +13,7 @@ import jax
 
 def info() -> dict[str, Any]:
     """A snapshot of jax_symm's state in this process (plain data)."""
-    from . import _nccl, __version__
+    from . import _dispatch, _nccl, __version__, settings
     from ._native import ext
 
     out: dict[str, Any] = {
@@ -23,6 +23,13 @@ def info() -> dict[str, Any]:
         "devices": [str(d) for d in jax.devices()],
         "process": f"{jax.process_index()} of {jax.process_count()}",
         "host_windows": [{"name": n, "bytes": b} for n, b in ext.host_windows()],
+        # GPU: per-rank message bytes up to which the window path is used
+        # (jax_symm_crossover_bytes, or the cost model of _dispatch.py).
+        "crossover_bytes": {
+            "setting": int(settings.crossover_bytes.value),
+            "by_op_for_8_ranks": {k: _dispatch.crossover_bytes(k, 8)
+                                  for k in ("all_gather", "reduce_scatter", "all_reduce")},
+        },
     }
     if jax.default_backend() == "gpu":
         try:
@@ -30,7 +37,7 @@ def info() -> dict[str, Any]:
             out["nccl"] = {"version": _nccl.version_string(nccl["version"]),
                            "path": nccl["path"],
                            "symmetric_windows": nccl["symmetric_windows"],
-                           "min_arena_bytes": _nccl.min_arena_bytes()}
+                           "min_arena_bytes": settings.arena_bytes()}
             groups = _nccl.groups_info()
             out["nccl"]["communicators"] = groups
             out["nccl"]["arena_bytes_total"] = sum(

@@ -24,8 +24,10 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(autouse=True)
-def singleton_calls(monkeypatch):
-    monkeypatch.setenv("JAX_SYMM_SINGLETON_CALLS", "1")
+def singleton_calls():
+    # A JAX config option (it keys jit's cache): set for this thread, then restored.
+    with jax_symm.settings.singleton_calls(True):
+        yield
 
 
 @pytest.fixture

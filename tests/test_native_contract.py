@@ -68,8 +68,9 @@ def test_nccl_handler_decodes_what_lower_emits(monkeypatch):
     monkeypatch.setattr(_nccl, "ensure_arenas",
                         lambda groups, nbytes: np.full(groups.shape[0], nbytes, np.int64))
     f = jax.jit(lambda x: _prim.bind(x, world=2))
+    on_cpu = jax.device_put(jnp.ones(4, jnp.float32), jax.devices("cpu")[0])
     with pytest.raises(Exception, match=re.escape("bad operands at: 0)")) as err:
-        f(jnp.ones(4, jnp.float32))
+        f(on_cpu)
     assert "platform stream" in str(err.value)
 
     rule = jax.ffi.ffi_lowering(targets["all_gather"])
@@ -84,4 +85,4 @@ def test_nccl_handler_decodes_what_lower_emits(monkeypatch):
         lambda x, *, world: jax.core.ShapedArray((world * x.shape[0],), x.dtype))
     mlir.register_lowering(probe, extra_attr, platform="cpu")
     with pytest.raises(Exception, match="Wrong number of attributes"):
-        jax.jit(lambda x: probe.bind(x, world=2))(jnp.ones(4, jnp.float32))
+        jax.jit(lambda x: probe.bind(x, world=2))(on_cpu)

@@ -19,13 +19,14 @@ def main(argv: list[str] | None = None) -> None:
     argparse.ArgumentParser(prog="jax-symm-bench nccl-log", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter
                             ).parse_args(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("JAX_SYMM_SINGLETON_CALLS", "1")
     import numpy as np
     import jax
     import jax.numpy as jnp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
     import jax_symm
+    if "JAX_SYMM_SINGLETON_CALLS" not in os.environ:
+        jax.config.update("jax_symm_singleton_calls", True)
 
     mesh = Mesh(np.array(jax.devices()), ("x",))
     n = mesh.size

@@ -51,14 +51,15 @@ def cases(jax_symm) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse(sys.argv[1:] if argv is None else argv)
-    # Before jax_symm reads its settings: keep the custom call for one device.
-    os.environ.setdefault("JAX_SYMM_SINGLETON_CALLS", "1")
     import numpy as np
     import jax
     import jax.numpy as jnp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
     import jax_symm
+    # Keep the custom call for a group of one device, unless the caller said no.
+    if "JAX_SYMM_SINGLETON_CALLS" not in os.environ:
+        jax.config.update("jax_symm_singleton_calls", True)
     from .timing import estimate, time_chains
 
     calls = sorted({int(c) for c in args.calls.split(",")})
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     flat = jnp.asarray(rng.standard_normal(args.elems), jnp.float32)
     shapes = {None: (args.elems,), "3d": (4, args.elems // 16, 4)}
     print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, "
-          f"JAX_SYMM_SINGLETON_CALLS={os.environ['JAX_SYMM_SINGLETON_CALLS']}, "
+          f"jax_symm_singleton_calls={jax_symm.settings.singleton_calls.value}, "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     print(f"chains of {','.join(map(str, calls))} calls, {args.repeats} repeats; "
           "us per call = slope of time vs chain length [p10, p90 by bootstrap]")

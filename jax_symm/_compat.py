@@ -16,7 +16,6 @@ import numpy as np
 
 import jax
 
-JAX_VERSION = tuple(int(p) for p in jax.__version__.split(".")[:3] if p.isdigit())
 
 # Keep in step with pyproject.toml's `jax>=0.10.1,<0.13`. 0.10.0 is out: its
 # pxla.axis_groups reads SPMDAxisContext.names, which 0.10.0 no longer has.
@@ -58,7 +57,6 @@ from jax._src.interpreters import ad, batching, mlir, pxla  # noqa: E402
 from jax._src.lax import parallel as lax_parallel  # noqa: E402
 
 Primitive = core.Primitive
-named_axis_effect = core.NamedAxisEffect
 deflinear2 = ad.deflinear2
 
 
@@ -87,7 +85,6 @@ for _set in (_effects.ordered_effects, _effects.shardable_ordered_effects,
 # is dropped from the same program on every device, so the order holds.
 from jax._src.interpreters import partial_eval as _pe  # noqa: E402
 _pe.dceable_effects.add_type(CollectiveOrder)
-abstract_token = core.abstract_token
 
 
 def collective_effects(axes: tuple) -> set:
@@ -161,7 +158,6 @@ def with_token_avals(ctx):
     return dataclasses.replace(ctx, avals_in=[core.abstract_token, *ctx.avals_in],
                                avals_out=[core.abstract_token, *ctx.avals_out])
 lower_fun = mlir.lower_fun
-ir_type_of = mlir.aval_to_ir_type
 
 
 def reshape_to(ctx, x, aval):

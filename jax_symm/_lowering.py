@@ -23,7 +23,6 @@ import math
 import warnings
 from typing import Any, Callable
 
-import numpy as np
 import jax.numpy as jnp
 
 from . import _compat, _dispatch, settings

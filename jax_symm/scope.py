@@ -21,7 +21,6 @@ import functools
 import threading
 from typing import Iterator
 
-import numpy as np
 
 from . import _checks, _compat, settings
 from ._primitives import all_gather_p, all_reduce_p, reduce_scatter_p

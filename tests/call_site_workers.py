@@ -6,25 +6,7 @@ import threading
 
 import numpy as np
 
-
-def _mesh():
-    import jax
-    from jax.sharding import Mesh
-
-    return Mesh(np.array(jax.devices()).reshape(-1), ("x",))
-
-
-def _put(data, mesh, spec):
-    import jax
-    from jax.sharding import NamedSharding
-
-    return jax.make_array_from_callback(data.shape, NamedSharding(mesh, spec),
-                                        lambda idx: data[idx])
-
-
-def _gathered(out) -> np.ndarray:
-    """This process's copy of a replicated output."""
-    return np.asarray(out.addressable_shards[0].data)
+from _mp_util import global_array as _put, local_copy as _gathered, mesh_1d as _mesh
 
 
 def same_shape_gathers(k: int, rounds: int, seed: int) -> dict:

@@ -29,54 +29,11 @@ import time
 
 import numpy as np
 
+from _mp_util import (check_gather_scatter as _check_gather_scatter, gather_scatter_fn as _gather_scatter_fn,
+                      global_array as _global_array, mesh_1d as _mesh_1d, write_json as _write_json)
+
 GROUP = "[0,1,2048,2049]"  # the 4 global devices of a 2 x 2 job, as handlers print them
 NAME_RE = re.compile(r"^/jax_symm-[0-9a-f]{32}$")
-
-
-def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)  # readers never see half a report
-
-
-def _mesh_1d():
-    import jax
-    from jax.sharding import Mesh
-
-    return Mesh(np.array(jax.devices()).reshape(-1), ("x",))
-
-
-def _global_array(data: np.ndarray, mesh, spec):
-    import jax
-    from jax.sharding import NamedSharding
-
-    return jax.make_array_from_callback(data.shape, NamedSharding(mesh, spec),
-                                        lambda idx: data[idx])
-
-
-def _gather_scatter_fn(mesh):
-    """x (4*n*k,) sharded over 'x' -> (all_gather(x) tiled, psum_scatter(x) tiled)."""
-    import jax
-    from jax.sharding import PartitionSpec as P
-
-    import jax_symm
-
-    def body(a):
-        return (jax_symm.all_gather(a, "x", tiled=True),
-                jax_symm.psum_scatter(a, "x", tiled=True))
-
-    return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=P("x"),
-                                 out_specs=(P("x"), P("x"))))
-
-
-def _check_gather_scatter(out, data: np.ndarray, n: int) -> None:
-    gathered, scattered = out
-    for s in gathered.addressable_shards:  # every device holds the whole array
-        np.testing.assert_array_equal(np.asarray(s.data), data)
-    total = data.reshape(n, -1).sum(0)
-    for s in scattered.addressable_shards:
-        np.testing.assert_array_equal(np.asarray(s.data), total[s.index])
 
 
 def _windows() -> list[tuple[str, int]]:

@@ -19,6 +19,8 @@ import time
 
 import numpy as np
 
+from _mp_util import global_array as _global_array
+
 DTYPES = ("float32", "bfloat16", "int32")
 
 
@@ -32,14 +34,6 @@ def _random(rs: np.random.RandomState, shape, dtype_name: str) -> np.ndarray:
     if dtype_name == "int32":
         return rs.randint(-100, 101, size=shape).astype(np.int32)
     return rs.standard_normal(shape).astype(np.float32).astype(_np_dtype(dtype_name))
-
-
-def _global_array(data: np.ndarray, mesh, spec):
-    import jax
-    from jax.sharding import NamedSharding
-
-    return jax.make_array_from_callback(data.shape, NamedSharding(mesh, spec),
-                                        lambda idx: data[idx])
 
 
 def _run(fn, mesh, in_spec, out_spec, x):

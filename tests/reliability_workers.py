@@ -13,7 +13,6 @@ gives them, then leave with os._exit.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -21,51 +20,9 @@ import time
 
 import numpy as np
 
-
-def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)  # readers never see half a report
-
-
-def _mesh_1d():
-    import jax
-    from jax.sharding import Mesh
-
-    return Mesh(np.array(jax.devices()).reshape(-1), ("x",))
-
-
-def _global_array(data: np.ndarray, mesh, spec):
-    import jax
-    from jax.sharding import NamedSharding
-
-    return jax.make_array_from_callback(data.shape, NamedSharding(mesh, spec),
-                                        lambda idx: data[idx])
-
-
-def _gather_scatter_fn(mesh):
-    """x (4*n*k,) sharded over 'x' -> (all_gather(x) tiled, psum_scatter(x) tiled)."""
-    import jax
-    from jax.sharding import PartitionSpec as P
-
-    import jax_symm
-
-    def body(a):
-        return (jax_symm.all_gather(a, "x", tiled=True),
-                jax_symm.psum_scatter(a, "x", tiled=True))
-
-    return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=P("x"),
-                                 out_specs=(P("x"), P("x"))))
-
-
-def _check_gather_scatter(out, data: np.ndarray, n: int) -> None:
-    gathered, scattered = out
-    for s in gathered.addressable_shards:  # every device holds the whole array
-        np.testing.assert_array_equal(np.asarray(s.data), data)
-    total = data.reshape(n, -1).sum(0)
-    for s in scattered.addressable_shards:
-        np.testing.assert_array_equal(np.asarray(s.data), total[s.index])
+from _mp_util import (check_gather_scatter as _check_gather_scatter, gather_scatter_fn as _gather_scatter_fn,
+                      global_array as _global_array, mesh_1d as _mesh_1d, rss_bytes as _rss_bytes,
+                      write_json as _write_json)
 
 
 def _my_shm_segments() -> list[str]:
@@ -204,11 +161,6 @@ def absent_peer(flag_dir: str) -> dict:
 
 
 # ---------------------------------------------------------------- case 4: long run
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def long_run(n_calls: int, warmup: int, sizes: tuple, check_every: int) -> dict:

@@ -88,6 +88,25 @@ def test_reduce_scatter_parity(dtype, mesh, rng):
 
 
 def test_large_message_grows_the_arena(mesh, rng):
+    # Above the size crossover jax_symm would hand the call to XLA: force the
+    # window path so that the arena has to grow.
+    with jax_symm.settings.crossover_bytes(1 << 62):
+        _grows_the_arena(mesh, rng)
+
+
+def test_large_message_above_the_crossover_uses_xla(mesh, rng):
+    x = random_array(rng, (mesh.size * (9 << 20) // 4,), np.float32)  # 9 MiB per rank
+    f = jax.jit(jax.shard_map(lambda a: jax_symm.all_gather(a, "x", tiled=True), mesh=mesh,
+                              in_specs=P("x"), out_specs=P("x")))
+    with jax_symm.settings.crossover_bytes(8 << 20):
+        text = f.lower(x).as_text()
+    assert "jax_symm_nccl" not in text
+    with jax_symm.settings.crossover_bytes(16 << 20):
+        text = f.lower(x).as_text()
+    assert "custom_call @jax_symm_nccl_all_gather" in text
+
+
+def _grows_the_arena(mesh, rng):
     before = max(max(c["arena_bytes"]) for c in jax_symm.info()["nccl"]["communicators"]) \
         if jax_symm.info()["nccl"]["communicators"] else 0
     n = mesh.size

@@ -13,6 +13,7 @@ import pytest
 from jax_symm.testing import MultiProcessError, free_port, run_multiprocess
 
 import mp_workers
+from _mp_util import alive as _alive
 
 SEED = int(np.random.SeedSequence().entropy % 2**31)  # fresh data every run
 
@@ -75,18 +76,6 @@ def test_worker_exception_is_reported():
     assert not info.value.timed_out
     for pid in info.value.pids:
         assert not _alive(pid)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a killed grandchild may linger as a zombie until init reaps it
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.timeout(60)

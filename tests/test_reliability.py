@@ -30,32 +30,12 @@ import jax_symm
 from jax_symm.testing import MultiProcessError, run_multiprocess
 
 import reliability_workers as rw
+from _mp_util import alive as _alive, rss_bytes as _rss_bytes, shm_names as _shm
 from _util import cpu_mesh, random_array
 
 LONG_RUN = os.environ.get("JAX_SYMM_LONG_RUN", "0") not in ("", "0", "false", "False")
 N_CALLS = 10_000 if LONG_RUN else 1_000
 GROUP = "[0,1,2048,2049]"  # the 4 global devices of a 2 x 2 job, as the handlers print them
-
-
-def _shm(prefix: str = "jax_symm-") -> set[str]:
-    return {f for f in os.listdir("/dev/shm") if f.startswith(prefix)}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is not alive
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 # -------------------------------------------------------- 1. a peer killed mid-run

@@ -21,17 +21,7 @@ import jax_symm
 from jax_symm.testing import run_multiprocess
 
 import call_site_workers as csw
-from _util import cpu_mesh, random_array, shard
-
-
-@pytest.fixture
-def rng():
-    return np.random.default_rng()
-
-
-@pytest.fixture
-def mesh():
-    return cpu_mesh((8,), ("x",))
+from _util import random_array, shard
 
 
 @pytest.fixture(autouse=True)

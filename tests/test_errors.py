@@ -8,12 +8,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 import jax_symm
-from _util import cpu_mesh, shard
-
-
-@pytest.fixture
-def mesh():
-    return cpu_mesh((8,), ("x",))
+from _util import shard
 
 
 def trace(fn, x, mesh, spec=P("x")):

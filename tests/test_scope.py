@@ -13,11 +13,6 @@ import jax_symm
 from _util import assert_same, cpu_mesh, random_array, shard
 
 
-@pytest.fixture
-def mesh():
-    return cpu_mesh((8,), ("x",))
-
-
 def model(a):
     g = jax.lax.all_gather(a, "x", tiled=True)
     s = jax.lax.psum(jnp.sum(g ** 2), "x")

@@ -21,16 +21,6 @@ OPS = {
 }
 
 
-@pytest.fixture
-def rng():
-    return np.random.default_rng()
-
-
-@pytest.fixture
-def mesh():
-    return cpu_mesh((8,), ("x",))
-
-
 @pytest.mark.parametrize("op", OPS)
 def test_grad(op, rng, mesh):
     ours, ref = OPS[op]

@@ -52,13 +52,24 @@ def setup() -> None:
         publish_local_devices("cpu")
         ext.host_reap_stale()  # segments of earlier jobs that died
         multi = _compat.process_count() > 1
-        _secret = bytes.fromhex(_bootstrap.agree_on("host_secret", lambda: secrets.token_hex(32)))
+        _secret = _job_secret(_bootstrap.agree_on("host_secret", lambda: secrets.token_hex(32)))
         ext.set_host_config(settings.timeout_s(), 0.05, settings.bootstrap_timeout_s(),
                             not multi, settings.spins())
         if multi:
             _allow_many_files()
         atexit.register(ext.host_unlink_all)
         _ready = True
+
+
+def _job_secret(text: str) -> bytes:
+    """The key of the job's window names, checked: the key-value store is
+    not ours alone, and a short or malformed value must not become a key."""
+    if not isinstance(text, str) or len(text) != 64 or text.strip("0123456789abcdef"):
+        raise RuntimeError(
+            "jax_symm: the job's window-name secret in the jax.distributed key-value store "
+            f"(key 'jax_symm/host_secret') is malformed: {str(text)[:80]!r}; it was not set by "
+            "jax_symm's process 0 (is another program using this coordinator?)")
+    return bytes.fromhex(text)
 
 
 def _allow_many_files() -> None:

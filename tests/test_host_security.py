@@ -1026,3 +1026,14 @@ def test_failed_claim_after_creation_leaves_nothing_behind(tmp_path):
             assert not rep["exists"], f"{name} left in /dev/shm after: {rep['error']}"
     finally:
         _remove(SHM + name)
+
+
+def test_malformed_secret_from_the_key_value_store_is_refused():
+    """The window-name secret comes through the jax.distributed key-value
+    store, which other programs can reach: only 32 random bytes in hex pass."""
+    from jax_symm import _host
+
+    assert len(_host._job_secret("ab" * 32)) == 32
+    for bad in ["", "ab" * 31, "zz" * 32, "AB" * 32, "ab" * 33, None]:
+        with pytest.raises(RuntimeError, match="malformed"):
+            _host._job_secret(bad)

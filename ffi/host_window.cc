@@ -319,15 +319,21 @@ Error HostWindow::Barrier(int64_t rank, uint64_t epoch) {
                       FailureReason() + " The group is out of step; restart the job.");
     }
     if (peer_gone || waited > timeout_s_) {
+      // The failed program's order token carries this error to every later
+      // jax_symm program of the process, so the text says so itself.
       const std::string why =
-          peer_gone
-              ? "a peer process is gone: on " + where + ", waited " + Seconds(waited) +
-                    " for " + missing + "."
-              : "timed out after " + Seconds(waited) + " on " + where + " waiting for " +
-                    missing + ". Peers that are alive but elsewhere may be running jax_symm "
-                    "programs in a different order (every process must run them in the "
-                    "same order, e.g. not from several threads at once); raise "
-                    "JAX_SYMM_TIMEOUT_S if they are merely slow.";
+          (peer_gone
+               ? "a peer process is gone: on " + where + ", waited " + Seconds(waited) +
+                     " for " + missing + "."
+               : "timed out after " + Seconds(waited) + " on " + where + " waiting for " +
+                     missing + ". Peers that are alive may be waiting at another jax_symm "
+                     "call: processes running programs in a different order (every process "
+                     "must run them in the same order, e.g. not from several threads at "
+                     "once), or devices of the group that took different branches of a "
+                     "lax.cond / lax.switch with collectives inside; raise "
+                     "JAX_SYMM_TIMEOUT_S if they are merely slow.") +
+          " Every later jax_symm program in this process fails with this same error; "
+          "restart the job.";
       RecordFailure(why);
       return DeadlineExceeded(why);
     }

@@ -134,3 +134,37 @@ def test_multiprocess_large_all_reduce_shares():
                            env={"JAX_SYMM_TIMEOUT_S": "20"})
     for p in out:
         assert p["bad"] == [], out
+
+
+_DIVERGENT_COND = """
+import numpy as np, jax, jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
+import jax_symm
+mesh = Mesh(np.array(jax.devices()), ("x",))
+f = jax.jit(jax.shard_map(
+    lambda v: jax.lax.cond(jax.lax.axis_index("x") < 4, lambda u: jax_symm.psum(u, "x"),
+                           lambda u: jax_symm.psum(2 * u, "x"), v),
+    mesh=mesh, in_specs=P("x"), out_specs=P("x"), check_vma=False))
+try:
+    f(np.arange(16.0)).block_until_ready()
+    print("RETURNED")
+except Exception as e:
+    print("RAISED", e)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_collectives_in_divergent_branches_fail_with_the_cause(tmp_path):
+    """Devices that take different branches of a cond meet different call
+    sites: they must fail after the timeout, saying why, never hang or pair
+    unrelated calls (README limits)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, JAX_SYMM_TIMEOUT_S="2", JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    out = subprocess.run([sys.executable, "-c", _DIVERGENT_COND], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=100)
+    assert "RAISED" in out.stdout, (out.stdout[-2000:], out.stderr[-2000:])
+    assert "different branches" in out.stdout and "timed out" in out.stdout, out.stdout

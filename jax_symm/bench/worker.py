@@ -188,6 +188,10 @@ class Sweep:
                 ok, msg = self.host_check(y, x, op, dtype)
             else:
                 ok, msg = None, "lax is the reference; too large for the numpy check"
+        elif y.size * y.dtype.itemsize + x.size * x.dtype.itemsize <= cfg["host_check_bytes"]:
+            # Small enough: every method against numpy, so that a wrong lax
+            # result cannot make a right one look wrong (or the reverse).
+            ok, msg = self.host_check(y, x, op, dtype)
         else:
             if "lax" not in ref_box:
                 f_ref = chain_fn(op.lax, op.feedback, 1, self.mesh, AXIS, world)

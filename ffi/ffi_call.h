@@ -16,8 +16,7 @@ namespace jax_symm {
 struct CallAttrs {
   Int64Span groups;     // replica groups as global device ids, flattened
   int64_t group_size;   // ranks per group
-  int64_t outer;        // layout: rows of ...
-  int64_t inner_bytes;  // ... contiguous bytes per rank (see CallLayout)
+  int64_t chunk_bytes;  // bytes per rank and chunk (see CallLayout)
 };
 
 struct CallSite {
@@ -26,7 +25,7 @@ struct CallSite {
 };
 
 // Finds this device's group and rank and checks the buffers against the
-// layout: each kind reads and writes whole [outer][inner] chunks, one chunk or
+// layout: each kind reads and writes whole chunks, one chunk or
 // one per rank (CallLayout), so a mismatch between lowering and the buffers
 // is an error rather than an overrun. How much window or arena memory a call
 // needs is not computed here: lowering sized it, and the transports compare
@@ -40,8 +39,7 @@ inline ErrorOr<CallSite> ResolveCall(Platform platform, int32_t ordinal, Collect
   if (group.has_error()) return group.error();
   CallSite site;
   site.group = std::move(*group);
-  site.layout.outer = attrs.outer;
-  site.layout.inner_bytes = attrs.inner_bytes;
+  site.layout.chunk = attrs.chunk_bytes;
   site.layout.world = attrs.group_size;
   site.layout.rank = site.group.rank;
   // all-gather grows its data world-fold, reduce-scatter shrinks it, and

@@ -68,18 +68,16 @@ inline ErrorOr<CollectiveKind> CollectiveKindByName(const std::string& name) {
 
 // One call site's view of the data, independent of transport.
 //
-// Every collective here moves `world` chunks of `inner_bytes` contiguous bytes
-// for each of `outer` rows: all-gather reads [outer][inner] and writes
-// [outer][world][inner]; reduce-scatter reads [outer][world][inner] and writes
-// [outer][inner]; all-reduce reads and writes [outer][inner]. Lowering
-// computes outer/inner from the gather/scatter dimension so the handlers
-// never look at shapes.
+// Every collective here moves `world` contiguous chunks of `chunk` bytes along
+// the leading axis (lowering moves any other gathered or scattered dimension
+// to the front in JAX): all-gather reads one chunk and writes [world][chunk];
+// reduce-scatter reads [world][chunk] and writes one chunk; all-reduce reads
+// and writes one chunk. The handlers never look at shapes.
 struct CallLayout {
-  int64_t outer = 1;
-  int64_t inner_bytes = 0;
+  int64_t chunk = 0;
   int64_t world = 1;
   int64_t rank = 0;
-  size_t chunk_bytes() const { return static_cast<size_t>(outer * inner_bytes); }
+  size_t chunk_bytes() const { return static_cast<size_t>(chunk); }
 };
 
 // The group this device belongs to, decoded from the flattened replica groups

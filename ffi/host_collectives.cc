@@ -12,9 +12,8 @@ namespace jax_symm {
 struct HostCallAttrs {
   CallAttrs call;
   int64_t site;  // the call site, numbered at lowering; names the window
-  HostCallAttrs(Int64Span groups, int64_t group_size, int64_t site, int64_t outer,
-                int64_t inner_bytes)
-      : call{groups, group_size, outer, inner_bytes}, site(site) {}
+  HostCallAttrs(Int64Span groups, int64_t group_size, int64_t site, int64_t chunk_bytes)
+      : call{groups, group_size, chunk_bytes}, site(site) {}
 };
 
 }  // namespace jax_symm
@@ -25,8 +24,7 @@ XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(
     ::xla::ffi::StructMember<::jax_symm::Int64Span>("groups"),
     ::xla::ffi::StructMember<int64_t>("group_size"),
     ::xla::ffi::StructMember<int64_t>("site"),
-    ::xla::ffi::StructMember<int64_t>("outer"),
-    ::xla::ffi::StructMember<int64_t>("inner_bytes"));
+    ::xla::ffi::StructMember<int64_t>("chunk_bytes"));
 
 namespace jax_symm {
 namespace {

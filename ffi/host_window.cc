@@ -400,35 +400,24 @@ Error HostWindow::Exchange(int64_t rank, int64_t run_id, const void* in, size_t 
 
 Error HostWindow::AllGather(const CallLayout& layout, int64_t run_id, const void* in,
                             void* out) {
-  const size_t inner = static_cast<size_t>(layout.inner_bytes);
-  return Exchange(layout.rank, run_id, in, layout.chunk_bytes(),
-                  [&](const std::vector<const char*>& src) {
-                    char* dst = static_cast<char*>(out);
-                    for (int64_t o = 0; o < layout.outer; ++o) {
-                      for (int64_t q = 0; q < layout.world; ++q) {
-                        std::memcpy(dst, src[q] + o * inner, inner);
-                        dst += inner;
-                      }
-                    }
-                    return Error::Success();
-                  });
+  const size_t chunk = layout.chunk_bytes();
+  return Exchange(layout.rank, run_id, in, chunk, [&](const std::vector<const char*>& src) {
+    for (int64_t q = 0; q < layout.world; ++q) {
+      std::memcpy(static_cast<char*>(out) + q * chunk, src[q], chunk);
+    }
+    return Error::Success();
+  });
 }
 
 Error HostWindow::ReduceScatter(const CallLayout& layout, int64_t run_id,
                                 ffi::DataType dtype, const void* in, void* out) {
-  const size_t inner = static_cast<size_t>(layout.inner_bytes);
-  const size_t count = inner / ffi::ByteWidth(dtype);
-  return Exchange(layout.rank, run_id, in, layout.chunk_bytes() * layout.world,
+  const size_t chunk = layout.chunk_bytes();
+  // Rank r keeps chunk r of the sum: it reads chunk r of every rank's input.
+  return Exchange(layout.rank, run_id, in, chunk * layout.world,
                   [&](const std::vector<const char*>& src) {
                     std::vector<const char*> rows(layout.world);
-                    for (int64_t o = 0; o < layout.outer; ++o) {
-                      for (int64_t q = 0; q < layout.world; ++q) {
-                        rows[q] = src[q] + (o * layout.world + layout.rank) * inner;
-                      }
-                      JAX_SYMM_RETURN_IF_ERROR(host_reduce::Sum(
-                          dtype, static_cast<char*>(out) + o * inner, rows, count));
-                    }
-                    return Error::Success();
+                    for (int64_t q = 0; q < layout.world; ++q) rows[q] = src[q] + layout.rank * chunk;
+                    return host_reduce::Sum(dtype, out, rows, chunk / ffi::ByteWidth(dtype));
                   });
 }
 

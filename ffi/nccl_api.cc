@@ -72,7 +72,6 @@ ErrorOr<const NcclApi*> LoadNcclApi(const std::string& nccl_hint) {
             Resolve(cuda, "cuCtxSynchronize", &api->cuCtxSynchronize) &&
             Resolve(cuda, "cuGetErrorString", &api->cuGetErrorString) &&
             Resolve(cuda, "cuMemcpyDtoDAsync_v2", &api->cuMemcpyDtoDAsync) &&
-            Resolve(cuda, "cuMemcpy2DAsync_v2", &api->cuMemcpy2DAsync) &&
             Resolve(cuda, "cuStreamCreate", &api->cuStreamCreate) &&
             Resolve(cuda, "cuStreamDestroy_v2", &api->cuStreamDestroy) &&
             Resolve(cuda, "cuStreamSynchronize", &api->cuStreamSynchronize) &&

@@ -21,9 +21,9 @@ namespace jax_symm {
 struct NcclCallAttrs {
   CallAttrs call;
   Int64Span arena_bytes;  // per group: the size of the arena lowering prepared
-  NcclCallAttrs(Int64Span groups, int64_t group_size, int64_t outer, int64_t inner_bytes,
+  NcclCallAttrs(Int64Span groups, int64_t group_size, int64_t chunk_bytes,
                 Int64Span arena_bytes)
-      : call{groups, group_size, outer, inner_bytes}, arena_bytes(arena_bytes) {}
+      : call{groups, group_size, chunk_bytes}, arena_bytes(arena_bytes) {}
 };
 
 }  // namespace jax_symm
@@ -33,8 +33,7 @@ XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(
     ::jax_symm::NcclCallAttrs,
     ::xla::ffi::StructMember<::jax_symm::Int64Span>("groups"),
     ::xla::ffi::StructMember<int64_t>("group_size"),
-    ::xla::ffi::StructMember<int64_t>("outer"),
-    ::xla::ffi::StructMember<int64_t>("inner_bytes"),
+    ::xla::ffi::StructMember<int64_t>("chunk_bytes"),
     ::xla::ffi::StructMember<::jax_symm::Int64Span>("arena_bytes"));
 
 namespace jax_symm {
@@ -45,23 +44,6 @@ Error Copy(const NcclApi& api, void* dst, const void* src, size_t bytes, CUstrea
   return CudaCheck(api.cuMemcpyDtoDAsync(reinterpret_cast<CUdeviceptr>(dst),
                                          reinterpret_cast<CUdeviceptr>(src), bytes, s),
                    "cuMemcpyDtoDAsync");
-}
-
-// Copies `height` rows of `width` bytes between pitched device layouts.
-Error Copy2D(const NcclApi& api, void* dst, size_t dst_pitch, const void* src,
-             size_t src_pitch, size_t width, size_t height, CUstream s) {
-  if (height == 1) return Copy(api, dst, src, width, s);
-  CudaMemcpy2D c;
-  std::memset(&c, 0, sizeof(c));
-  c.srcMemoryType = kCuMemoryTypeDevice;
-  c.srcDevice = reinterpret_cast<CUdeviceptr>(src);
-  c.srcPitch = src_pitch;
-  c.dstMemoryType = kCuMemoryTypeDevice;
-  c.dstDevice = reinterpret_cast<CUdeviceptr>(dst);
-  c.dstPitch = dst_pitch;
-  c.WidthInBytes = width;
-  c.Height = height;
-  return CudaCheck(api.cuMemcpy2DAsync(&c, s), "cuMemcpy2DAsync");
 }
 
 // NCCL's type and element count for a sum over `bytes` of `dtype`.
@@ -92,9 +74,8 @@ Error NcclCollective(CollectiveKind kind, CUstream stream, int32_t ordinal,
   ErrorOr<CallSite> site = ResolveCall(Platform::kCuda, ordinal, kind, attrs.call, in, out);
   if (site.has_error()) return site.error();
   const CallLayout& l = site->layout;
-  const size_t chunk = l.chunk_bytes(), inner = static_cast<size_t>(l.inner_bytes);
+  const size_t chunk = l.chunk_bytes();
   const size_t world = static_cast<size_t>(l.world), rank = static_cast<size_t>(l.rank);
-  const size_t outer = static_cast<size_t>(l.outer);
   if (chunk == 0) return Error::Success();
   if (site->group.index >= static_cast<int64_t>(attrs.arena_bytes.size())) {
     return Internal("arena_bytes attribute has no entry for this group");
@@ -130,26 +111,12 @@ Error NcclCollective(CollectiveKind kind, CUstream stream, int32_t ordinal,
       }
       JAX_SYMM_RETURN_IF_ERROR(NcclCheck(
           api.ncclAllGather(send, win, chunk, kNcclInt8, comm, stream), "ncclAllGather", comm));
-      // The window holds [world][outer][inner]; the output wants [outer][world][inner].
-      if (outer == 1) return Copy(api, dst, win, chunk * world, stream);
-      for (size_t q = 0; q < world; ++q) {
-        JAX_SYMM_RETURN_IF_ERROR(Copy2D(api, dst + q * inner, world * inner, win + q * chunk,
-                                        inner, inner, outer, stream));
-      }
-      return Error::Success();
+      return Copy(api, dst, win, chunk * world, stream);
     }
     case CollectiveKind::kReduceScatter: {
       ErrorOr<std::pair<int, size_t>> type = NcclSumType(in.element_type(), chunk);
       if (type.has_error()) return type.error();
-      // The input is [outer][world][inner]; NCCL wants [world][outer][inner].
-      if (outer == 1) {
-        JAX_SYMM_RETURN_IF_ERROR(Copy(api, win, src, chunk * world, stream));
-      } else {
-        for (size_t q = 0; q < world; ++q) {
-          JAX_SYMM_RETURN_IF_ERROR(Copy2D(api, win + q * chunk, inner, src + q * inner,
-                                          world * inner, inner, outer, stream));
-        }
-      }
+      JAX_SYMM_RETURN_IF_ERROR(Copy(api, win, src, chunk * world, stream));
       char* recv = send_anywhere ? dst : win + rank * chunk;
       JAX_SYMM_RETURN_IF_ERROR(NcclCheck(
           api.ncclReduceScatter(win, recv, type->second, type->first, kNcclSum, comm, stream),

@@ -6,8 +6,6 @@ prefix; in a single process nothing needs to travel.
 
 from __future__ import annotations
 
-import os
-import secrets
 import socket
 
 from . import _compat
@@ -75,6 +73,3 @@ def host_names() -> dict[int, str]:
         for p in range(_compat.process_count())
     }
 
-
-def new_session_id() -> str:
-    return f"{os.getpid():x}{secrets.token_hex(4)}"

@@ -111,17 +111,17 @@ def _digest(text: str, size: int) -> bytes:
     return hashlib.blake2b(text.encode(), key=_secret, digest_size=size).digest()
 
 
-def lower(kind: str, ctx, x, *, groups: np.ndarray, outer: int, inner_bytes: int):
+def lower(kind: str, ctx, x, *, groups: np.ndarray, chunk_bytes: int):
     """Prepares this call site's windows and emits the custom call."""
     setup()
     with _lock:
         site = next(_sites)
     world = groups.shape[1]
-    slot = slot_bytes(kind, outer * inner_bytes, world)
+    slot = slot_bytes(kind, chunk_bytes, world)
     # What the call is, as every process's lowering sees it: a process that
     # lowered a different program at this call site is refused, not paired.
-    what = "|".join(map(str, (kind, ctx.avals_in[0], ctx.avals_out[0], outer, inner_bytes,
-                              slot, ctx.name_stack)))
+    what = "|".join(map(str, (kind, ctx.avals_in[0], ctx.avals_out[0], chunk_bytes, slot,
+                              ctx.name_stack)))
     me = jax.process_index()
     owner = {d.id: d.process_index for d in jax.devices()}
     for row in groups:
@@ -139,8 +139,7 @@ def lower(kind: str, ctx, x, *, groups: np.ndarray, outer: int, inner_bytes: int
         groups=np.ascontiguousarray(groups.reshape(-1), dtype=np.int64),
         group_size=np.int64(world),
         site=np.int64(site),
-        outer=np.int64(outer),
-        inner_bytes=np.int64(inner_bytes),
+        chunk_bytes=np.int64(chunk_bytes),
     )
     _compat.set_order_token(ctx, token)
     return [y]

@@ -141,8 +141,8 @@ def register(prim, spec: Collective) -> None:
             if relayout is not None:
                 return _compat.lower_fun(relayout, multiple_results=False)(ctx, x)
             transport = _transport(platform)
-            return transport.lower(spec.kind, ctx, x, groups=groups, outer=1,
-                                   inner_bytes=_message_bytes(spec, ctx))
+            return transport.lower(spec.kind, ctx, x, groups=groups,
+                                   chunk_bytes=_message_bytes(spec, ctx))
         return rule
 
     _compat.register_lowering(prim, xla_rule(None))

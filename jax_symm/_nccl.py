@@ -167,7 +167,7 @@ def arena_bytes_needed(kind: str, chunk_bytes: int, world: int) -> int:
     return chunk_bytes * (1 if kind == "all_reduce" else world)
 
 
-def lower(kind: str, ctx, x, *, groups: np.ndarray, outer: int, inner_bytes: int) -> list:
+def lower(kind: str, ctx, x, *, groups: np.ndarray, chunk_bytes: int) -> list:
     """Creates communicators and grows arenas for `groups` (a (num_groups,
     group_size) int64 array of global device ids), then emits the custom call.
 
@@ -177,14 +177,13 @@ def lower(kind: str, ctx, x, *, groups: np.ndarray, outer: int, inner_bytes: int
     warn_if_concurrent_command_buffers()
     ensure_groups(groups)
     world = int(groups.shape[1])
-    arenas = ensure_arenas(groups, arena_bytes_needed(kind, outer * inner_bytes, world))
+    arenas = ensure_arenas(groups, arena_bytes_needed(kind, chunk_bytes, world))
     rule = jax.ffi.ffi_lowering(NCCL_TARGETS[kind])
     _compat.pass_order_token(ctx)  # one stream per device keeps program order
     return list(rule(
         ctx, x,
         groups=np.ascontiguousarray(groups.reshape(-1), dtype=np.int64),
         group_size=np.int64(world),
-        outer=np.int64(outer),
-        inner_bytes=np.int64(inner_bytes),
+        chunk_bytes=np.int64(chunk_bytes),
         arena_bytes=arenas,
     ))

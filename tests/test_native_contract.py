@@ -48,8 +48,8 @@ _prim.def_abstract_eval(
 
 def _lower_through_nccl_slice(ctx, x, *, world):
     groups = np.arange(world, dtype=np.int64).reshape(1, world)
-    return _nccl.lower("all_gather", ctx, x, groups=groups, outer=1,
-                       inner_bytes=ctx.avals_in[0].shape[0] * 4)
+    return _nccl.lower("all_gather", ctx, x, groups=groups,
+                       chunk_bytes=ctx.avals_in[0].shape[0] * 4)
 
 
 mlir.register_lowering(_prim, _lower_through_nccl_slice, platform="cpu")
@@ -86,7 +86,7 @@ rule = jax.ffi.ffi_lowering("probe_" + name)
 
 def extra_attr(ctx, x, *, world):
     return rule(ctx, x, groups=np.arange(world, dtype=np.int64), group_size=np.int64(world),
-                outer=np.int64(1), inner_bytes=np.int64(16),
+                chunk_bytes=np.int64(16),
                 arena_bytes=np.zeros(1, np.int64), site=np.int64(1))
 
 probe = core.Primitive("jax_symm_test_nccl_probe")

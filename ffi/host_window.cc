@@ -455,26 +455,24 @@ Error HostWindow::PartitionedAllReduce(int64_t rank, int64_t run_id, ffi::DataTy
   char* dst = static_cast<char*>(out);
 
   if (direct_) {
-    // Three meetings: inputs and outputs published; every share summed into
-    // its owner's output; every share copied (then inputs may be released).
+    // Two meetings: inputs and outputs published; every share summed straight
+    // into every rank's output (then inputs and outputs may be released).
     me.input.store(reinterpret_cast<uint64_t>(in), std::memory_order_relaxed);
     me.output.store(reinterpret_cast<uint64_t>(out), std::memory_order_relaxed);
     me.run_id.store(run_id, std::memory_order_relaxed);
     JAX_SYMM_RETURN_IF_ERROR(Barrier(rank, epoch));
-    Error summed = !PublishedInputs(run_id, lo * elem, sources) ? DifferentExecutions()
-                   : n ? host_reduce::Sum(dtype, dst + lo * elem, sources, n)
-                       : Error::Success();
-    JAX_SYMM_RETURN_IF_ERROR(Barrier(rank, epoch + 1));
-    if (summed.success()) {
+    Error summed = Error::Success();
+    if (!PublishedInputs(run_id, lo * elem, sources)) {
+      summed = DifferentExecutions();
+    } else if (n) {
+      std::vector<char*> outputs(world);
       for (size_t q = 0; q < world; ++q) {
-        if (q == static_cast<size_t>(rank)) continue;
-        const char* theirs = reinterpret_cast<const char*>(
-            header_->ranks[q].output.load(std::memory_order_relaxed));
-        const size_t at = share(q), len = share(q + 1) - at;
-        if (len) std::memcpy(dst + at * elem, theirs + at * elem, len * elem);
+        outputs[q] = reinterpret_cast<char*>(
+                         header_->ranks[q].output.load(std::memory_order_relaxed)) + lo * elem;
       }
+      summed = host_reduce::Sum(dtype, outputs, sources, n);
     }
-    Error left = Barrier(rank, epoch + 2);
+    Error left = Barrier(rank, epoch + 1);
     return summed.failure() ? summed : left;
   }
   // Across processes: inputs go through the slots; each rank writes its sum

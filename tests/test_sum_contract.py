@@ -93,3 +93,46 @@ def test_large_all_reduce_split_into_shares_matches_lax(mesh, count, dtype):
     got = _run(mesh, lambda a: jax_symm.psum(a, "x"), x)
     want = _run(mesh, lambda a: jax.lax.psum(a, "x"), x)
     assert_same(got, want, dtype, world=N)
+
+
+_MORE_RANKS_THAN_ONE_PASS = r'''
+import numpy as np, jax, jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import jax_symm
+W = 12  # sums take up to 8 sources per pass: 12 ranks need a second pass
+mesh = Mesh(np.array(jax.devices()[:W]), ("x",))
+rng = np.random.default_rng()
+def run(fn, x):
+    f = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=P("x"), out_specs=P("x")))
+    return np.asarray(f(jax.device_put(x, NamedSharding(mesh, P("x")))))
+for dtype in (np.float32, jnp.bfloat16, np.int32):
+    for per_rank in (W * 8, W * 1024):  # below and above the split all-reduce
+        if np.dtype(dtype) == np.int32:
+            rows = rng.integers(-1000, 1000, (W, per_rank)).astype(dtype)
+        else:
+            rows = (rng.standard_normal((W, per_rank)) * 10).astype(np.float32).astype(dtype)
+        acc = np.zeros(per_rank, np.int32 if np.dtype(dtype) == np.int32 else np.float32)
+        for r in range(W):  # rank order, in float32 (or int32), rounded once
+            acc = acc + rows[r].astype(acc.dtype)
+        want = acc.astype(dtype)
+        got = run(lambda a: jax_symm.psum(a, "x"), rows.reshape(-1)).reshape(W, -1)
+        for r in range(W):
+            assert np.array_equal(got[r].view(np.uint8), want.view(np.uint8)), (dtype, per_rank, r)
+        got = run(lambda a: jax_symm.psum_scatter(a, "x", tiled=True), rows.reshape(-1))
+        assert np.array_equal(got.view(np.uint8), want.view(np.uint8)), (dtype, per_rank)
+print("ok")
+'''
+
+
+def test_more_ranks_than_one_summing_pass_takes(tmp_path):
+    """Host sums add up to eight ranks per pass over a block (host_reduce.cc);
+    a group of 12 needs a second pass, still in rank order, bit for bit."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=12",
+               JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", _MORE_RANKS_THAN_ONE_PASS], env=env,
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]

@@ -422,9 +422,11 @@ Error HostWindow::ReduceScatter(const CallLayout& layout, int64_t run_id,
 }
 
 // From this size on, an all-reduce is split: each rank sums only its 1/world
-// share of the elements, then copies the others' shares. That reads each
-// input once in all instead of once per rank -- world times less summing,
-// which is what matters with more ranks than cores -- for one more barrier.
+// share of the elements. In one process it writes that share straight into
+// every rank's output; across processes it leaves it in its slot and everyone
+// copies the shares out after one more barrier. That reads each input once in
+// all instead of once per rank -- world times less summing, which is what
+// matters with more ranks than cores.
 constexpr size_t kPartitionedSumBytes = 8 << 10;
 
 Error HostWindow::AllReduce(const CallLayout& layout, int64_t run_id, ffi::DataType dtype,

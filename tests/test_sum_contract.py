@@ -84,9 +84,9 @@ def test_sum_of_negative_zeros_is_positive_zero_as_in_lax(mesh, dtype):
 @pytest.mark.parametrize("count", [2047, 2048, 3001, 65537])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.int32, jnp.complex64])
 def test_large_all_reduce_split_into_shares_matches_lax(mesh, count, dtype):
-    """From 8 KiB a rank sums only its share of the elements and copies the
-    others' (ffi/host_window.cc, PartitionedAllReduce): odd sizes, shares that
-    end mid-way, and a last rank with little or nothing to sum."""
+    """From 8 KiB a rank sums only its share of the elements, written into
+    every rank's output (ffi/host_window.cc, PartitionedAllReduce): odd sizes,
+    shares that end mid-way, and a last rank with little or nothing to sum."""
     from _util import assert_same, random_array
 
     x = random_array(np.random.default_rng(), (N * count,), dtype)

@@ -30,6 +30,20 @@ void Raise(const jax_symm::Error& err) {
   if (err.failure()) throw std::runtime_error(err.message());
 }
 
+// The Python callable the NCCL watchdog tells of each aborted communicator.
+// Never freed: the watchdog thread may hold a reference during exit.
+nb::object* abort_callback = new nb::object();
+
+void NotifyPython(const std::string& message) {
+  nb::gil_scoped_acquire gil;
+  if (!abort_callback->is_valid() || abort_callback->is_none()) return;
+  try {
+    (*abort_callback)(message);
+  } catch (nb::python_error& e) {
+    e.discard_as_unraisable("jax_symm NCCL abort callback");
+  }
+}
+
 template <typename T>
 T Value(jax_symm::ErrorOr<T> v) {
   if (v.has_error()) throw std::runtime_error(v.error().message());
@@ -128,6 +142,9 @@ NB_MODULE(_jax_symm, m) {
         d["version"] = api->nccl_version;
         d["path"] = api->nccl_path;
         d["symmetric_windows"] = api->symmetric_windows();
+        d["gather_sends_in_place"] = api->gather_sends_in_place();
+        d["pdl_fixed_version"] = jax_symm::NcclApi::kPdlFixedVersion;
+        d["revoke"] = api->ncclCommRevoke != nullptr;
         return d;
       },
       nb::arg("nccl_hint"),
@@ -167,10 +184,24 @@ NB_MODULE(_jax_symm, m) {
       d["members"] = g.members;
       d["local_devices"] = g.local_global_ids;
       d["arena_bytes"] = g.arena_bytes;
+      d["symmetric_windows"] = g.symmetric_windows;
       out.append(d);
     }
     return out;
   });
+
+  m.def(
+      "nccl_set_abort_callback",
+      [](nb::object fn) {
+        *abort_callback = fn;
+        jax_symm::NcclSetAbortNotifier(fn.is_none() ? nullptr : &NotifyPython);
+      },
+      nb::arg("fn").none(),
+      "fn(message) is called on the NCCL watchdog's thread for each communicator it "
+      "aborts; None stops it.");
+
+  m.def("nccl_aborted", []() { return jax_symm::NcclAborted(); },
+        "Why the watchdog aborted communicators of this process (one message each).");
 
   m.def(
       "nccl_shutdown",

@@ -89,6 +89,7 @@ ErrorOr<const NcclApi*> LoadNcclApi(const std::string& nccl_hint) {
        Resolve(nccl, "ncclCommInitRank", &api->ncclCommInitRank) &&
        Resolve(nccl, "ncclCommDestroy", &api->ncclCommDestroy) &&
        Resolve(nccl, "ncclCommAbort", &api->ncclCommAbort) &&
+       Resolve(nccl, "ncclCommGetAsyncError", &api->ncclCommGetAsyncError) &&
        Resolve(nccl, "ncclGroupStart", &api->ncclGroupStart) &&
        Resolve(nccl, "ncclGroupEnd", &api->ncclGroupEnd) &&
        Resolve(nccl, "ncclGetErrorString", &api->ncclGetErrorString) &&
@@ -105,6 +106,7 @@ ErrorOr<const NcclApi*> LoadNcclApi(const std::string& nccl_hint) {
   Resolve(nccl, "ncclMemFree", &api->ncclMemFree);
   Resolve(nccl, "ncclCommWindowRegister", &api->ncclCommWindowRegister);
   Resolve(nccl, "ncclCommWindowDeregister", &api->ncclCommWindowDeregister);
+  Resolve(nccl, "ncclCommRevoke", &api->ncclCommRevoke);
   api->nccl_path = LibraryPath(nccl, reinterpret_cast<void*>(api->ncclGetVersion));
   // Published only once both checks pass, so a failed load fails again next
   // time instead of handing out a half-initialised API.

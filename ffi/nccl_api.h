@@ -41,6 +41,9 @@ enum NcclDataType : int {
   kNcclBfloat16 = 9,
 };
 constexpr int kNcclSum = 0;                  // ncclSum
+// ncclResult_t values the watchdog tells apart.
+constexpr ncclResult_t kNcclSuccess = 0;
+constexpr ncclResult_t kNcclInProgress = 7;
 constexpr int kNcclWinCollSymmetric = 0x01;  // NCCL_WIN_COLL_SYMMETRIC
 
 struct NcclApi {
@@ -66,6 +69,7 @@ struct NcclApi {
   ncclResult_t (*ncclCommInitRank)(ncclComm_t*, int, ncclUniqueId, int);
   ncclResult_t (*ncclCommDestroy)(ncclComm_t);
   ncclResult_t (*ncclCommAbort)(ncclComm_t);
+  ncclResult_t (*ncclCommGetAsyncError)(ncclComm_t, ncclResult_t*);
   ncclResult_t (*ncclGroupStart)();
   ncclResult_t (*ncclGroupEnd)();
   const char* (*ncclGetErrorString)(ncclResult_t);
@@ -80,12 +84,25 @@ struct NcclApi {
   ncclResult_t (*ncclMemFree)(void*);
   ncclResult_t (*ncclCommWindowRegister)(ncclComm_t, void*, size_t, ncclWindow_t*, int);
   ncclResult_t (*ncclCommWindowDeregister)(ncclComm_t, ncclWindow_t);
+  // >= 2.28: aborts a communicator's work but keeps it (no wait for CUDA
+  // graphs that captured it, unlike ncclCommAbort); null when older.
+  ncclResult_t (*ncclCommRevoke)(ncclComm_t, int);
 
   int nccl_version = 0;      // e.g. 22809 for 2.28.9
   std::string nccl_path;     // the file the symbols came from
   bool symmetric_windows() const {
     return ncclCommWindowRegister != nullptr && nccl_version >= 22703;
   }
+  // From 2.29 only the all-gather's receive buffer and the reduce-scatter's
+  // send buffer must lie in a window. But 2.28.3 to 2.30.6 launch their
+  // symmetric kernels with programmatic dependent launch and no
+  // cudaGridDependencySynchronize (fixed in 2.30.7), so such a kernel may read
+  // its input before the *kernel* before it on the stream has flushed it.
+  // PDL never overlaps a kernel with a preceding memcpy, so below 2.30.7 the
+  // all-gather keeps its copy-in: a memcpy is always what precedes NCCL.
+  bool gather_sends_in_place() const { return nccl_version >= kPdlFixedVersion; }
+  bool scatter_receives_in_place() const { return nccl_version >= 22900; }
+  static constexpr int kPdlFixedVersion = 23007;  // 2.30.7
 };
 
 // Resolves the API once. `nccl_hint` is the wheel's libnccl.so.2, used only

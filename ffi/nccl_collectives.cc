@@ -98,14 +98,14 @@ Error NcclCollective(CollectiveKind kind, CUstream stream, int32_t ordinal,
   char* win = r.arena_base;
   const char* src = static_cast<const char*>(in.untyped_data());
   char* dst = static_cast<char*>(out.untyped_data());
-  // From NCCL 2.29 only the all-gather receive buffer and the reduce-scatter
-  // send buffer must lie in a window, which saves one copy each.
-  const bool send_anywhere = api.nccl_version >= 22900;
+  // Which copies NCCL lets us skip, and which the PDL bug keeps (nccl_api.h).
+  const bool send_in_place = api.gather_sends_in_place();
+  const bool receive_in_place = api.scatter_receives_in_place();
 
   switch (kind) {
     case CollectiveKind::kAllGather: {
       const char* send = src;
-      if (!send_anywhere) {
+      if (!send_in_place) {
         JAX_SYMM_RETURN_IF_ERROR(Copy(api, win + rank * chunk, src, chunk, stream));
         send = win + rank * chunk;
       }
@@ -117,7 +117,7 @@ Error NcclCollective(CollectiveKind kind, CUstream stream, int32_t ordinal,
       ErrorOr<std::pair<int, size_t>> type = NcclSumType(in.element_type(), chunk);
       if (type.has_error()) return type.error();
       JAX_SYMM_RETURN_IF_ERROR(Copy(api, win, src, chunk * world, stream));
-      char* recv = send_anywhere ? dst : win + rank * chunk;
+      char* recv = receive_in_place ? dst : win + rank * chunk;
       JAX_SYMM_RETURN_IF_ERROR(NcclCheck(
           api.ncclReduceScatter(win, recv, type->second, type->first, kNcclSum, comm, stream),
           "ncclReduceScatter", comm));

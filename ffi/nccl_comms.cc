@@ -1,10 +1,14 @@
 #include "nccl_comms.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <utility>
 
 namespace jax_symm {
@@ -21,11 +25,13 @@ struct LocalRank {
   int cuda_ordinal = -1;
   int rank = -1;
   CUcontext context = nullptr;
-  ncclComm_t comm = nullptr;       // null once shut down
+  ncclComm_t comm = nullptr;       // null once shut down or aborted
   std::map<size_t, Arena> arenas;  // by size; read and grown under groups_mu
   // NCCL forbids using one communicator from two threads at once: held
-  // around every enqueue (handlers) and registration (set-up) on `comm`.
+  // around every enqueue (handlers), registration (set-up), the watchdog's
+  // polls and aborts, and shutdown on `comm`; `aborted` is guarded by it too.
   std::unique_ptr<std::mutex> comm_mu = std::make_unique<std::mutex>();
+  std::string aborted;             // why the watchdog aborted `comm`, if it did
 };
 
 struct Group {
@@ -67,9 +73,11 @@ Error EndGroup(const NcclApi& api, Error body) {
   return body.failure() ? body : end;
 }
 
-// Locks `r`'s communicator into `out`; fails if the group was shut down.
+// Locks `r`'s communicator into `out`; fails if the group was shut down or
+// its communicator aborted.
 Error Hold(const NcclApi& api, LocalRank& r, const Arena& arena, NcclRank* out) {
   std::unique_lock<std::mutex> lock(*r.comm_mu);
+  if (r.comm == nullptr && !r.aborted.empty()) return Internal(r.aborted);
   if (r.comm == nullptr) return Internal("the NCCL communicator has been shut down");
   out->lock = std::move(lock);
   out->api = &api;
@@ -79,6 +87,117 @@ Error Hold(const NcclApi& api, LocalRank& r, const Arena& arena, NcclRank* out) 
   out->arena_base = arena.base;
   out->arena_bytes = arena.bytes;
   return Error::Success();
+}
+
+// ---- the watchdog ----
+// NCCL reports a dead peer (a broken connection, a remote error) as the
+// communicator's asynchronous error, but a kernel waiting for that peer keeps
+// waiting until the communicator is aborted. One thread per process polls
+// every communicator; one in error is marked aborted (so no handler or set-up
+// call uses it again), then revoked (ncclCommRevoke, NCCL >= 2.28: its
+// kernels give up, so the stream drains; unlike ncclCommAbort it does not
+// wait for the CUDA graphs that captured the communicator to be destroyed)
+// or aborted on older NCCLs, and the process is told (NcclSetAbortNotifier).
+// The watchdog never waits for a handler: a communicator whose lock is busy
+// (an enqueue in progress) is polled next round.
+constexpr auto kWatchdogPoll = std::chrono::milliseconds(100);
+constexpr auto kWatchdogStopWait = std::chrono::seconds(2);
+std::mutex watchdog_mu;
+std::condition_variable watchdog_cv;
+bool watchdog_stop = false;
+bool watchdog_running = false;
+std::mutex notifier_mu;
+AbortNotifier notifier = nullptr;
+
+std::string AbortMessage(const std::vector<int64_t>& members, const LocalRank& r,
+                         const std::string& cause) {
+  return "jax_symm: the NCCL communicator of group " + GroupToString(members) + " (rank " +
+         std::to_string(r.rank) + ", device " + std::to_string(r.global_id) +
+         ") failed and was aborted: " + cause +
+         ". A peer process probably died or lost its connection. Outputs of the jax_symm "
+         "calls in flight when it failed are not valid, and every later call on this "
+         "communicator fails: restart the job.";
+}
+
+// Polls one rank's communicator; returns the abort message if it failed.
+std::string PollRank(const NcclApi& api, const std::vector<int64_t>& members, LocalRank& r) {
+  ncclComm_t failed = nullptr;
+  std::string message;
+  {
+    std::unique_lock<std::mutex> lock(*r.comm_mu, std::try_to_lock);
+    if (!lock.owns_lock() || r.comm == nullptr) return "";
+    if (api.cuCtxSetCurrent(r.context) != 0) return "";
+    ncclResult_t state = kNcclSuccess;
+    ncclResult_t polled = api.ncclCommGetAsyncError(r.comm, &state);
+    if (polled == kNcclSuccess && (state == kNcclSuccess || state == kNcclInProgress)) {
+      return "";
+    }
+    ncclResult_t code = polled != kNcclSuccess ? polled : state;
+    std::string cause =
+        "NCCL error " + std::to_string(code) + ": " + api.ncclGetErrorString(code);
+    if (api.ncclGetLastError) {
+      const char* last = api.ncclGetLastError(r.comm);
+      if (last && *last) cause += " (" + std::string(last) + ")";
+    }
+    message = AbortMessage(members, r, cause);
+    r.aborted = message;
+    failed = r.comm;
+    r.comm = nullptr;  // from here on only this thread touches `failed`
+  }
+  // Outside the lock: revoking waits for the communicator's kernels to exit.
+  if (api.ncclCommRevoke != nullptr) {
+    api.ncclCommRevoke(failed, 0);
+  } else {
+    api.ncclCommAbort(failed);
+  }
+  return message;
+}
+
+void Notify(const std::string& message) {
+  std::lock_guard<std::mutex> lock(notifier_mu);
+  if (notifier != nullptr) notifier(message);
+}
+
+void WatchdogLoop(const NcclApi* api) {
+  std::unique_lock<std::mutex> lock(watchdog_mu);
+  while (!watchdog_cv.wait_for(lock, kWatchdogPoll, [] { return watchdog_stop; })) {
+    lock.unlock();
+    std::vector<std::pair<const std::vector<int64_t>*, LocalRank*>> ranks;
+    {
+      std::lock_guard<std::mutex> groups_lock(groups_mu);
+      for (auto& [members, group] : Groups()) {
+        for (LocalRank& r : group->local) ranks.emplace_back(&group->members, &r);
+      }
+    }
+    // Groups and their ranks are never freed or moved once registered.
+    for (auto& [members, r] : ranks) {
+      std::string message = PollRank(*api, *members, *r);
+      if (!message.empty()) Notify(message);
+    }
+    lock.lock();
+  }
+  watchdog_running = false;
+  watchdog_cv.notify_all();
+}
+
+void StartWatchdog(const NcclApi& api) {
+  std::lock_guard<std::mutex> lock(watchdog_mu);
+  if (watchdog_running || watchdog_stop) return;
+  watchdog_running = true;
+  std::thread(WatchdogLoop, &api).detach();
+}
+
+// Stops the watchdog, waiting a little: one stuck in an abort (a kernel that
+// never gives up) is left behind, with nobody to notify.
+void StopWatchdog() {
+  {
+    std::lock_guard<std::mutex> lock(notifier_mu);
+    notifier = nullptr;
+  }
+  std::unique_lock<std::mutex> lock(watchdog_mu);
+  watchdog_stop = true;
+  watchdog_cv.notify_all();
+  watchdog_cv.wait_for(lock, kWatchdogStopWait, [] { return !watchdog_running; });
 }
 
 }  // namespace
@@ -134,8 +253,11 @@ Error NcclInitGroup(const std::vector<int64_t>& members,
     }
     return end;
   }
-  std::lock_guard<std::mutex> lock(groups_mu);
-  Groups()[members] = std::move(group);
+  {
+    std::lock_guard<std::mutex> lock(groups_mu);
+    Groups()[members] = std::move(group);
+  }
+  StartWatchdog(api);
   return Error::Success();
 }
 
@@ -165,6 +287,13 @@ ErrorOr<size_t> NcclEnsureArena(const std::vector<int64_t>& members, size_t byte
   // No lock is held here, so handlers still launching earlier work (whose
   // kernels the drain waits for) can proceed.
   for (LocalRank& r : group->local) {
+    {
+      std::lock_guard<std::mutex> lock(*r.comm_mu);
+      if (r.comm == nullptr) {
+        return Internal(r.aborted.empty() ? "the NCCL communicator has been shut down"
+                                          : r.aborted);
+      }
+    }
     JAX_SYMM_RETURN_IF_ERROR(MakeCurrent(api, r));
     JAX_SYMM_RETURN_IF_ERROR(CudaCheck(api.cuCtxSynchronize(), "cuCtxSynchronize"));
   }
@@ -210,6 +339,10 @@ std::vector<NcclGroupInfo> NcclGroups() {
     NcclGroupInfo info;
     info.members = members;
     for (const LocalRank& r : group->local) info.local_global_ids.push_back(r.global_id);
+    info.symmetric_windows = true;
+    for (const LocalRank& r : group->local) {
+      for (auto& [size, arena] : r.arenas) info.symmetric_windows &= arena.window != nullptr;
+    }
     if (!group->local.empty()) {
       for (auto& [size, arena] : group->local[0].arenas) info.arena_bytes.push_back(size);
     }
@@ -218,9 +351,31 @@ std::vector<NcclGroupInfo> NcclGroups() {
   return out;
 }
 
+std::vector<std::string> NcclAborted() {
+  std::vector<LocalRank*> ranks;
+  {
+    std::lock_guard<std::mutex> lock(groups_mu);
+    for (auto& [members, group] : Groups()) {
+      for (LocalRank& r : group->local) ranks.push_back(&r);
+    }
+  }
+  std::vector<std::string> out;
+  for (LocalRank* r : ranks) {
+    std::lock_guard<std::mutex> lock(*r->comm_mu);
+    if (!r->aborted.empty()) out.push_back(r->aborted);
+  }
+  return out;
+}
+
+void NcclSetAbortNotifier(AbortNotifier fn) {
+  std::lock_guard<std::mutex> lock(notifier_mu);
+  notifier = fn;
+}
+
 void NcclShutdown(bool orderly) {
   const NcclApi* api = LoadedNcclApi();
   if (api == nullptr) return;
+  StopWatchdog();  // before the locks: it may be polling under one
   std::lock_guard<std::mutex> setup(setup_mu);
   std::vector<Group*> groups;
   {
@@ -231,11 +386,11 @@ void NcclShutdown(bool orderly) {
     std::vector<std::unique_lock<std::mutex>> comm_locks;
     for (LocalRank& r : group->local) comm_locks.emplace_back(*r.comm_mu);
     if (!orderly) {
-      // Peers may be gone or still running: tear down locally, never wait.
-      for (LocalRank& r : group->local) {
-        if (r.comm) api->ncclCommAbort(r.comm);
-        r.comm = nullptr;
-      }
+      // Peers may be gone or still running, and ncclCommAbort waits for every
+      // CUDA graph that captured the communicator to be destroyed, which XLA
+      // may not have done by now: forget the communicators and let the
+      // process's exit free them.
+      for (LocalRank& r : group->local) r.comm = nullptr;
       continue;
     }
     for (LocalRank& r : group->local) {

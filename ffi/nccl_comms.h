@@ -47,13 +47,23 @@ struct NcclGroupInfo {
   std::vector<int64_t> members;
   std::vector<int64_t> local_global_ids;
   std::vector<size_t> arena_bytes;  // every arena, ascending
+  bool symmetric_windows = true;     // every arena of every local rank got a window
 };
 std::vector<NcclGroupInfo> NcclGroups();
 
-// At interpreter exit. `orderly` (one process): drain, deregister windows,
+// The message of every local rank whose communicator the watchdog aborted
+// (a peer died or NCCL reported another asynchronous error).
+std::vector<std::string> NcclAborted();
+
+// Called by the watchdog (on its thread) with the message of each
+// communicator it aborted; null to stop. Set from Python.
+using AbortNotifier = void (*)(const std::string& message);
+void NcclSetAbortNotifier(AbortNotifier fn);
+
+// At interpreter exit; stops the watchdog first. `orderly` (one process):
+// drain, deregister windows,
 // free arenas, destroy communicators. Otherwise peers may be gone or still
-// running, so communicators are only aborted (local, never waits) and the
-// process's exit frees the memory.
+// running, so nothing is torn down: the process's exit frees it all.
 void NcclShutdown(bool orderly);
 
 // One local rank of a group, held for enqueuing: NCCL forbids using one

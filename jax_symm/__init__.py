@@ -27,10 +27,11 @@ from .all_gather import all_gather  # noqa: E402
 from .all_reduce import all_reduce, psum  # noqa: E402
 from .reduce_scatter import psum_scatter, reduce_scatter  # noqa: E402
 from .scope import use_symmetric_memory  # noqa: E402
+from ._nccl import NcclCommunicatorAborted  # noqa: E402
 
 # `info` the function shadows `info` the module (still `python -m jax_symm.info`).
 from .info import info  # noqa: E402
 
 
 __all__ = ["all_gather", "reduce_scatter", "psum_scatter", "all_reduce", "psum", "use_symmetric_memory",
-           "info"]
+           "info", "NcclCommunicatorAborted"]

@@ -73,3 +73,24 @@ def host_names() -> dict[int, str]:
         for p in range(_compat.process_count())
     }
 
+
+
+def per_process(key: str, mine: str) -> dict[int, str]:
+    """Every process's value for `key` (process index -> value); each process
+    passes its own."""
+    import jax
+
+    if _compat.process_count() == 1:
+        return {0: mine}
+    client = _client()
+    client.key_value_set(f"{PREFIX}{key}/{jax.process_index()}", mine)
+    out = {}
+    for p in range(_compat.process_count()):
+        try:
+            out[p] = client.blocking_key_value_get(f"{PREFIX}{key}/{p}", timeout_ms())
+        except Exception as e:
+            raise TimeoutError(
+                f"jax_symm: process {jax.process_index()} waited {timeout_ms() / 1000:g} s "
+                f"for process {p}'s '{PREFIX}{key}': {e}. Is every process running the same "
+                "program? (JAX_SYMM_BOOTSTRAP_TIMEOUT_S sets the wait.)") from e
+    return out

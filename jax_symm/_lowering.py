@@ -6,8 +6,9 @@ Each op module describes its collective with a `Collective` spec and calls
 1. lowers a group of one device to a reshape (no data moves);
 2. decides whether XLA's own collective serves the call instead, and why
    (`_use_xla_reason`): jax_symm disabled, a partially manual shard_map, a
-   transport that cannot serve it, or -- on GPU -- a message above the
-   size crossover of `_dispatch`;
+   transport that cannot serve it, or -- on GPU (`_nccl.window_reason`) --
+   a communicator without symmetric kernels, an NCCL below the window path's
+   version floor, or a message above the size crossover of `_dispatch`;
 3. moves the gathered or scattered dimension to the front in JAX
    (`_leading_axis_form`), so that transports only ever see NCCL's natural
    layout and XLA fuses the transposes into neighbouring work;
@@ -25,7 +26,7 @@ from typing import Any, Callable
 
 import jax.numpy as jnp
 
-from . import _compat, _dispatch, settings
+from . import _compat, settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,12 +83,9 @@ def _use_xla_reason(spec: Collective, platform: str, ctx, axes: tuple):
         return why, True, groups
     from . import _nccl
 
-    why = _nccl.unusable_reason(spec.kind, ctx.avals_in[0].dtype)
-    if why is not None:
-        return why, True, None
-    if not _dispatch.use_window(spec.kind, groups.shape[1], _message_bytes(spec, ctx)):
-        return "above the crossover", False, None
-    return None, False, groups
+    why, warn = _nccl.window_reason(spec.kind, ctx.avals_in[0].dtype, groups,
+                                    _message_bytes(spec, ctx))
+    return why, warn, (None if why is not None else groups)
 
 
 def _leading_axis_form(spec: Collective, prim, params: dict, out_shape: tuple):

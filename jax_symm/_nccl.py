@@ -18,13 +18,15 @@ import atexit
 import base64
 import functools
 import os
+import socket
+import sys
 import threading
 import warnings
 
 import numpy as np
 import jax
 
-from . import _bootstrap, _compat, settings
+from . import _bootstrap, _compat, _dispatch, settings
 from ._native import ext, publish_local_devices
 
 # {op: FFI target name}, as the C++ module names its handlers.
@@ -54,8 +56,43 @@ def load() -> dict:
     for name, capsule in ext.nccl_targets().values():
         jax.ffi.register_ffi_target(name, capsule, platform="CUDA")
     publish_local_devices("gpu")
+    ext.nccl_set_abort_callback(_on_abort)
     atexit.register(shutdown)
     return info  # without symmetric windows, lowering warns (unusable_reason)
+
+
+class NcclCommunicatorAborted(RuntimeError):
+    """A communicator of jax_symm's failed (a peer died, or NCCL reported
+    another asynchronous error) and its watchdog aborted it."""
+
+    def __init__(self, *args):
+        # Raised asynchronously in the main thread, the class is called with
+        # no arguments: the message is the watchdog's latest.
+        super().__init__(*(args or (_abort_messages[-1] if _abort_messages else
+                                    "jax_symm: an NCCL communicator was aborted",)))
+
+
+_abort_messages: list[str] = []
+
+
+def _on_abort(message: str) -> None:
+    """On the watchdog's thread, once per aborted communicator.
+
+    Calls that run the handler again fail on their own, but XLA replays
+    calls captured into a CUDA graph without calling the handler: so the
+    main thread is also interrupted with NcclCommunicatorAborted, which it
+    raises as soon as it runs Python again (once the step in flight, whose
+    outputs are not valid, has drained).
+    """
+    import ctypes
+
+    first = not _abort_messages
+    _abort_messages.append(message)
+    print(message, file=sys.stderr, flush=True)
+    if first:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(threading.main_thread().ident),
+            ctypes.py_object(NcclCommunicatorAborted))
 
 
 def version_string(code: int) -> str:
@@ -67,9 +104,10 @@ def usable() -> bool:
 
 
 def shutdown() -> None:
-    """Frees windows and communicators; in a multi-process job only aborts the
-    communicators (a collective teardown could wait forever for a peer that
-    exited first or died)."""
+    """Stops the watchdog; in one process, frees windows and communicators. In
+    a multi-process job nothing is torn down (a collective teardown could wait
+    forever for a peer that exited first or died, and ncclCommAbort for CUDA
+    graphs XLA still holds): the process's exit frees it."""
     ext.nccl_shutdown(_compat.process_count() == 1)
     _ready_groups.clear()
 
@@ -136,7 +174,23 @@ def warn_if_concurrent_command_buffers() -> None:
 
 
 def groups_info() -> list[dict]:
-    return list(ext.nccl_groups())
+    """This process's communicators: members, local devices, arenas, whether
+    every arena got a symmetric window, and whether NCCL runs its symmetric
+    kernels there (a window, and for NCCL < 2.29 all ranks on one NCCL host)."""
+    out = []
+    version = load()["version"]
+    for g in ext.nccl_groups():
+        g = dict(g)
+        spans = groups_span_nccl_hosts(np.asarray([g["members"]], dtype=np.int64))
+        g["symmetric_kernels"] = bool(g["symmetric_windows"]) and (
+            version >= 22900 or not spans)
+        out.append(g)
+    return out
+
+
+def aborted() -> list[str]:
+    """Why the watchdog aborted communicators of this process, if it did."""
+    return list(ext.nccl_aborted())
 
 
 # NCCL has no 16-bit integer type: those sums stay with XLA.
@@ -144,8 +198,8 @@ _UNSUMMABLE = {np.dtype(np.int16), np.dtype(np.uint16)}
 
 
 def unusable_reason(kind: str, dtype) -> str | None:
-    """None if NCCL serves this call; otherwise a one-line user-facing reason
-    why XLA's collective is used instead."""
+    """None if NCCL can serve this call at all; otherwise a one-line
+    user-facing reason why XLA's collective is used instead."""
     try:
         info = load()
     except RuntimeError as e:
@@ -158,6 +212,75 @@ def unusable_reason(kind: str, dtype) -> str | None:
         return (f"jax_symm: NCCL cannot sum {np.dtype(dtype).name} (it has no 16-bit integer "
                 f"type); jax_symm.{kind} uses XLA's own collective.")
     return None
+
+
+# ---- whether NCCL runs its symmetric kernels for a group ----
+#
+# The window path copies into and out of the arena; that pays only where NCCL
+# then runs its symmetric kernels. NCCL 2.28 runs them only for communicators
+# on one node (as NCCL counts nodes: by host hash) whose GPUs are all on
+# NVLink; 2.29+ says so itself with a NULL window. Processes that share a
+# GPU with their own NCCL_HOSTID are separate nodes to NCCL. Every process
+# must route a call the same way, so the rule reads only what all processes
+# agree on: the NCCL host identity of every process.
+
+_identity_lock = threading.Lock()
+_identities: dict[int, str] | None = None
+
+
+def nccl_host_identity() -> str:
+    """What NCCL hashes to tell hosts apart: NCCL_HOSTID if set, else the host
+    name and the boot id (src/misc/utils.cc)."""
+    override = os.environ.get("NCCL_HOSTID")
+    if override:
+        return "NCCL_HOSTID=" + override
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = ""
+    return f"{socket.gethostname()}|{boot}"
+
+
+def process_nccl_hosts() -> dict[int, str]:
+    """Process index -> NCCL host identity, agreed through the key-value store
+    once (the first GPU lowering of every process reaches here in step)."""
+    global _identities
+    with _identity_lock:
+        if _identities is None:
+            _identities = _bootstrap.per_process("nccl_host", nccl_host_identity())
+        return _identities
+
+
+def groups_span_nccl_hosts(groups: np.ndarray) -> bool:
+    """Whether a group has ranks on several NCCL hosts (so no symmetric kernels
+    before NCCL 2.29, and only multi-node ones from 2.29)."""
+    if _compat.process_count() == 1:
+        return False
+    hosts = process_nccl_hosts()
+    owner = {d.id: d.process_index for d in jax.devices()}
+    return any(len({hosts[owner[int(g)]] for g in row}) > 1 for row in groups)
+
+
+def window_reason(kind: str, dtype, groups: np.ndarray, message_bytes: int):
+    """(why XLA's collective serves this call or None, whether to warn).
+
+    Every process reaches the same answer: it depends on the NCCL that is
+    loaded, settings, the call and the agreed host identities only.
+    """
+    why = unusable_reason(kind, dtype)
+    if why is not None:
+        return why, True
+    if settings.force_window.value:
+        return None, False
+    if groups_span_nccl_hosts(groups):
+        return (f"jax_symm: a group of this jax_symm.{kind} has ranks on several NCCL hosts "
+                "(different hosts, or processes with their own NCCL_HOSTID), where NCCL runs "
+                "no symmetric kernels and the window's copies buy nothing; it uses XLA's own "
+                "collective (jax_symm_force_window=True takes the window path anyway)."), True
+    if not _dispatch.use_window(kind, int(groups.shape[1]), message_bytes):
+        return "above the crossover", False
+    return None, False
 
 
 def arena_bytes_needed(kind: str, chunk_bytes: int, world: int) -> int:

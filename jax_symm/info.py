@@ -37,7 +37,15 @@ def info() -> dict[str, Any]:
             out["nccl"] = {"version": _nccl.version_string(nccl["version"]),
                            "path": nccl["path"],
                            "symmetric_windows": nccl["symmetric_windows"],
-                           "min_arena_bytes": settings.arena_bytes()}
+                           # NCCL < 2.30.7's symmetric kernels may read their input
+                           # early after a kernel (PDL); from that version on the
+                           # all-gather skips its copy-in (README, "NCCL versions").
+                           "pdl_fixed_version": _nccl.version_string(
+                               nccl["pdl_fixed_version"]),
+                           "gather_sends_in_place": nccl["gather_sends_in_place"],
+                           "force_window": bool(settings.force_window.value),
+                           "min_arena_bytes": settings.arena_bytes(),
+                           "aborted": _nccl.aborted()}
             groups = _nccl.groups_info()
             out["nccl"]["communicators"] = groups
             out["nccl"]["arena_bytes_total"] = sum(

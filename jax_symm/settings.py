@@ -11,6 +11,7 @@ jax_symm.settings.<state>(value):`` sets one for the current thread.
 | ``jax_symm_disable`` / ``JAX_SYMM_DISABLE`` | off | every jax_symm op lowers to XLA's own collective; ``use_symmetric_memory`` becomes a pass-through |
 | ``jax_symm_singleton_calls`` / ``JAX_SYMM_SINGLETON_CALLS`` | off | keep the custom call for groups of one device (testing, overhead measurement) |
 | ``jax_symm_crossover_bytes`` / ``JAX_SYMM_CROSSOVER_BYTES`` | -1 | GPU: messages (bytes per rank) above this use XLA's collective; -1: each op's default from the cost model in ``jax_symm/_dispatch.py`` |
+| ``jax_symm_force_window`` / ``JAX_SYMM_FORCE_WINDOW`` | off | GPU: every call NCCL can serve takes the window path, whatever the crossover, the NCCL version floor and whether the communicator has symmetric kernels (tests, benchmarks) |
 | ``jax_symm_use_symmetric_memory`` | off | set per thread by the ``use_symmetric_memory`` scope |
 
 Settings read when a transport is set up (at the first lowering that uses
@@ -44,12 +45,16 @@ crossover_bytes = _compat.config_state(
     "jax_symm_crossover_bytes", -1,
     "GPU: per-rank message size above which jax_symm uses XLA's collective "
     "(-1: each op's cost-model default).")
+force_window = _compat.config_state(
+    "jax_symm_force_window", False,
+    "GPU: take the window path for every call NCCL can serve (tests, benchmarks).")
 use_symmetric_memory = _compat.config_state(
     "jax_symm_use_symmetric_memory", False,
     "Reroute lax collectives traced now to jax_symm.")
 
-# The variable the benchmark sets to force the window path at every size.
+# The variables the benchmark sets.
 CROSSOVER_ENV = "JAX_SYMM_CROSSOVER_BYTES"
+FORCE_WINDOW_ENV = "JAX_SYMM_FORCE_WINDOW"
 
 
 # ---- transports' set-up: read when first needed ----

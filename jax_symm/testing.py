@@ -5,11 +5,23 @@
                                devices_per_process=2, args=(seed,))
 
 Each process is a fresh ``python -m jax_symm.testing --worker ...`` that, before
-any JAX backend exists, selects the CPU platform with ``devices_per_process``
-devices and gloo collectives, joins ``jax.distributed`` (process 0 hosts the
-coordinator on a free 127.0.0.1 port), calls ``fn(*args, **kwargs)`` and
-pickles the return value back to the parent. The result is the list of return
-values ordered by process id.
+any JAX backend exists, selects its platform, joins ``jax.distributed``
+(process 0 hosts the coordinator on a free 127.0.0.1 port), calls
+``fn(*args, **kwargs)`` and pickles the return value back to the parent. The
+result is the list of return values ordered by process id.
+
+- ``platform="cpu"`` (the default): ``devices_per_process`` CPU devices per
+  process (2 unless given) and gloo for XLA's own collectives.
+- ``platform="gpu"``: the GPUs of this host (``CUDA_VISIBLE_DEVICES`` if set,
+  else every GPU ``nvidia-smi -L`` lists). Where there are enough, each
+  process sees ``devices_per_process`` GPUs of its own (1 unless given).
+  Where there are fewer GPUs than processes (or with ``share_gpus=True``)
+  processes share GPUs: each gets its own ``NCCL_HOSTID``, so NCCL takes the
+  processes for separate hosts and joins them over its socket transport on
+  loopback, and memory preallocation is off. That is a *correctness* mode:
+  no NVLink, no NCCL symmetric kernels, no meaningful timings (a
+  ``RuntimeWarning`` says so). NVLink multicast stays off either way
+  (``NCCL_NVLS_ENABLE=0``).
 
 ``fn`` is a top-level function, passed as the function itself or as
 ``"module:function"``, and is found in a fresh interpreter the way jax's own
@@ -50,10 +62,12 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-__all__ = ["MultiProcessError", "MultiProcessResults", "free_port", "run_multiprocess"]
+__all__ = ["GpuPlan", "MultiProcessError", "MultiProcessResults", "free_port", "gpu_plan",
+           "run_multiprocess"]
 
 _TAIL_LINES = 60
 _TERM_GRACE_S = 2.0
@@ -141,16 +155,20 @@ def _fn_spec(fn: Callable[..., Any] | str) -> tuple[str, list[str]]:
     return spec, paths
 
 
-def _child_env(env: Mapping[str, str] | None, devices: int) -> dict[str, str]:
+def _child_env(env: Mapping[str, str] | None, platform: str, devices: int) -> dict[str, str]:
+    """The environment every worker starts from (per-process parts: `GpuPlan`)."""
     out = dict(os.environ)
     out.update(env or {})
-    out["JAX_PLATFORMS"] = "cpu"
     # Workers import the same jax_symm as the parent (not whichever copy comes
     # first on their own path).
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out["PYTHONPATH"] = os.pathsep.join(
         [root] + [p for p in out.get("PYTHONPATH", "").split(os.pathsep) if p])
     out["PYTHONUNBUFFERED"] = "1"
+    if platform == "gpu":
+        out["JAX_PLATFORMS"] = "cuda"
+        return out
+    out["JAX_PLATFORMS"] = "cpu"
     # A device count inherited through XLA_FLAGS (e.g. from a test conftest)
     # would fight jax_num_cpu_devices; the worker sets the count itself.
     flags = re.sub(_DEVICE_COUNT_FLAG + r"=\S*", "", out.get("XLA_FLAGS", "")).strip()
@@ -158,6 +176,81 @@ def _child_env(env: Mapping[str, str] | None, devices: int) -> dict[str, str]:
         flags = f"{flags} {_DEVICE_COUNT_FLAG}={devices}".strip()
     out["XLA_FLAGS"] = flags
     return out
+
+
+# What every GPU worker gets: NVLink multicast can take a shared host's GPUs
+# out of service, so it stays off whatever the caller's environment says.
+_GPU_ENV = {"NCCL_NVLS_ENABLE": "0"}
+# Processes sharing a GPU: NCCL's socket transport on loopback, no InfiniBand,
+# and XLA allocating on demand so that several processes fit on one GPU.
+_SHARED_GPU_ENV = {"NCCL_SOCKET_IFNAME": "lo", "NCCL_IB_DISABLE": "1",
+                   "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+SHARED_GPU_WARNING = (
+    "jax_symm.testing: {procs} processes share {gpus} GPU(s), each with its own "
+    "NCCL_HOSTID: a correctness mode (NCCL's socket transport over loopback, no NVLink, "
+    "no symmetric kernels); its timings are not a speed measurement.")
+
+
+@dataclass(frozen=True)
+class GpuPlan:
+    """Which GPUs each worker sees, and the environment that goes with it."""
+
+    shared: bool
+    visible: tuple[str, ...]              # CUDA_VISIBLE_DEVICES, by process id
+    env: tuple[dict[str, str], ...]       # per-process variables, by process id
+
+
+def visible_gpus() -> list[str]:
+    """This host's GPUs as CUDA_VISIBLE_DEVICES entries: the variable's own
+    entries if it is set, else one index per GPU that ``nvidia-smi -L`` lists."""
+    text = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if text is not None:
+        return [g.strip() for g in text.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True,
+                                 timeout=30, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if listing.returncode != 0:
+        return []
+    return [str(i) for i, line in enumerate(
+        line for line in listing.stdout.splitlines() if line.startswith("GPU "))]
+
+
+def gpu_plan(num_processes: int, devices_per_process: int, gpus: Sequence[str],
+             share_gpus: bool | None = None, job: str = "") -> GpuPlan:
+    """Assigns `gpus` to `num_processes` workers of `devices_per_process` GPUs.
+
+    Each process gets GPUs of its own where there are enough. Otherwise (or
+    with ``share_gpus=True``) processes share them round-robin, one GPU each,
+    every process with its own ``NCCL_HOSTID`` (unique to `job` and the
+    process). ``share_gpus=False`` with too few GPUs is an error.
+    """
+    gpus = list(gpus)
+    if not gpus:
+        raise RuntimeError(
+            "jax_symm.testing: platform='gpu' but no GPU is visible (CUDA_VISIBLE_DEVICES "
+            "is empty, or nvidia-smi lists none)")
+    enough = num_processes * devices_per_process <= len(gpus)
+    if share_gpus is False and not enough:
+        raise ValueError(
+            f"jax_symm.testing: {num_processes} processes x {devices_per_process} GPUs need "
+            f"{num_processes * devices_per_process} GPUs, but {len(gpus)} are visible; pass "
+            "share_gpus=True to run them on shared GPUs (a correctness mode)")
+    shared = bool(share_gpus) or not enough
+    if not shared:
+        visible = tuple(",".join(gpus[i * devices_per_process:(i + 1) * devices_per_process])
+                        for i in range(num_processes))
+        return GpuPlan(False, visible, tuple(dict(_GPU_ENV) for _ in range(num_processes)))
+    if devices_per_process != 1:
+        raise ValueError(
+            "jax_symm.testing: processes that share GPUs see one GPU each (NCCL refuses two "
+            f"ranks of one communicator on one GPU in one process); got devices_per_process="
+            f"{devices_per_process}")
+    visible = tuple(gpus[i % len(gpus)] for i in range(num_processes))
+    env = tuple(dict(_GPU_ENV, **_SHARED_GPU_ENV, NCCL_HOSTID=f"jax_symm-{job}-process{i}")
+                for i in range(num_processes))
+    return GpuPlan(True, visible, env)
 
 
 def _has_num_cpu_devices_option() -> bool:
@@ -258,29 +351,50 @@ def _status(rc: int | None) -> str:
 
 
 def run_multiprocess(fn: Callable[..., Any] | str, *, num_processes: int = 2,
-                     devices_per_process: int = 2, args: Sequence[Any] = (),
+                     devices_per_process: int | None = None, args: Sequence[Any] = (),
                      kwargs: Mapping[str, Any] | None = None, timeout_s: float = 120.0,
                      env: Mapping[str, str] | None = None,
                      sys_path: Sequence[str] = (),
-                     echo_output: bool = False) -> MultiProcessResults:
+                     echo_output: bool = False, platform: str = "cpu",
+                     share_gpus: bool | None = None,
+                     failure_grace_s: float = 0.0) -> MultiProcessResults:
     """Runs ``fn(*args, **kwargs)`` in `num_processes` JAX processes; returns their results.
 
-    Every process sees `devices_per_process` CPU devices and the whole job
-    ``num_processes * devices_per_process`` global devices. `args`/`kwargs`
+    Every process sees `devices_per_process` devices (CPU: 2 unless given;
+    ``platform="gpu"``: 1 unless given, see the module docstring for shared
+    GPUs and `share_gpus`) and the job all of them. `args`/`kwargs`
     and the return values must be picklable. `env` adds to (overrides) the
     parent's environment; `sys_path` entries are prepended to the workers'
     ``sys.path``. Returns the list of return values by process id, whose
     ``.logs`` holds each worker's output; ``echo_output=True`` also prints that
     output (prefixed ``[process i]``) to stdout. Raises
     :class:`MultiProcessError` when a worker raises or exits non-zero, or
-    after `timeout_s` seconds; no worker outlives the call.
+    after `timeout_s` seconds; no worker outlives the call. After the first
+    failure the others get `failure_grace_s` more seconds to finish on their
+    own (fault tests: how survivors react to a dead peer) before they are
+    stopped.
     """
+    if platform not in ("cpu", "gpu"):
+        raise ValueError(f"platform must be 'cpu' or 'gpu', not {platform!r}")
+    if share_gpus is not None and platform != "gpu":
+        raise ValueError("share_gpus applies to platform='gpu' only")
+    if devices_per_process is None:
+        devices_per_process = 1 if platform == "gpu" else 2
     if num_processes < 1 or devices_per_process < 1:
         raise ValueError("num_processes and devices_per_process must be >= 1")
     spec, paths = _fn_spec(fn)
     paths = [os.path.abspath(p) for p in sys_path] + paths
-    child_env = _child_env(env, devices_per_process)
+    child_env = _child_env(env, platform, devices_per_process)
     port = free_port()
+    per_process: list[dict[str, str]] = [{} for _ in range(num_processes)]
+    if platform == "gpu":
+        plan = gpu_plan(num_processes, devices_per_process, visible_gpus(), share_gpus,
+                        job=f"{os.getpid()}-{port}")
+        if plan.shared:
+            warnings.warn(SHARED_GPU_WARNING.format(procs=num_processes,
+                                                    gpus=len(set(plan.visible))),
+                          RuntimeWarning, stacklevel=2)
+        per_process = [dict(e, CUDA_VISIBLE_DEVICES=v) for e, v in zip(plan.env, plan.visible)]
     procs: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory(prefix="jax_symm_mp_") as tmp:
         in_path = os.path.join(tmp, "input.pkl")
@@ -293,7 +407,7 @@ def run_multiprocess(fn: Callable[..., Any] | str, *, num_processes: int = 2,
                 cmd = [sys.executable, "-m", "jax_symm.testing", "--worker",
                        "--fn", spec, "--process-id", str(i),
                        "--num-processes", str(num_processes),
-                       "--devices", str(devices_per_process),
+                       "--devices", str(devices_per_process), "--platform", platform,
                        "--coordinator", f"127.0.0.1:{port}",
                        "--input", in_path, "--output", outs[i]]
                 for p in paths:
@@ -301,18 +415,25 @@ def run_multiprocess(fn: Callable[..., Any] | str, *, num_processes: int = 2,
                 with open(logs[i], "wb") as log:
                     procs.append(subprocess.Popen(
                         cmd, stdin=subprocess.DEVNULL, stdout=log,
-                        stderr=subprocess.STDOUT, env=child_env, start_new_session=True,
+                        stderr=subprocess.STDOUT, env={**child_env, **per_process[i]},
+                        start_new_session=True,
                         # Not the caller's directory: `python -m` puts the cwd first on
                         # sys.path, where a source checkout would shadow the install.
                         cwd=tmp))
 
             deadline = time.monotonic() + timeout_s
             failed: list[int] = []
+            failed_at = None
             timed_out = False
             while True:
                 codes = [p.poll() for p in procs]
                 failed = [i for i, rc in enumerate(codes) if rc not in (None, 0)]
-                if failed or all(rc == 0 for rc in codes):
+                if failed and failed_at is None:
+                    failed_at = time.monotonic()
+                if all(rc is not None for rc in codes) or (not failed and all(
+                        rc == 0 for rc in codes)):
+                    break
+                if failed_at is not None and time.monotonic() - failed_at >= failure_grace_s:
                     break
                 if time.monotonic() > deadline:
                     timed_out = True
@@ -337,10 +458,12 @@ def run_multiprocess(fn: Callable[..., Any] | str, *, num_processes: int = 2,
             outcomes = [_read_outcome(o) for o in outs]
             if timed_out:
                 head = (f"multi-process run of {spec} timed out after {timeout_s:g} s "
-                        f"({num_processes} processes x {devices_per_process} devices)")
+                        f"({num_processes} processes x {devices_per_process} {platform} "
+                        "devices)")
             else:
                 head = (f"multi-process run of {spec} failed "
-                        f"({num_processes} processes x {devices_per_process} devices)")
+                        f"({num_processes} processes x {devices_per_process} {platform} "
+                        "devices)")
             parts = [head]
             for i, p in enumerate(procs):
                 status = _status(codes[i])
@@ -441,6 +564,7 @@ def _worker_main(argv: Sequence[str]) -> None:
     ap.add_argument("--process-id", type=int, required=True)
     ap.add_argument("--num-processes", type=int, required=True)
     ap.add_argument("--devices", type=int, required=True)
+    ap.add_argument("--platform", choices=("cpu", "gpu"), default="cpu")
     ap.add_argument("--coordinator", required=True)
     ap.add_argument("--input", required=True)
     ap.add_argument("--output", required=True)
@@ -454,16 +578,17 @@ def _worker_main(argv: Sequence[str]) -> None:
     for p in reversed(a.path):
         if p not in sys.path:
             sys.path.insert(0, p)
-    os.environ["JAX_PLATFORMS"] = "cpu"
+    os.environ["JAX_PLATFORMS"] = "cuda" if a.platform == "gpu" else "cpu"
 
     try:
         import jax  # backends are created lazily: the config below still applies
 
-        if "jax_num_cpu_devices" in jax.config.values:
-            jax.config.update("jax_num_cpu_devices", a.devices)
-        # (otherwise the parent put --xla_force_host_platform_device_count in XLA_FLAGS)
-        if "jax_cpu_collectives_implementation" in jax.config.values:
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        if a.platform == "cpu":
+            if "jax_num_cpu_devices" in jax.config.values:
+                jax.config.update("jax_num_cpu_devices", a.devices)
+            # (otherwise the parent put --xla_force_host_platform_device_count in XLA_FLAGS)
+            if "jax_cpu_collectives_implementation" in jax.config.values:
+                jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator_address=a.coordinator,
                                    num_processes=a.num_processes, process_id=a.process_id)
         # After initialize, which installs jax's own (preemption) SIGTERM hook:

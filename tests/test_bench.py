@@ -274,7 +274,8 @@ def test_window_method_forces_the_window_path_in_its_own_worker():
     m = methods.METHODS["jax_symm_window"]
     assert m.gpu_only  # the size crossover only exists on GPU
     (name, value), = m.env
-    assert name == settings.CROSSOVER_ENV == "JAX_SYMM_CROSSOVER_BYTES" and int(value) >= 1 << 40
+    assert name == settings.FORCE_WINDOW_ENV == "JAX_SYMM_FORCE_WINDOW" and value == "1"
+    assert settings.force_window.value is False  # the environment variable names the option
     groups = methods.groups([methods.METHODS["jax_symm"], methods.METHODS["lax"], m])
     assert [x.label for x in groups[0]] == ["jax_symm", "lax"]
     assert [x.label for x in groups[1]] == ["jax_symm_window"]  # its own worker (env)

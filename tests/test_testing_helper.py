@@ -87,3 +87,49 @@ def test_local_function_is_refused_with_what_to_do():
         run_multiprocess(local)
     with pytest.raises(ValueError, match="define it at the top level"):
         run_multiprocess(lambda: 0)
+
+
+# ------------------------------------------------ platform="gpu" (checked on CPU)
+
+
+def test_gpu_plan_gives_each_process_its_own_gpus_where_there_are_enough():
+    from jax_symm.testing import gpu_plan
+
+    plan = gpu_plan(2, 2, ["0", "1", "2", "3"])
+    assert not plan.shared and plan.visible == ("0,1", "2,3")
+    assert all(e == {"NCCL_NVLS_ENABLE": "0"} for e in plan.env)
+
+
+def test_gpu_plan_shares_gpus_with_one_nccl_host_id_per_process():
+    from jax_symm.testing import gpu_plan
+
+    plan = gpu_plan(4, 1, ["0"], job="j")
+    assert plan.shared and plan.visible == ("0",) * 4
+    ids = [e["NCCL_HOSTID"] for e in plan.env]
+    assert len(set(ids)) == 4 and all("j" in i for i in ids)
+    for e in plan.env:
+        assert e["NCCL_NVLS_ENABLE"] == "0" and e["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+        assert e["NCCL_SOCKET_IFNAME"] == "lo" and e["NCCL_IB_DISABLE"] == "1"
+    # Asked for explicitly, even where there would be enough GPUs.
+    assert gpu_plan(2, 1, ["0", "1"], share_gpus=True).shared
+
+
+def test_gpu_plan_refuses_what_cannot_work():
+    from jax_symm.testing import gpu_plan
+
+    with pytest.raises(RuntimeError, match="no GPU is visible"):
+        gpu_plan(2, 1, [])
+    with pytest.raises(ValueError, match="share_gpus=True"):
+        gpu_plan(4, 1, ["0", "1"], share_gpus=False)
+    with pytest.raises(ValueError, match="one GPU each"):
+        gpu_plan(2, 2, ["0"])
+
+
+def test_run_multiprocess_on_gpu_without_a_gpu_says_so(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(RuntimeError, match="no GPU is visible"):
+        run_multiprocess(report, num_processes=2, platform="gpu")
+    with pytest.raises(ValueError, match="platform must be"):
+        run_multiprocess(report, platform="tpu")
+    with pytest.raises(ValueError, match="share_gpus applies"):
+        run_multiprocess(report, share_gpus=True)

@@ -34,17 +34,15 @@ class Method:
         return (self.xla_flags, self.collective_mem, self.env)
 
 
-# jax_symm's size-based dispatch (XLA's collective above a crossover size) is
-# switched off by the setting it names: "jax_symm_window" forces the window
-# path at every size, so the measured crossover can be read off the plot.
-_FORCE_WINDOW = str(1 << 62)  # a crossover above any message: always the window path
-
-
+# jax_symm's dispatch (XLA's collective above a crossover size, below the NCCL
+# version floor, or on communicators without symmetric kernels) is switched
+# off by the setting it names: "jax_symm_window" forces the window path at
+# every size, so the measured crossover can be read off the plot.
 def window_setting() -> tuple[str, str]:
     """(environment variable, value) forcing jax_symm's window path at every size."""
     from jax_symm import settings
 
-    return settings.CROSSOVER_ENV, _FORCE_WINDOW
+    return settings.FORCE_WINDOW_ENV, "1"
 
 
 METHODS: dict[str, Method] = {

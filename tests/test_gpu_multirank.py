@@ -1,0 +1,143 @@
+"""jax_symm with several NCCL ranks, as several JAX processes on the GPUs of
+this host (`jax_symm.testing.run_multiprocess(platform="gpu")`).
+
+On a host with fewer GPUs than processes the processes share them, each with
+its own NCCL_HOSTID: NCCL then joins them over its socket transport, so this
+proves jax_symm's multi-rank logic (rank offsets, groups, arenas, unique ids
+across processes) on real NCCL, not NCCL's symmetric kernels or speed.
+
+Skipped where JAX sees no GPU (CI); run on a GPU machine with
+
+    pytest -q tests/test_gpu_multirank.py
+
+Each world size is one job that runs every case of `gpu_mp_workers.suite`;
+each case is a test here, so a failure names its case.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+
+import numpy as np
+import pytest
+
+import jax
+
+import gpu_mp_workers as gw
+from jax_symm.testing import MultiProcessError, run_multiprocess
+
+pytestmark = pytest.mark.skipif(
+    not any(d.platform == "gpu" for d in jax.devices()), reason="needs a GPU")
+
+WORLDS = (2, 4)
+_results: dict[int, dict] = {}
+
+
+def _suite(world: int) -> dict:
+    if world not in _results:
+        seed = int(np.random.SeedSequence().entropy % (1 << 31))  # fresh data each run
+        out = run_multiprocess(gw.suite, num_processes=world, args=(seed,), platform="gpu",
+                               share_gpus=True, timeout_s=540,
+                               env={"NCCL_DEBUG": "WARN"})
+        _results[world] = {"processes": list(out), "logs": out.logs}
+    return _results[world]
+
+
+def _case_ids(world: int) -> list[str]:
+    return [c.name for c in gw._cases(world)] + list(gw.SPECIALS)
+
+
+ALL = [(w, name) for w in WORLDS for name in _case_ids(w)]
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("world,name", ALL, ids=[f"w{w}-{n}" for w, n in ALL])
+def test_case(world, name):
+    res = _suite(world)
+    for p, summary in enumerate(res["processes"]):
+        got = summary[name]
+        assert "error" not in got, f"process {p}:\n{got['error']}"
+        calls = got.get("calls")
+        if name in ("arena-growth",):
+            assert got["grown"] > got["before"] > 0, got
+            continue
+        expect = got.get("expect_calls", 1)
+        if name == "eight-independent-gathers":
+            expect = 8
+        elif name == "scope-on-a-lax-program":
+            expect = 3
+        elif name == "captured-chain":
+            expect = 16
+        elif name == "grad-through-all_gather":
+            assert calls >= 2, got  # the gather and its transpose (a reduce-scatter)
+            continue
+        if expect is None:  # the default dispatch: the routing rule decides
+            info = summary["_info"]
+            symmetric = all(c["symmetric_kernels"] for c in info["communicators"]
+                            if c["members"] and len(c["members"]) == world)
+            op = name.split("-")[0]
+            kind = {"psum_scatter": "reduce_scatter", "psum": "all_reduce"}.get(op, op)
+            message = got["bytes_per_rank"] // (world if kind == "reduce_scatter" else 1)
+            expect = int(symmetric and message <= info["crossover"][kind])
+        assert calls == expect, (got, summary["_info"])
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("world", WORLDS)
+def test_suite_report(world):
+    """What NCCL had: communicators, windows, whether symmetric kernels run."""
+    res = _suite(world)
+    info = res["processes"][0]["_info"]
+    print(f"\nworld {world}: NCCL {info['version']}; communicators "
+          f"{json.dumps(info['communicators'])}")
+    assert not info["aborted"], info
+    assert info["communicators"], info
+
+
+# ------------------------------------------------------------- a peer that dies
+
+
+def _killed(tmp_path, use_lax: bool, when: str, grace: float):
+    with pytest.raises(MultiProcessError) as err:
+        run_multiprocess(gw.killed_peer, num_processes=2, platform="gpu", share_gpus=True,
+                         args=(str(tmp_path), use_lax, when, 3, 400), timeout_s=120,
+                         failure_grace_s=grace)
+    killed = json.loads((tmp_path / "killed.json").read_text())
+    path = tmp_path / "survivor.json"
+    report = json.loads(path.read_text()) if path.exists() else None
+    return err.value, killed, report
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("when", ["mid", "between"])
+def test_killed_peer_raises_in_the_survivor(tmp_path, when):
+    """Process 1 SIGKILLs itself during (or between) steps of collectives; the
+    survivor gets an exception naming the cause within 10 s of the kill."""
+    err, killed, report = _killed(tmp_path, False, when, grace=30)
+    assert err.returncodes[1] == -signal.SIGKILL, str(err)
+    assert report is not None, f"the survivor reported nothing:\n{err}"
+    assert report["custom_calls"] == 8, report
+    assert report["message"] is not None, report
+    detect = report["t_raised"] - killed["t_killed"]
+    print(f"\njax_symm, kill {when}: {report['type']} {detect:.2f} s after the kill, "
+          f"{report['completed']} steps done: {report['message'][:300]}")
+    assert detect < 10, report
+    assert "aborted" in report["message"] and "NCCL" in report["message"], report
+
+
+@pytest.mark.timeout(200)
+def test_killed_peer_with_lax_for_comparison(tmp_path):
+    """The same with XLA's own collectives: recorded, not asserted (XLA's
+    behaviour is XLA's)."""
+    grace = 20.0
+    err, killed, report = _killed(tmp_path, True, "mid", grace=grace)
+    if report is None or report["message"] is None:
+        print(f"\nlax, kill mid: no exception in the survivor within {grace:g} s "
+              f"(stopped by the launcher: {err.returncodes})")
+    else:
+        print(f"\nlax, kill mid: {report['type']} {report['t_raised'] - killed['t_killed']:.2f}"
+              f" s after the kill: {report['message'][:300]}")
+    assert err.returncodes[1] == -signal.SIGKILL

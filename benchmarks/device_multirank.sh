@@ -35,7 +35,7 @@ print('INFO', out[0])
 ") > "$OUT/nccl_log.txt" 2>&1
     echo "== nccl log rc=$?"
     grep -E "NCCL version|nRanks|Using network|via NET|[Rr]egist|[Ww]indow|comm 0x.*rank|INFO \{|Error|error" "$OUT/nccl_log.txt" | cut -c1-220 | head -30 ;;
-  w2) run_tests w2 500 "$R/tests/test_gpu_multirank.py" -k "w2- or world2 or \[2\]" ;;
-  w4) run_tests w4 500 "$R/tests/test_gpu_multirank.py" -k "w4- or \[4\]" ;;
+  w2) run_tests w2 500 "$R/tests/test_gpu_multirank.py" -k w2 ;;
+  w4) run_tests w4 500 "$R/tests/test_gpu_multirank.py" -k w4 ;;
   faults) run_tests faults 400 "$R/tests/test_gpu_multirank.py" -k "killed" -s ;;
 esac; done

@@ -86,7 +86,7 @@ def test_case(world, name):
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("world", WORLDS)
+@pytest.mark.parametrize("world", WORLDS, ids=lambda w: f"w{w}")
 def test_suite_report(world):
     """What NCCL had: communicators, windows, whether symmetric kernels run."""
     res = _suite(world)

@@ -244,17 +244,18 @@ def _run_special(name: str, world: int, rs: np.random.RandomState) -> dict:
             def loss(w, a):
                 h = gather(a, "x", tiled=True) @ w
                 return jax.lax.psum(jnp.sum(jnp.tanh(h) ** 2), "x")
-            return jax.jit(jax.shard_map(jax.value_and_grad(loss), mesh=mesh,
-                                         in_specs=(P(), P("x")), out_specs=(P(), P())))
+            return jax.jit(jax.shard_map(jax.value_and_grad(loss, argnums=(0, 1)), mesh=mesh,
+                                         in_specs=(P(), P("x")),
+                                         out_specs=(P(), (P(), P("x")))))
         w = jnp.asarray(_random(rs, (16, 16), "float32"))
         x = global_array(_random(rs, (n * 8, 16), "float32"), mesh, P("x"))
         with jax_symm.settings.force_window(True):
             ours = step(jax_symm.all_gather)
             text = ours.lower(w, x).as_text()
             _poison()
-            (l1, g1) = ours(w, x)
-        (l2, g2) = step(jax.lax.all_gather)(w, x)
-        for a, b in ((l1, l2), (g1, g2)):
+            (l1, (gw1, gx1)) = ours(w, x)
+        (l2, (gw2, gx2)) = step(jax.lax.all_gather)(w, x)
+        for a, b in ((l1, l2), (gw1, gw2), (gx1, gx2)):
             np.testing.assert_allclose(np.asarray(a.addressable_shards[0].data),
                                        np.asarray(b.addressable_shards[0].data),
                                        rtol=1e-4, atol=1e-4)

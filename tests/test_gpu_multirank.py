@@ -105,6 +105,7 @@ def _killed(tmp_path, use_lax: bool, when: str, grace: float):
         run_multiprocess(gw.killed_peer, num_processes=2, platform="gpu", share_gpus=True,
                          args=(str(tmp_path), use_lax, when, 3, 400), timeout_s=120,
                          failure_grace_s=grace)
+    assert (tmp_path / "killed.json").exists(), f"process 1 never reached the kill:\n{err.value}"
     killed = json.loads((tmp_path / "killed.json").read_text())
     path = tmp_path / "survivor.json"
     report = json.loads(path.read_text()) if path.exists() else None

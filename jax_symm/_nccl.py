@@ -21,6 +21,7 @@ import os
 import socket
 import sys
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -88,7 +89,8 @@ def _on_abort(message: str) -> None:
 
     first = not _abort_messages
     _abort_messages.append(message)
-    print(message, file=sys.stderr, flush=True)
+    print(f"[{time.strftime('%H:%M:%S')}.{int(time.time() * 1000) % 1000:03d}] {message}",
+          file=sys.stderr, flush=True)
     if first:
         ctypes.pythonapi.PyThreadState_SetAsyncExc(
             ctypes.c_ulong(threading.main_thread().ident),

@@ -422,10 +422,12 @@ def killed_peer(report_dir: str, use_lax: bool, when: str, kill_after: int,
 
     with jax_symm.settings.force_window(True):
         f = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=P("x"), out_specs=P("x")))
-        data = np.arange(n * 256 * 1024, dtype=np.float32) % 7
-        x = global_array(data, mesh, P("x"))
-        text = f.lower(x).as_text()
-        expected = data * (n * 0.5) ** 4  # each device's shard, scaled, in place
+        data = np.arange(n * 256 * 1024, dtype=np.float32) % 7 + 1
+        xs = [global_array(data * (i + 1), mesh, P("x")) for i in range(8)]
+        text = f.lower(xs[0]).as_text()
+        # Each device's shard, scaled, in place; the input changes every step,
+        # so a step whose collective did nothing cannot pass with stale data.
+        expected = [data * (i + 1) * (n * 0.5) ** 4 for i in range(8)]
 
     def kill(delay: float):
         time.sleep(delay)
@@ -442,9 +444,9 @@ def killed_peer(report_dir: str, use_lax: bool, when: str, kill_after: int,
                 else:
                     kill(0.0)
             t_call = time.time()
-            out = jax.block_until_ready(f(x))
+            out = jax.block_until_ready(f(xs[i % 8]))
             shard = out.addressable_shards[0]
-            got, want = np.asarray(shard.data), expected[shard.index]
+            got, want = np.asarray(shard.data), expected[i % 8][shard.index]
             if not np.allclose(got, want, rtol=1e-5):
                 raise AssertionError(f"step {i}: wrong values without an error "
                                      f"(max {float(np.max(np.abs(got - want)))})")
@@ -453,7 +455,8 @@ def killed_peer(report_dir: str, use_lax: bool, when: str, kill_after: int,
         if me == 0:
             write_json(os.path.join(report_dir, "survivor.json"), dict(
                 completed=completed, t_call=t_call, t_raised=time.time(),
-                type=type(e).__name__, message=str(e)[:4000], custom_calls=_custom_calls(text)))
+                type=type(e).__name__, message=str(e)[:4000], custom_calls=_custom_calls(text),
+                aborted=jax_symm.info()["nccl"]["aborted"] if not use_lax else []))
             os._exit(0)
         raise
     if me == 0:

@@ -104,7 +104,10 @@ def _killed(tmp_path, use_lax: bool, when: str, grace: float):
     with pytest.raises(MultiProcessError) as err:
         run_multiprocess(gw.killed_peer, num_processes=2, platform="gpu", share_gpus=True,
                          args=(str(tmp_path), use_lax, when, 3, 400), timeout_s=120,
-                         failure_grace_s=grace)
+                         failure_grace_s=grace,
+                         env={"NCCL_DEBUG": "WARN", "NCCL_DEBUG_TIMESTAMP_LEVELS": "WARN"})
+    print(f"\n--- survivor's log ({'lax' if use_lax else 'jax_symm'}, {when}) ---\n"
+          + "\n".join(err.value.logs[0].splitlines()[-25:]))
     assert (tmp_path / "killed.json").exists(), f"process 1 never reached the kill:\n{err.value}"
     killed = json.loads((tmp_path / "killed.json").read_text())
     path = tmp_path / "survivor.json"

@@ -37,5 +37,5 @@ print('INFO', out[0])
     grep -E "NCCL version|nRanks|Using network|via NET|[Rr]egist|[Ww]indow|comm 0x.*rank|INFO \{|Error|error" "$OUT/nccl_log.txt" | cut -c1-220 | head -30 ;;
   w2) run_tests w2 500 "$R/tests/test_gpu_multirank.py" -k w2 ;;
   w4) run_tests w4 500 "$R/tests/test_gpu_multirank.py" -k w4 ;;
-  faults) run_tests faults 400 "$R/tests/test_gpu_multirank.py" -k "killed" -s ;;
+  faults) run_tests faults 400 "$R/tests/test_gpu_multirank.py" -k "${FAULTS_K:-killed}" -s ;;
 esac; done

@@ -433,6 +433,7 @@ def killed_peer(report_dir: str, use_lax: bool, when: str, kill_after: int,
         time.sleep(delay)
         write_json(os.path.join(report_dir, "killed.json"),
                    dict(t_killed=time.time(), pid=os.getpid()))
+        print(f"killing myself at {time.time():.3f}", flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
 
     completed, t_call = 0, time.time()
@@ -451,6 +452,7 @@ def killed_peer(report_dir: str, use_lax: bool, when: str, kill_after: int,
                 raise AssertionError(f"step {i}: wrong values without an error "
                                      f"(max {float(np.max(np.abs(got - want)))})")
             completed += 1
+            print(f"step {i} done at {time.time():.3f}", flush=True)
     except BaseException as e:  # noqa: BLE001  (what we are testing)
         if me == 0:
             write_json(os.path.join(report_dir, "survivor.json"), dict(

@@ -436,6 +436,17 @@ def killed_peer(report_dir: str, use_lax: bool, when: str, kill_after: int,
         print(f"killing myself at {time.time():.3f}", flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
 
+    seen = {}
+
+    def watch_aborted():  # when this process's watchdog marked a communicator
+        while not seen:
+            if jax_symm.info()["nccl"]["aborted"]:
+                seen["t"] = time.time()
+                print(f"watchdog marked a communicator aborted at {seen['t']:.3f}", flush=True)
+            time.sleep(0.02)
+
+    if me == 0 and not use_lax:
+        threading.Thread(target=watch_aborted, daemon=True).start()
     completed, t_call = 0, time.time()
     try:
         for i in range(max_iters):
@@ -458,7 +469,8 @@ def killed_peer(report_dir: str, use_lax: bool, when: str, kill_after: int,
             write_json(os.path.join(report_dir, "survivor.json"), dict(
                 completed=completed, t_call=t_call, t_raised=time.time(),
                 type=type(e).__name__, message=str(e)[:4000], custom_calls=_custom_calls(text),
-                aborted=jax_symm.info()["nccl"]["aborted"] if not use_lax else []))
+                aborted=jax_symm.info()["nccl"]["aborted"] if not use_lax else [],
+                t_marked=seen.get("t")))
             os._exit(0)
         raise
     if me == 0:

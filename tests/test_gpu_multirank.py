@@ -128,6 +128,8 @@ def test_killed_peer_raises_in_the_survivor(tmp_path, when):
     detect = report["t_raised"] - killed["t_killed"]
     print(f"\njax_symm, kill {when}: {report['type']} {detect:.2f} s after the kill, "
           f"{report['completed']} steps done: {report['message'][:300]}")
+    print(f"watchdog marked it {report['t_marked'] - killed['t_killed']:.2f} s after the kill"
+          if report.get("t_marked") else "the watchdog marked nothing", report["aborted"])
     assert detect < 10, report
     assert "aborted" in report["message"] and "NCCL" in report["message"], report
 

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -145,7 +146,8 @@ std::string PollRank(const NcclApi& api, const std::vector<int64_t>& members, Lo
     r.comm = nullptr;  // from here on only this thread touches `failed`
   }
   // Outside the lock: revoking waits for the communicator's kernels to exit.
-  if (api.ncclCommRevoke != nullptr) {
+  static const bool abort_only = std::getenv("JAX_SYMM_NCCL_WATCHDOG_ABORT") != nullptr;
+  if (api.ncclCommRevoke != nullptr && !abort_only) {
     api.ncclCommRevoke(failed, 0);
   } else {
     api.ncclCommAbort(failed);

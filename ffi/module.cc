@@ -200,6 +200,9 @@ NB_MODULE(_jax_symm, m) {
       "fn(message) is called on the NCCL watchdog's thread for each communicator it "
       "aborts; None stops it.");
 
+  m.def("nccl_watchdog_rounds", &jax_symm::NcclWatchdogRounds,
+        "How many rounds the NCCL watchdog has polled (diagnostics).");
+
   m.def("nccl_aborted", []() { return jax_symm::NcclAborted(); },
         "Why the watchdog aborted communicators of this process (one message each).");
 

@@ -26,14 +26,28 @@ struct LocalRank {
   int cuda_ordinal = -1;
   int rank = -1;
   CUcontext context = nullptr;
-  ncclComm_t comm = nullptr;       // null once shut down or aborted
+  ncclComm_t comm = nullptr;       // null once shut down
   std::map<size_t, Arena> arenas;  // by size; read and grown under groups_mu
   // NCCL forbids using one communicator from two threads at once: held
-  // around every enqueue (handlers), registration (set-up), the watchdog's
-  // polls and aborts, and shutdown on `comm`; `aborted` is guarded by it too.
+  // around every enqueue (handlers), registration (set-up) and shutdown.
   std::unique_ptr<std::mutex> comm_mu = std::make_unique<std::mutex>();
-  std::string aborted;             // why the watchdog aborted `comm`, if it did
+  // The watchdog's view, which needs no comm_mu: a handler stuck inside NCCL
+  // (waiting for a dead peer) may hold that forever.
+  struct Failure {
+    ncclComm_t watched = nullptr;    // the communicator as created; polled lock-free
+    std::atomic<bool> failed{false};
+    std::mutex mu;                   // guards `message`
+    std::string message;             // why the watchdog aborted it
+  };
+  std::unique_ptr<Failure> failure = std::make_unique<Failure>();
 };
+
+// Why `r`'s communicator was aborted, or "".
+std::string FailureOf(const LocalRank& r) {
+  if (!r.failure->failed.load()) return "";
+  std::lock_guard<std::mutex> lock(r.failure->mu);
+  return r.failure->message;
+}
 
 struct Group {
   std::vector<int64_t> members;
@@ -77,8 +91,9 @@ Error EndGroup(const NcclApi& api, Error body) {
 // Locks `r`'s communicator into `out`; fails if the group was shut down or
 // its communicator aborted.
 Error Hold(const NcclApi& api, LocalRank& r, const Arena& arena, NcclRank* out) {
+  if (std::string why = FailureOf(r); !why.empty()) return Internal(why);
   std::unique_lock<std::mutex> lock(*r.comm_mu);
-  if (r.comm == nullptr && !r.aborted.empty()) return Internal(r.aborted);
+  if (std::string why = FailureOf(r); !why.empty()) return Internal(why);
   if (r.comm == nullptr) return Internal("the NCCL communicator has been shut down");
   out->lock = std::move(lock);
   out->api = &api;
@@ -109,6 +124,7 @@ bool watchdog_stop = false;
 bool watchdog_running = false;
 std::mutex notifier_mu;
 AbortNotifier notifier = nullptr;
+std::atomic<uint64_t> watchdog_rounds{0}, watchdog_aborts{0};  // diagnostics
 
 std::string AbortMessage(const std::vector<int64_t>& members, const LocalRank& r,
                          const std::string& cause) {
@@ -121,37 +137,35 @@ std::string AbortMessage(const std::vector<int64_t>& members, const LocalRank& r
 }
 
 // Polls one rank's communicator; returns the abort message if it failed.
+// ncclCommGetAsyncError only reads atomics, so it needs no lock; the abort
+// runs beside a handler that may be blocked inside NCCL on this
+// communicator, which is what unblocks it (its call then fails).
 std::string PollRank(const NcclApi& api, const std::vector<int64_t>& members, LocalRank& r) {
-  ncclComm_t failed = nullptr;
-  std::string message;
-  {
-    std::unique_lock<std::mutex> lock(*r.comm_mu, std::try_to_lock);
-    if (!lock.owns_lock() || r.comm == nullptr) return "";
-    if (api.cuCtxSetCurrent(r.context) != 0) return "";
-    ncclResult_t state = kNcclSuccess;
-    ncclResult_t polled = api.ncclCommGetAsyncError(r.comm, &state);
-    if (polled == kNcclSuccess && (state == kNcclSuccess || state == kNcclInProgress)) {
-      return "";
-    }
-    ncclResult_t code = polled != kNcclSuccess ? polled : state;
-    std::string cause =
-        "NCCL error " + std::to_string(code) + ": " + api.ncclGetErrorString(code);
-    if (api.ncclGetLastError) {
-      const char* last = api.ncclGetLastError(r.comm);
-      if (last && *last) cause += " (" + std::string(last) + ")";
-    }
-    message = AbortMessage(members, r, cause);
-    r.aborted = message;
-    failed = r.comm;
-    r.comm = nullptr;  // from here on only this thread touches `failed`
+  LocalRank::Failure& f = *r.failure;
+  if (f.watched == nullptr || f.failed.load()) return "";
+  if (api.cuCtxSetCurrent(r.context) != 0) return "";
+  ncclResult_t state = kNcclSuccess;
+  ncclResult_t polled = api.ncclCommGetAsyncError(f.watched, &state);
+  if (polled == kNcclSuccess && (state == kNcclSuccess || state == kNcclInProgress)) return "";
+  ncclResult_t code = polled != kNcclSuccess ? polled : state;
+  std::string cause = "NCCL error " + std::to_string(code) + ": " + api.ncclGetErrorString(code);
+  if (api.ncclGetLastError) {
+    const char* last = api.ncclGetLastError(f.watched);
+    if (last && *last) cause += " (" + std::string(last) + ")";
   }
-  // Outside the lock: revoking waits for the communicator's kernels to exit.
+  std::string message = AbortMessage(members, r, cause);
+  {
+    std::lock_guard<std::mutex> lock(f.mu);
+    f.message = message;
+  }
+  f.failed.store(true);  // from here on no handler, set-up or shutdown uses it
   static const bool abort_only = std::getenv("JAX_SYMM_NCCL_WATCHDOG_ABORT") != nullptr;
   if (api.ncclCommRevoke != nullptr && !abort_only) {
-    api.ncclCommRevoke(failed, 0);
+    api.ncclCommRevoke(f.watched, 0);
   } else {
-    api.ncclCommAbort(failed);
+    api.ncclCommAbort(f.watched);
   }
+  watchdog_aborts.fetch_add(1);
   return message;
 }
 
@@ -176,6 +190,7 @@ void WatchdogLoop(const NcclApi* api) {
       std::string message = PollRank(*api, *members, *r);
       if (!message.empty()) Notify(message);
     }
+    watchdog_rounds.fetch_add(1);
     lock.lock();
   }
   watchdog_running = false;
@@ -255,6 +270,7 @@ Error NcclInitGroup(const std::vector<int64_t>& members,
     }
     return end;
   }
+  for (LocalRank& r : group->local) r.failure->watched = r.comm;
   {
     std::lock_guard<std::mutex> lock(groups_mu);
     Groups()[members] = std::move(group);
@@ -289,13 +305,7 @@ ErrorOr<size_t> NcclEnsureArena(const std::vector<int64_t>& members, size_t byte
   // No lock is held here, so handlers still launching earlier work (whose
   // kernels the drain waits for) can proceed.
   for (LocalRank& r : group->local) {
-    {
-      std::lock_guard<std::mutex> lock(*r.comm_mu);
-      if (r.comm == nullptr) {
-        return Internal(r.aborted.empty() ? "the NCCL communicator has been shut down"
-                                          : r.aborted);
-      }
-    }
+    if (std::string why = FailureOf(r); !why.empty()) return Internal(why);
     JAX_SYMM_RETURN_IF_ERROR(MakeCurrent(api, r));
     JAX_SYMM_RETURN_IF_ERROR(CudaCheck(api.cuCtxSynchronize(), "cuCtxSynchronize"));
   }
@@ -363,11 +373,12 @@ std::vector<std::string> NcclAborted() {
   }
   std::vector<std::string> out;
   for (LocalRank* r : ranks) {
-    std::lock_guard<std::mutex> lock(*r->comm_mu);
-    if (!r->aborted.empty()) out.push_back(r->aborted);
+    if (std::string why = FailureOf(*r); !why.empty()) out.push_back(why);
   }
   return out;
 }
+
+uint64_t NcclWatchdogRounds() { return watchdog_rounds.load(); }
 
 void NcclSetAbortNotifier(AbortNotifier fn) {
   std::lock_guard<std::mutex> lock(notifier_mu);
@@ -384,17 +395,17 @@ void NcclShutdown(bool orderly) {
     std::lock_guard<std::mutex> lock(groups_mu);
     for (auto& [members, group] : Groups()) groups.push_back(group.get());
   }
+  // Peers may be gone or still running, ncclCommAbort waits for every CUDA
+  // graph that captured the communicator to be destroyed (which XLA may not
+  // have done by now), and a handler stuck on a failed one holds its lock:
+  // in a multi-process job nothing is torn down, the process's exit frees it.
+  if (!orderly) return;
   for (Group* group : groups) {
+    bool failed = false;
+    for (LocalRank& r : group->local) failed |= r.failure->failed.load();
+    if (failed) continue;  // aborted already; its kernels are gone
     std::vector<std::unique_lock<std::mutex>> comm_locks;
     for (LocalRank& r : group->local) comm_locks.emplace_back(*r.comm_mu);
-    if (!orderly) {
-      // Peers may be gone or still running, and ncclCommAbort waits for every
-      // CUDA graph that captured the communicator to be destroyed, which XLA
-      // may not have done by now: forget the communicators and let the
-      // process's exit free them.
-      for (LocalRank& r : group->local) r.comm = nullptr;
-      continue;
-    }
     for (LocalRank& r : group->local) {
       if (MakeCurrent(*api, r).success()) api->cuCtxSynchronize();
     }

@@ -59,6 +59,8 @@ std::vector<std::string> NcclAborted();
 // communicator it aborted; null to stop. Set from Python.
 using AbortNotifier = void (*)(const std::string& message);
 void NcclSetAbortNotifier(AbortNotifier fn);
+// How many rounds the watchdog has polled (it runs once a communicator exists).
+uint64_t NcclWatchdogRounds();
 
 // At interpreter exit; stops the watchdog first. `orderly` (one process):
 // drain, deregister windows,

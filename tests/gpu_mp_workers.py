@@ -396,6 +396,12 @@ def suite(seed: int) -> dict:
 # ------------------------------------------------------------- a peer that dies
 
 
+def _watchdog_rounds() -> int:
+    from jax_symm._native import ext
+
+    return int(ext.nccl_watchdog_rounds())
+
+
 def killed_peer(report_dir: str, use_lax: bool, when: str, kill_after: int,
                 max_iters: int) -> dict:
     """Both processes loop a chain of gathers and scatters; process 1
@@ -470,7 +476,7 @@ def killed_peer(report_dir: str, use_lax: bool, when: str, kill_after: int,
                 completed=completed, t_call=t_call, t_raised=time.time(),
                 type=type(e).__name__, message=str(e)[:4000], custom_calls=_custom_calls(text),
                 aborted=jax_symm.info()["nccl"]["aborted"] if not use_lax else [],
-                t_marked=seen.get("t")))
+                t_marked=seen.get("t"), watchdog_rounds=_watchdog_rounds()))
             os._exit(0)
         raise
     if me == 0:

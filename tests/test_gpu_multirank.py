@@ -129,7 +129,8 @@ def test_killed_peer_raises_in_the_survivor(tmp_path, when):
     print(f"\njax_symm, kill {when}: {report['type']} {detect:.2f} s after the kill, "
           f"{report['completed']} steps done: {report['message'][:300]}")
     print(f"watchdog marked it {report['t_marked'] - killed['t_killed']:.2f} s after the kill"
-          if report.get("t_marked") else "the watchdog marked nothing", report["aborted"])
+          if report.get("t_marked") else "the watchdog marked nothing", report["aborted"],
+          f"(watchdog rounds: {report.get('watchdog_rounds')})")
     assert detect < 10, report
     assert "aborted" in report["message"] and "NCCL" in report["message"], report
 

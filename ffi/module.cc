@@ -200,6 +200,15 @@ NB_MODULE(_jax_symm, m) {
       "fn(message) is called on the NCCL watchdog's thread for each communicator it "
       "aborts; None stops it.");
 
+  m.def(
+      "nccl_abort_groups_with",
+      [](std::vector<int64_t> ids, const std::string& cause) {
+        nb::gil_scoped_release release;  // the notifier takes the GIL
+        return jax_symm::NcclAbortGroupsWith(ids, cause);
+      },
+      nb::arg("global_ids"), nb::arg("cause"),
+      "Aborts this process's communicators whose groups hold one of `global_ids`.");
+
   m.def("nccl_watchdog_rounds", &jax_symm::NcclWatchdogRounds,
         "How many rounds the NCCL watchdog has polled (diagnostics).");
 

@@ -124,6 +124,8 @@ bool watchdog_stop = false;
 bool watchdog_running = false;
 std::mutex notifier_mu;
 AbortNotifier notifier = nullptr;
+
+
 std::atomic<uint64_t> watchdog_rounds{0}, watchdog_aborts{0};  // diagnostics
 
 std::string AbortMessage(const std::vector<int64_t>& members, const LocalRank& r,
@@ -134,6 +136,30 @@ std::string AbortMessage(const std::vector<int64_t>& members, const LocalRank& r
          ". A peer process probably died or lost its connection. Outputs of the jax_symm "
          "calls in flight when it failed are not valid, and every later call on this "
          "communicator fails: restart the job.";
+}
+
+// Marks `r`'s communicator failed (from here on no handler, set-up or
+// shutdown uses it), then revokes or aborts it; returns the message, or ""
+// if it had failed already.
+std::string MarkAndAbort(const NcclApi& api, const std::vector<int64_t>& members, LocalRank& r,
+                         const std::string& cause) {
+  LocalRank::Failure& f = *r.failure;
+  std::string message = AbortMessage(members, r, cause);
+  {
+    std::lock_guard<std::mutex> lock(f.mu);
+    if (f.failed.load() || f.watched == nullptr) return "";
+    f.message = message;
+    f.failed.store(true);
+  }
+  api.cuCtxSetCurrent(r.context);
+  static const bool abort_only = std::getenv("JAX_SYMM_NCCL_WATCHDOG_ABORT") != nullptr;
+  if (api.ncclCommRevoke != nullptr && !abort_only) {
+    api.ncclCommRevoke(f.watched, 0);
+  } else {
+    api.ncclCommAbort(f.watched);
+  }
+  watchdog_aborts.fetch_add(1);
+  return message;
 }
 
 // Polls one rank's communicator; returns the abort message if it failed.
@@ -153,20 +179,7 @@ std::string PollRank(const NcclApi& api, const std::vector<int64_t>& members, Lo
     const char* last = api.ncclGetLastError(f.watched);
     if (last && *last) cause += " (" + std::string(last) + ")";
   }
-  std::string message = AbortMessage(members, r, cause);
-  {
-    std::lock_guard<std::mutex> lock(f.mu);
-    f.message = message;
-  }
-  f.failed.store(true);  // from here on no handler, set-up or shutdown uses it
-  static const bool abort_only = std::getenv("JAX_SYMM_NCCL_WATCHDOG_ABORT") != nullptr;
-  if (api.ncclCommRevoke != nullptr && !abort_only) {
-    api.ncclCommRevoke(f.watched, 0);
-  } else {
-    api.ncclCommAbort(f.watched);
-  }
-  watchdog_aborts.fetch_add(1);
-  return message;
+  return MarkAndAbort(api, members, r, cause);
 }
 
 void Notify(const std::string& message) {
@@ -379,6 +392,32 @@ std::vector<std::string> NcclAborted() {
 }
 
 uint64_t NcclWatchdogRounds() { return watchdog_rounds.load(); }
+
+int NcclAbortGroupsWith(const std::vector<int64_t>& global_ids, const std::string& cause) {
+  const NcclApi* api = LoadedNcclApi();
+  if (api == nullptr) return 0;
+  std::vector<std::pair<const std::vector<int64_t>*, LocalRank*>> hit;
+  {
+    std::lock_guard<std::mutex> lock(groups_mu);
+    for (auto& [members, group] : Groups()) {
+      bool affected = false;
+      for (int64_t id : global_ids) {
+        affected |= std::find(members.begin(), members.end(), id) != members.end();
+      }
+      if (!affected) continue;
+      for (LocalRank& r : group->local) hit.emplace_back(&group->members, &r);
+    }
+  }
+  int aborted = 0;
+  for (auto& [members, r] : hit) {
+    std::string message = MarkAndAbort(*api, *members, *r, cause);
+    if (!message.empty()) {
+      ++aborted;
+      Notify(message);
+    }
+  }
+  return aborted;
+}
 
 void NcclSetAbortNotifier(AbortNotifier fn) {
   std::lock_guard<std::mutex> lock(notifier_mu);

@@ -59,6 +59,11 @@ std::vector<std::string> NcclAborted();
 // communicator it aborted; null to stop. Set from Python.
 using AbortNotifier = void (*)(const std::string& message);
 void NcclSetAbortNotifier(AbortNotifier fn);
+// Aborts every communicator of this process whose group has one of
+// `global_ids` (the devices of a peer process known to be gone), with `cause`
+// in the message; returns how many it aborted.
+int NcclAbortGroupsWith(const std::vector<int64_t>& global_ids, const std::string& cause);
+
 // How many rounds the watchdog has polled (it runs once a communicator exists).
 uint64_t NcclWatchdogRounds();
 

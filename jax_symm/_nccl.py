@@ -27,7 +27,7 @@ import warnings
 import numpy as np
 import jax
 
-from . import _bootstrap, _compat, _dispatch, settings
+from . import _bootstrap, _compat, _dispatch, _peer_watch, settings
 from ._native import ext, publish_local_devices
 
 # {op: FFI target name}, as the C++ module names its handlers.
@@ -136,6 +136,11 @@ def ensure_groups(groups: np.ndarray) -> None:
     load()
     me = jax.process_index()
     by_id = {d.id: d for d in jax.devices()}
+    if _compat.process_count() > 1:
+        devices_of: dict[int, list[int]] = {}
+        for d in jax.devices():
+            devices_of.setdefault(d.process_index, []).append(d.id)
+        _peer_watch.start(devices_of)
     with _setup_lock:
         _ensure_groups_locked(groups, me, by_id)
 

@@ -449,6 +449,8 @@ def killed_peer(report_dir: str, use_lax: bool, when: str, kill_after: int,
             if jax_symm.info()["nccl"]["aborted"]:
                 seen["t"] = time.time()
                 print(f"watchdog marked a communicator aborted at {seen['t']:.3f}", flush=True)
+                import faulthandler
+                faulthandler.dump_traceback_later(3, exit=False)  # where the main thread waits
             time.sleep(0.02)
 
     if me == 0 and not use_lax:

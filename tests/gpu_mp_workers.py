@@ -306,7 +306,8 @@ def _run_special(name: str, world: int, rs: np.random.RandomState) -> dict:
         for _ in range(5):
             x = global_array(_random(rs, (n * 4096,), "float32"), mesh, P("x"))
             _poison()
-            a = np.asarray(ours(x).addressable_shards[0].data)
+            with jax_symm.settings.force_window(True):  # jit's cache key: the same program
+                a = np.asarray(ours(x).addressable_shards[0].data)
             b = np.asarray(ref(x).addressable_shards[0].data)
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3 * n ** 8)
         return dict(calls=_custom_calls(text))
@@ -449,13 +450,13 @@ def killed_peer(report_dir: str, use_lax: bool, when: str, kill_after: int,
             if jax_symm.info()["nccl"]["aborted"]:
                 seen["t"] = time.time()
                 print(f"watchdog marked a communicator aborted at {seen['t']:.3f}", flush=True)
-                import faulthandler
-                faulthandler.dump_traceback_later(3, exit=False)  # where the main thread waits
             time.sleep(0.02)
 
     if me == 0 and not use_lax:
         threading.Thread(target=watch_aborted, daemon=True).start()
     completed, t_call = 0, time.time()
+    force = jax_symm.settings.force_window(True)  # a jit option: the calls need it too
+    force.__enter__()
     try:
         for i in range(max_iters):
             if me == 1 and i == kill_after:

@@ -141,6 +141,7 @@ def ensure_groups(groups: np.ndarray) -> None:
         for d in jax.devices():
             devices_of.setdefault(d.process_index, []).append(d.id)
         _peer_watch.start(devices_of)
+        process_nccl_hosts()  # now, while every process is here (info() reads it later)
     with _setup_lock:
         _ensure_groups_locked(groups, me, by_id)
 
@@ -186,11 +187,14 @@ def groups_info() -> list[dict]:
     kernels there (a window, and for NCCL < 2.29 all ranks on one NCCL host)."""
     out = []
     version = load()["version"]
+    # Never waits for other processes (info() must answer when a peer is gone):
+    # the identities were agreed when the first communicator was made.
+    known = _compat.process_count() == 1 or _identities is not None
     for g in ext.nccl_groups():
         g = dict(g)
-        spans = groups_span_nccl_hosts(np.asarray([g["members"]], dtype=np.int64))
-        g["symmetric_kernels"] = bool(g["symmetric_windows"]) and (
-            version >= 22900 or not spans)
+        spans = known and groups_span_nccl_hosts(np.asarray([g["members"]], dtype=np.int64))
+        g["symmetric_kernels"] = (bool(g["symmetric_windows"]) and known
+                                  and (version >= 22900 or not spans))
         out.append(g)
     return out
 

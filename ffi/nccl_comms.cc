@@ -138,9 +138,14 @@ std::string AbortMessage(const std::vector<int64_t>& members, const LocalRank& r
          "communicator fails: restart the job.";
 }
 
+void Notify(const std::string& message) {
+  std::lock_guard<std::mutex> lock(notifier_mu);
+  if (notifier != nullptr) notifier(message);
+}
+
 // Marks `r`'s communicator failed (from here on no handler, set-up or
-// shutdown uses it), then revokes or aborts it; returns the message, or ""
-// if it had failed already.
+// shutdown uses it), tells the process, then revokes or aborts it; returns
+// the message, or "" if it had failed already.
 std::string MarkAndAbort(const NcclApi& api, const std::vector<int64_t>& members, LocalRank& r,
                          const std::string& cause) {
   LocalRank::Failure& f = *r.failure;
@@ -151,6 +156,9 @@ std::string MarkAndAbort(const NcclApi& api, const std::vector<int64_t>& members
     f.message = message;
     f.failed.store(true);
   }
+  // Before the revoke lets the kernels in flight exit: so the process knows
+  // before any thread can read the outputs those kernels leave invalid.
+  Notify(message);
   api.cuCtxSetCurrent(r.context);
   static const bool abort_only = std::getenv("JAX_SYMM_NCCL_WATCHDOG_ABORT") != nullptr;
   if (api.ncclCommRevoke != nullptr && !abort_only) {
@@ -182,10 +190,6 @@ std::string PollRank(const NcclApi& api, const std::vector<int64_t>& members, Lo
   return MarkAndAbort(api, members, r, cause);
 }
 
-void Notify(const std::string& message) {
-  std::lock_guard<std::mutex> lock(notifier_mu);
-  if (notifier != nullptr) notifier(message);
-}
 
 void WatchdogLoop(const NcclApi* api) {
   std::unique_lock<std::mutex> lock(watchdog_mu);
@@ -199,10 +203,7 @@ void WatchdogLoop(const NcclApi* api) {
       }
     }
     // Groups and their ranks are never freed or moved once registered.
-    for (auto& [members, r] : ranks) {
-      std::string message = PollRank(*api, *members, *r);
-      if (!message.empty()) Notify(message);
-    }
+    for (auto& [members, r] : ranks) PollRank(*api, *members, *r);
     watchdog_rounds.fetch_add(1);
     lock.lock();
   }
@@ -410,11 +411,7 @@ int NcclAbortGroupsWith(const std::vector<int64_t>& global_ids, const std::strin
   }
   int aborted = 0;
   for (auto& [members, r] : hit) {
-    std::string message = MarkAndAbort(*api, *members, *r, cause);
-    if (!message.empty()) {
-      ++aborted;
-      Notify(message);
-    }
+    if (!MarkAndAbort(*api, *members, *r, cause).empty()) ++aborted;
   }
   return aborted;
 }

@@ -397,6 +397,10 @@ def suite(seed: int) -> dict:
 # ------------------------------------------------------------- a peer that dies
 
 
+class WrongValues(AssertionError):
+    """A step handed back wrong values and no error."""
+
+
 def _watchdog_rounds() -> int:
     from jax_symm._native import ext
 
@@ -469,8 +473,8 @@ def killed_peer(report_dir: str, use_lax: bool, when: str, kill_after: int,
             shard = out.addressable_shards[0]
             got, want = np.asarray(shard.data), expected[i % 8][shard.index]
             if not np.allclose(got, want, rtol=1e-5):
-                raise AssertionError(f"step {i}: wrong values without an error "
-                                     f"(max {float(np.max(np.abs(got - want)))})")
+                raise WrongValues(f"step {i}: wrong values without an error "
+                                  f"(max {float(np.max(np.abs(got - want)))})")
             completed += 1
             print(f"step {i} done at {time.time():.3f}", flush=True)
     except BaseException as e:  # noqa: BLE001  (what we are testing)

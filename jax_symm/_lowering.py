@@ -45,6 +45,17 @@ class Collective:
     dimension: str | None = None
 
 
+# The host transport's windows pair two or more ranks; only NCCL has a 1-rank
+# call (a 1-rank communicator), which is what the setting exists to measure.
+_SINGLETON_ON_CPU = (
+    "jax_symm.{kind} over a group of one device with jax_symm_singleton_calls on: "
+    "that setting keeps the custom call for one-device groups, which only the GPU "
+    "transport has (a 1-rank NCCL communicator); the CPU transport's shared-memory "
+    "windows need 2 or more ranks. On CPU turn it off "
+    "(jax.config.update('jax_symm_singleton_calls', False), or unset "
+    "JAX_SYMM_SINGLETON_CALLS), or use a mesh axis of 2 or more devices.")
+
+
 @functools.cache
 def _warn_once(message: str) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=3)
@@ -130,6 +141,8 @@ def register(prim, spec: Collective) -> None:
             if params["axis_size"] == 1 and not settings.singleton_calls.value:
                 _compat.pass_order_token(ctx)
                 return [_compat.reshape_to(ctx, x, ctx.avals_out[0])]
+            if params["axis_size"] == 1 and platform == "cpu" and not settings.disable.value:
+                raise NotImplementedError(_SINGLETON_ON_CPU.format(kind=spec.kind))
             why, warn, groups = _use_xla_reason(spec, platform, ctx, params["axes"])
             if why is not None:
                 if warn:

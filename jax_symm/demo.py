@@ -50,6 +50,12 @@ def _fmt_bytes(n: int) -> str:
     return f"{n} B"
 
 
+def _fmt_ratio(ratio: float) -> str:
+    """Two decimals, rounded down, so the printed figure stays on the same side
+    of 1 as the verdict (0.996 rounded to nearest would print "1.00x, SLOWER")."""
+    return f"{math.floor(ratio * 100) / 100:.2f}"
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parse(sys.argv[1:] if argv is None else argv)
     flags = os.environ.get("XLA_FLAGS", "")
@@ -115,10 +121,10 @@ def main(argv: list[str] | None = None) -> None:
                      f"lax {l.time_us:7.1f} us [{l.p10_us:.1f}, {l.p90_us:.1f}]")
             if ratio >= 1:
                 faster.append(what)
-                verdict = f"speedup {ratio:.2f}x: jax_symm is faster"
+                verdict = f"speedup {_fmt_ratio(ratio)}x: jax_symm is faster"
             else:
                 slower.append(what)
-                verdict = f"speedup {ratio:.2f}x: jax_symm is SLOWER than lax here"
+                verdict = f"speedup {_fmt_ratio(ratio)}x: jax_symm is SLOWER than lax here"
         print(f"{what}  {times}  {verdict};  {check}", flush=True)
     print(f"summary: jax_symm faster in {len(faster)}, slower in {len(slower)}, "
           f"unresolved in {len(unresolved)} of {len(faster) + len(slower) + len(unresolved)} "

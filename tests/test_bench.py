@@ -364,3 +364,16 @@ def test_gpu_device_time_and_raw_nccl():
         us = diagnostics.nccl_raw_time(jax.devices(), op, 1 << 16, "bfloat16", iters=5,
                                        repeats=3)
         assert len(us) == 3 and all(u > 0 for u in us), (op, us)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("sub,needs", [("overhead", "needs a GPU"),
+                                       ("nccl-log", "needs NVIDIA GPUs")])
+def test_gpu_subcommands_on_cpu_say_what_they_need(tmp_path, sub, needs):
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", "jax_symm.bench", sub], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=110)
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert needs in proc.stderr and "backend is 'cpu'" in proc.stderr, proc.stderr[-3000:]

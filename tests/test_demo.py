@@ -18,22 +18,14 @@ _ROW = re.compile(
     r"x (\d+) devices\s+(.*)$")
 
 
-@pytest.mark.timeout(120)
-def test_demo_output_states_measurement_and_verdicts(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
-    env.pop("XLA_FLAGS", None)  # the demo picks its own device count
-    proc = subprocess.run([sys.executable, "-m", "jax_symm.demo", "--devices", "4"],
-                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=110)
-    out = proc.stdout
-    assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
-    assert "4 cpu device(s)" in out
-    assert "dependent calls" in out and "slope of time vs K" in out, out  # method, estimator
+def _check_rows(out: str, devices: int) -> dict:
+    """Every case row is checked against lax, and its verdict follows the ratio
+    it prints; the summary counts what the rows say."""
     rows = [m for m in map(_ROW.match, out.splitlines()) if m]
     assert {m.group(1) for m in rows} == {"all_gather", "reduce_scatter", "all_reduce"}, out
     verdicts = {"faster": 0, "SLOWER": 0, "not resolvable": 0}
     for m in rows:
-        assert m.group(4) == "4"
+        assert m.group(4) == str(devices)
         rest = m.group(5)
         assert re.search(r"check vs lax: max\|diff\| \S+ \(limit \S+\) ok", rest), rest
         if "not resolvable" in rest:
@@ -57,4 +49,39 @@ def test_demo_output_states_measurement_and_verdicts(tmp_path):
     assert [int(g) for g in summary.groups()] == [
         verdicts["faster"], verdicts["SLOWER"], verdicts["not resolvable"], len(rows)]
     assert ("where jax_symm is slower:" in out) == (verdicts["SLOWER"] > 0)
+    return verdicts
+
+
+@pytest.mark.timeout(120)
+def test_demo_output_states_measurement_and_verdicts(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    env.pop("XLA_FLAGS", None)  # the demo picks its own device count
+    proc = subprocess.run([sys.executable, "-m", "jax_symm.demo", "--devices", "4"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=110)
+    out = proc.stdout
+    assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
+    assert "4 cpu device(s)" in out
+    assert "dependent calls" in out and "slope of time vs K" in out, out  # method, estimator
+    _check_rows(out, devices=4)
     assert out.rstrip().endswith("ok")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("symm_us,lax_us", [(100.4, 100.0), (100.0, 100.4), (50.0, 50.0)])
+def test_verdict_and_printed_ratio_agree_near_one(monkeypatch, capsys, symm_us, lax_us):
+    """A ratio just below 1 (0.996) once printed as "1.00x" next to "SLOWER"."""
+    from jax_symm import demo
+    from jax_symm.bench import timing
+
+    def fake_estimate(ks, seconds):  # called for jax_symm, then lax, per case
+        fake_estimate.calls += 1
+        t = symm_us if fake_estimate.calls % 2 else lax_us
+        return timing.Estimate(t, 0.9 * t, 1.1 * t, 7, True, t)
+    fake_estimate.calls = 0
+    monkeypatch.setattr(timing, "time_chains", lambda fns, x, repeats, warmup: (sorted(fns), None))
+    monkeypatch.setattr(timing, "estimate", fake_estimate)
+    demo.main(["--devices", "8", "--k", "2", "--repeats", "1"])
+    out = capsys.readouterr().out
+    verdicts = _check_rows(out, devices=8)
+    assert verdicts["SLOWER" if symm_us > lax_us else "faster"] == 6, out

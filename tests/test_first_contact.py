@@ -1,5 +1,6 @@
 """What a new user meets first: the jax version check and a source checkout
-that shadows the installed package (issue #13, items 1 and 2)."""
+that shadows the installed package (issue #13, items 1 and 2); the pins in
+pyproject.toml and `python -m jax_symm.info` (issue #20, item 7)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import json
 import textwrap
 
 import pytest
@@ -29,12 +31,33 @@ def test_supported_jax_passes(version):
     _compat.check_jax_version(version)
 
 
-def test_floor_matches_pyproject():
+def test_pyproject_pins_match_the_version_check():
+    """Run time and build time pin jax and jaxlib to the range that
+    `check_jax_version` accepts: an unbounded build pin let pip compile
+    against a jaxlib the package then refuses to import with."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    text = open(os.path.join(root, "pyproject.toml")).read()
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)
     lo = ".".join(map(str, _compat.MIN_JAX))
-    assert f'"jax>={lo},<0.13"' in text
-    assert f'"jax>={lo}", "jaxlib>={lo}"' in text  # build-system requires
+    hi = ".".join(map(str, _compat.MAX_JAX_EXCLUSIVE))
+    pins = {r for r in project["project"]["dependencies"] if r.startswith("jax")}
+    assert pins == {f"jax>={lo},<{hi}"}
+    build = {r for r in project["build-system"]["requires"] if r.startswith("jax")}
+    assert build == {f"jax>={lo},<{hi}", f"jaxlib>={lo},<{hi}"}
+
+
+@pytest.mark.timeout(150)
+def test_python_m_info_prints_json_without_warnings(tmp_path):
+    root = os.path.dirname(_PKG)  # the jax_symm under test (installed in CI)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONWARNINGS="error::RuntimeWarning",
+               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", "jax_symm.info"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "Warning" not in proc.stderr, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["jax_symm"] == jax_symm.__version__ and out["backend"] == "cpu"
 
 
 def _run_with_source_copy(tmp_path, body: str, hide_installed: bool):
@@ -98,3 +121,26 @@ def test_no_extension_anywhere_fails_at_import_saying_what_to_do(tmp_path):
     assert "ImportError: jax_symm's compiled extension" in err, err
     assert "pip install ." in err and "pip install -e ." in err, err
     assert "jax._src" not in err, err
+
+
+@pytest.mark.parametrize("op", ["all_gather", "psum_scatter", "psum"])
+def test_singleton_calls_on_cpu_are_refused_saying_why(op):
+    """A one-device group with jax_symm_singleton_calls on reached the host
+    transport and failed there ("a host window needs 2 to 65536 ranks, not 1")."""
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh, PartitionSpec as P
+
+    mesh = Mesh(np.array(jax.devices()[:1]), ("x",))
+    fn = getattr(jax_symm, op)
+    call = (lambda a: fn(a, "x", tiled=True)) if op != "psum" else (lambda a: fn(a, "x"))
+    f = jax.jit(jax.shard_map(call, mesh=mesh, in_specs=P("x"), out_specs=P("x")))
+    x = np.random.default_rng().standard_normal(8).astype(np.float32)
+    with jax_symm.settings.singleton_calls(True):
+        with pytest.raises(NotImplementedError,
+                           match=r"jax_symm_singleton_calls.*only the GPU transport.*"
+                                 r"jax_symm_singleton_calls', False"):
+            f(x)
+        with jax_symm.settings.disable(True):  # disabled: XLA's, as for any call
+            np.testing.assert_array_equal(f(x), x)
+    np.testing.assert_array_equal(f(x), x)  # setting off: the reshape, as before

@@ -24,6 +24,12 @@ def main(argv: list[str] | None = None) -> None:
     import jax.numpy as jnp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+    if jax.default_backend() != "gpu":
+        sys.exit(f"jax-symm-bench nccl-log needs NVIDIA GPUs: it runs jax_symm's NCCL "
+                 f"transport so that NCCL's log shows windows and kernels; here JAX's "
+                 f"backend is {jax.default_backend()!r}. Run it where jax[cuda12] or "
+                 f"jax[cuda13] sees GPUs, with NCCL_DEBUG=INFO "
+                 f"NCCL_DEBUG_SUBSYS=INIT,REG,TUNING")
     import jax_symm
     if "JAX_SYMM_SINGLETON_CALLS" not in os.environ:
         jax.config.update("jax_symm_singleton_calls", True)

@@ -56,6 +56,12 @@ def main(argv: list[str] | None = None) -> None:
     import jax.numpy as jnp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+    if jax.default_backend() != "gpu":
+        # Only NCCL has a call at world size 1; the CPU transport pairs 2+ ranks.
+        sys.exit(f"jax-symm-bench overhead needs a GPU: it times jax_symm's custom call "
+                 f"at world size 1, which only the NCCL transport has (a 1-rank "
+                 f"communicator); here JAX's backend is {jax.default_backend()!r}. On CPU "
+                 f"the smallest jax_symm call pairs 2 devices: jax-symm-bench --devices 2")
     import jax_symm
     # Keep the custom call for a group of one device, unless the caller said no.
     if "JAX_SYMM_SINGLETON_CALLS" not in os.environ:

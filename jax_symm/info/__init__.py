@@ -1,6 +1,10 @@
 """What jax_symm sees: versions, NCCL, communicators, arenas, host windows.
 
     python -m jax_symm.info
+
+A package, not a module, so that `python -m` runs `info/__main__.py`: the
+package's `__init__` imports this (for `jax_symm.info()`) before runpy starts,
+and runpy warns when the module it is about to run is imported already.
 """
 
 from __future__ import annotations
@@ -13,8 +17,8 @@ import jax
 
 def info() -> dict[str, Any]:
     """A snapshot of jax_symm's state in this process (plain data)."""
-    from . import _dispatch, _nccl, __version__, settings
-    from ._native import ext
+    from .. import _dispatch, _nccl, __version__, settings
+    from .._native import ext
 
     out: dict[str, Any] = {
         "jax_symm": __version__,
@@ -59,7 +63,3 @@ def info() -> dict[str, Any]:
 
 def main() -> None:
     print(json.dumps(info(), indent=2))
-
-
-if __name__ == "__main__":
-    main()

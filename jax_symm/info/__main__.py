@@ -1,0 +1,5 @@
+"""`python -m jax_symm.info`."""
+
+from . import main
+
+main()

@@ -88,9 +88,10 @@ ffi::ErrorOr<std::unique_ptr<HostCallState>> HostInstantiate(HostCallAttrs attrs
   const auto& groups = attrs.call.groups;
   for (size_t at = 0; at + size <= groups.size(); at += size) {
     std::vector<int64_t> members(groups.begin() + at, groups.begin() + at + size);
-    // Groups without a device of this process have no window here (ignored).
-    HostWindow::Acquire(attrs.site, members);
-    state->windows.emplace_back(attrs.site, std::move(members));
+    // Groups without a device of this process have no window here.
+    if (HostWindow::Acquire(attrs.site, members)) {
+      state->windows.emplace_back(attrs.site, std::move(members));
+    }
   }
   return state;
 }

@@ -529,10 +529,12 @@ Error HostWindow::PartitionedAllReduce(int64_t rank, int64_t run_id, ffi::DataTy
   return Error::Success();
 }
 
-void HostWindow::Acquire(int64_t site, const std::vector<int64_t>& members) {
+bool HostWindow::Acquire(int64_t site, const std::vector<int64_t>& members) {
   std::lock_guard<std::mutex> lock(windows_mu);
   auto it = Windows().find(WindowKey{site, members});
-  if (it != Windows().end()) ++it->second->users_;
+  if (it == Windows().end()) return false;
+  ++it->second->users_;
+  return true;
 }
 
 void HostWindow::Release(int64_t site, const std::vector<int64_t>& members) {

@@ -55,8 +55,9 @@ class HostWindow {
   static ErrorOr<HostWindow*> Find(int64_t site, const std::vector<int64_t>& members);
   // An executable that uses the window of (site, group) was made / freed.
   // When the last one is freed the window is unmapped (and its name removed
-  // by the process that made it). Unknown windows are ignored.
-  static void Acquire(int64_t site, const std::vector<int64_t>& members);
+  // by the process that made it). Acquire is false for a window this process
+  // does not have (a group without a device here): release only what it took.
+  static bool Acquire(int64_t site, const std::vector<int64_t>& members);
   static void Release(int64_t site, const std::vector<int64_t>& members);
 
   // `run_id` names the execution (XLA's RunId); within one process every

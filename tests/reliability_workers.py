@@ -193,13 +193,21 @@ def long_run(n_calls: int, warmup: int, sizes: tuple, check_every: int) -> dict:
         if i == warmup - 1:
             seg_warm = len(_my_shm_segments())
     jax.block_until_ready(out)
+    from jax_symm import _compat
     from jax_symm._native import ext
 
     rss_warm = max(r for i, r in rss if warmup // 2 <= i < warmup)
     rss_end = max(r for i, r in rss if i >= n_calls - warmup)
-    return dict(calls=n_calls, checked=checked, rss_warm=rss_warm, rss_end=rss_end,
-                seg_warm=seg_warm, seg_end=len(_my_shm_segments()),
-                segments=_my_shm_segments(), windows=[w for w, _ in ext.host_windows()])
+    # Windows go with their programs: the process that made them removes their
+    # names when its programs are freed (here: when it returns), so both count
+    # before either returns.
+    client = _compat.distributed_client()
+    client.wait_at_barrier("reliability/long_run_done", 60_000)
+    out = dict(calls=n_calls, checked=checked, rss_warm=rss_warm, rss_end=rss_end,
+               seg_warm=seg_warm, seg_end=len(_my_shm_segments()),
+               segments=_my_shm_segments(), windows=[w for w, _ in ext.host_windows()])
+    client.wait_at_barrier("reliability/long_run_counted", 60_000)
+    return out
 
 
 # ------------------------------------------- case 5-7: a peer that fails in Python

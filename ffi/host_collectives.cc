@@ -1,6 +1,9 @@
 // XLA:CPU handlers: decode the call, then hand the data to the host window
 // that lowering prepared for (call site, group).
 #include <cstring>
+#include <memory>
+#include <utility>
+#include <vector>
 
 #include "ffi_call.h"
 #include "host_collectives.h"
@@ -60,6 +63,39 @@ Error HostHandler(ffi::RunId run, int32_t ordinal, ffi::Token, AnyBuffer in,
   return HostCollective(kKind, run.run_id, ordinal, in, *out, attrs);
 }
 
+}  // namespace
+
+// One per custom call of a compiled executable (XLA makes it at the
+// instantiate stage and destroys it with the executable): holds the call
+// site's windows, so that they live exactly as long as some executable that
+// uses them.
+struct HostCallState {
+  static ffi::TypeId id;
+  std::vector<std::pair<int64_t, std::vector<int64_t>>> windows;
+  ~HostCallState() {
+    for (const auto& [site, members] : windows) HostWindow::Release(site, members);
+  }
+};
+ffi::TypeId HostCallState::id = {};
+ffi::TypeInfo host_call_state_info = ffi::MakeTypeInfo<HostCallState>();
+
+namespace {
+
+ffi::ErrorOr<std::unique_ptr<HostCallState>> HostInstantiate(HostCallAttrs attrs) {
+  auto state = std::make_unique<HostCallState>();
+  const int64_t size = attrs.call.group_size;
+  if (size < 2) return state;  // groups of one have no window
+  const auto& groups = attrs.call.groups;
+  for (size_t at = 0; at + size <= groups.size(); at += size) {
+    std::vector<int64_t> members(groups.begin() + at, groups.begin() + at + size);
+    // Groups without a device of this process have no window here.
+    if (HostWindow::Acquire(attrs.site, members)) {
+      state->windows.emplace_back(attrs.site, std::move(members));
+    }
+  }
+  return state;
+}
+
 auto BindHostCall() {
   return ffi::Ffi::Bind()
       .Ctx<ffi::RunId>()
@@ -73,11 +109,16 @@ auto BindHostCall() {
 
 }  // namespace
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HostCallInstantiate, HostInstantiate,
+                              ffi::Ffi::BindInstantiate().Attrs<HostCallAttrs>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HostAllGather, HostHandler<CollectiveKind::kAllGather>,
                               BindHostCall());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HostReduceScatter, HostHandler<CollectiveKind::kReduceScatter>,
                               BindHostCall());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HostAllReduce, HostHandler<CollectiveKind::kAllReduce>,
                               BindHostCall());
+
+XLA_FFI_TypeId* HostCallStateTypeId() { return &HostCallState::id; }
+const XLA_FFI_TypeInfo* HostCallStateTypeInfo() { return &host_call_state_info; }
 
 }  // namespace jax_symm

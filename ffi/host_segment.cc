@@ -163,11 +163,13 @@ ErrorOr<SharedSegment*> SharedSegment::Create(const std::string& name, size_t by
 }
 
 ErrorOr<SharedSegment*> SharedSegment::Open(const std::string& name, size_t bytes,
-                                            double timeout_s) {
+                                            double timeout_s,
+                                            const std::function<Error()>& abandon) {
   const auto deadline = std::chrono::steady_clock::now() +
                         std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                             std::chrono::duration<double>(timeout_s));
   auto wait_or = [&](const std::string& what) -> Error {
+    if (abandon) JAX_SYMM_RETURN_IF_ERROR(abandon());
     if (std::chrono::steady_clock::now() >= deadline) {
       return DeadlineExceeded("waited " + std::to_string(timeout_s) + " s for /dev/shm" + name +
                               " " + what + "; the process that serves rank 0 of this group "
@@ -248,6 +250,12 @@ bool SharedSegment::RankHeld(int64_t rank) const {
   lk.l_len = 1;
   if (fcntl(probe, F_OFD_GETLK, &lk) != 0) return true;
   return lk.l_type != F_UNLCK;
+}
+
+void SharedSegment::Unmap() {
+  Close();
+  if (base_ != nullptr) munmap(base_, bytes_);
+  base_ = nullptr;
 }
 
 void SharedSegment::Unlink() const { shm_unlink(name_.c_str()); }

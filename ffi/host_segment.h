@@ -9,17 +9,21 @@
 //  - every other process opens it without following links or blocking on a
 //    FIFO, and checks that it is a regular file owned by this user with mode
 //    0600 and exactly the expected size before mapping it;
-//  - who is alive is told by open-file-description locks, not by pids: each
-//    process holds a shared lock on one byte per rank it serves, for as long as
-//    it lives (the mapping keeps the description, and so the lock, alive; it is
-//    not inherited by forked children). The kernel drops the lock when the
-//    process dies -- killed, exited, or a zombie -- and locks are seen across
-//    PID namespaces, where `kill(pid, 0)` sees nothing.
+//  - who is alive is told by open-file-description locks, not by pids: in the
+//    job's record (host_liveness.h) each process holds a shared lock on one
+//    byte for as long as it lives (the mapping keeps the description, and so
+//    the lock, alive; it is not inherited by forked children). The kernel drops
+//    the lock when the process dies -- killed, exited, or a zombie -- and locks
+//    are seen across PID namespaces, where `kill(pid, 0)` sees nothing.
+//  - every mapping also holds a shared lock on byte 0, so the start-up scan
+//    (ReapStaleSegments) removes only segments nobody maps. After set-up a
+//    segment keeps no descriptor open: the mapping is enough.
 #pragma once
 
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -34,15 +38,20 @@ class SharedSegment {
   // mapped read-write. On any failure nothing is left behind.
   static ErrorOr<SharedSegment*> Create(const std::string& name, size_t bytes);
   // Opens a segment another process of the job creates, waiting up to
-  // `timeout_s` for it to appear at its full size.
-  static ErrorOr<SharedSegment*> Open(const std::string& name, size_t bytes,
-                                      double timeout_s);
+  // `timeout_s` for it to appear at its full size. While it waits, `abandon`
+  // (if given) is asked whether waiting still makes sense: an error it
+  // returns (the creator is gone, or failed to create it) ends the wait.
+  static ErrorOr<SharedSegment*> Open(const std::string& name, size_t bytes, double timeout_s,
+                                      const std::function<Error()>& abandon);
 
-  // Holds rank `rank`'s liveness lock for the rest of this process's life.
+  // Holds liveness lock `rank` (byte 1 + rank) for as long as the mapping lives.
   Error HoldRank(int64_t rank);
-  // Whether some live process holds rank `rank`'s lock (through another open
-  // file description than ours, so our own ranks count as held).
+  // Whether some live process holds lock `rank` (through another open file
+  // description than ours, so our own locks count as held).
   bool RankHeld(int64_t rank) const;
+  // Unmaps the segment (after Close); base() is invalid from here. Drops
+  // whatever locks the mapping kept.
+  void Unmap();
   // Removes the name (mappings stay valid until exit).
   void Unlink() const;
   // Closes the descriptor that took our locks. The locks stay: they belong to

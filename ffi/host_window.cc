@@ -13,6 +13,7 @@
 #include <mutex>
 #include <thread>
 
+#include "host_liveness.h"
 #include "host_reduce.h"
 
 namespace jax_symm {
@@ -61,9 +62,12 @@ void FutexWakeAll(std::atomic<uint32_t>* addr) {
           nullptr, nullptr, 0);
 }
 
-// Every window this process has prepared, by (call site, group). Never
-// destroyed: XLA may still run a handler on another thread while the
-// interpreter exits.
+// Every window this process has prepared, by (call site, group). A window
+// lives while an executable that uses it does (Acquire / Release, from the
+// handlers' instantiate stage and their state's destructor); one that no
+// executable ever used (lowered, never compiled) stays until exit, and so
+// does every window at exit: XLA may still run a handler on another thread
+// while the interpreter exits.
 using WindowKey = std::pair<int64_t, std::vector<int64_t>>;
 std::mutex windows_mu;
 std::map<WindowKey, HostWindow*>& Windows() {
@@ -143,13 +147,35 @@ Error HostWindow::Prepare(const WindowSpec& spec) {
   // One process reads inputs in place and needs only the header.
   const size_t total =
       header_bytes + (config.single_process ? 0 : 2 * world * spec.slot_bytes);
+  // A window this process should have made and could not: its peers, waiting
+  // to open it, are told why at once (host_liveness), not after a timeout.
+  auto failed = [&](Error err) -> Error {
+    if (spec.create) RecordSetupFailure(spec.name, err.message());
+    return err;
+  };
+  // An opener stops waiting as soon as the creator is gone or failed.
+  const int64_t creator = ProcessOfDevice(spec.members[0]);
+  auto abandon = [&]() -> Error {
+    std::string why = SetupFailure(creator, spec.name);
+    if (why.empty()) {
+      why = ProcessGone(creator);
+      if (!why.empty()) why += ", before it made this window";
+    }
+    if (why.empty()) return Error::Success();
+    return Internal("the window of call site " + std::to_string(spec.site) + " (" +
+                    CollectiveKindName(spec.kind) + ", group " + GroupToString(spec.members) +
+                    ") will never be ready: the process that makes it, " + why +
+                    ". Restart the job.");
+  };
   ErrorOr<SharedSegment*> segment =
       spec.create ? SharedSegment::Create(spec.name, total)
-                  : SharedSegment::Open(spec.name, total, config.open_timeout_s);
-  if (segment.has_error()) return segment.error();
+                  : SharedSegment::Open(spec.name, total, config.open_timeout_s, abandon);
+  if (segment.has_error()) return failed(segment.error());
 
   auto* window = new HostWindow();
   window->segment_ = *segment;
+  window->site_ = spec.site;
+  window->kind_ = spec.kind;
   window->members_ = spec.members;
   window->slot_bytes_ = spec.slot_bytes;
   window->header_ = reinterpret_cast<Header*>((*segment)->base());
@@ -167,7 +193,10 @@ Error HostWindow::Prepare(const WindowSpec& spec) {
     } else {
       window->segment_->Close();
     }
-    return err;
+    window->segment_->Unmap();
+    delete window->segment_;
+    delete window;
+    return failed(std::move(err));
   };
   if (spec.create) {
     h->version = kVersion;
@@ -185,19 +214,19 @@ Error HostWindow::Prepare(const WindowSpec& spec) {
       h->ranks[r].claimed.store(0);
       h->ranks[r].pid.store(0);
     }
-  } else if (Error err = window->Validate(spec, config.open_timeout_s); err.failure()) {
+  } else if (Error err = window->Validate(spec, config.open_timeout_s, abandon); err.failure()) {
     return give_up(std::move(err));  // nothing written into a file we did not accept
   }
+  // Who is alive is the job record's business (one lock per process), so a
+  // window needs no lock of its own beyond the mapping's, and no descriptor.
   for (int64_t r : spec.local_ranks) {
-    if (!config.single_process) {
-      if (Error err = window->segment_->HoldRank(r); err.failure()) return give_up(std::move(err));
-    }
     h->ranks[r].pid.store(static_cast<int32_t>(getpid()));
     h->ranks[r].claimed.store(1, std::memory_order_release);
   }
   // Published last: peers use nothing before they see it.
   if (spec.create) h->magic.store(kMagic, std::memory_order_release);
-  window->segment_->DropDescriptor();  // the mapping holds the locks from here
+  window->creator_ = spec.create;
+  window->segment_->Close();  // the mapping keeps byte 0's lock from here
   // Alone, nobody else needs the name: unlink now, so that not even a
   // SIGKILL can leave the segment behind.
   if (config.single_process) window->segment_->UnlinkAndClose();
@@ -205,11 +234,13 @@ Error HostWindow::Prepare(const WindowSpec& spec) {
   return Error::Success();
 }
 
-Error HostWindow::Validate(const WindowSpec& spec, double timeout_s) const {
+Error HostWindow::Validate(const WindowSpec& spec, double timeout_s,
+                           const std::function<Error()>& abandon) const {
   const Header* h = header_;
   const std::string name = "/dev/shm" + spec.name;
   const auto start = std::chrono::steady_clock::now();
   while (h->magic.load(std::memory_order_acquire) != kMagic) {
+    JAX_SYMM_RETURN_IF_ERROR(abandon());
     if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() >
         timeout_s) {
       return DeadlineExceeded(name + " was created but never initialised within " +
@@ -289,7 +320,8 @@ Error HostWindow::Barrier(int64_t rank, uint64_t epoch) {
   const std::string where = "group " + GroupToString(members_) + " (rank " +
                             std::to_string(rank) + ", device " +
                             std::to_string(members_[rank]) + ", call " +
-                            std::to_string(epoch) + ")";
+                            std::to_string(epoch) + " of call site " + std::to_string(site_) +
+                            ", " + CollectiveKindName(kind_) + ")";
   while (true) {
     const uint32_t gen = h->generation.load(std::memory_order_acquire);
     if (done(gen)) return Error::Success();
@@ -302,14 +334,15 @@ Error HostWindow::Barrier(int64_t rank, uint64_t epoch) {
     bool peer_gone = false;
     for (uint64_t r = 0; r < world; ++r) {
       if (h->ranks[r].epoch.load(std::memory_order_acquire) >= epoch) continue;
-      const bool claimed = h->ranks[r].claimed.load(std::memory_order_acquire) != 0;
-      const bool gone = claimed && !direct_ && !segment_->RankHeld(static_cast<int64_t>(r));
+      // The job record knows every process, including one that never
+      // lowered this program (so never claimed its ranks here).
+      const std::string gone = direct_ ? "" : ProcessGone(ProcessOfDevice(members_[r]));
       const int32_t pid = h->ranks[r].pid.load(std::memory_order_relaxed);
-      peer_gone |= gone;
+      peer_gone |= !gone.empty();
       missing += (missing.empty() ? "" : ", ") + std::string("rank ") + std::to_string(r) +
                  " (device " + std::to_string(members_[r]) +
-                 (pid > 0 ? ", pid " + std::to_string(pid) : std::string()) +
-                 (gone ? ", its process exited or was killed" : "") + ")";
+                 (pid > 0 && gone.empty() ? ", pid " + std::to_string(pid) : std::string()) +
+                 (gone.empty() ? "" : ", " + gone) + ")";
     }
     const double waited =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -494,6 +527,31 @@ Error HostWindow::PartitionedAllReduce(int64_t rank, int64_t run_id, ffi::DataTy
     if (len) std::memcpy(dst + at * elem, Slot(buffer, q) + at * elem, len * elem);
   }
   return Error::Success();
+}
+
+bool HostWindow::Acquire(int64_t site, const std::vector<int64_t>& members) {
+  std::lock_guard<std::mutex> lock(windows_mu);
+  auto it = Windows().find(WindowKey{site, members});
+  if (it == Windows().end()) return false;
+  ++it->second->users_;
+  return true;
+}
+
+void HostWindow::Release(int64_t site, const std::vector<int64_t>& members) {
+  HostWindow* window = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(windows_mu);
+    auto it = Windows().find(WindowKey{site, members});
+    if (it == Windows().end() || --it->second->users_ > 0) return;
+    window = it->second;
+    Windows().erase(it);
+  }
+  // No executable uses it any more, so no handler runs on it: give the
+  // memory back (the creator also removes the name; peers unmap their own).
+  if (window->creator_) window->segment_->Unlink();
+  window->segment_->Unmap();
+  delete window->segment_;
+  delete window;
 }
 
 void HostWindow::UnlinkAll() {

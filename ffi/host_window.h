@@ -17,6 +17,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -52,6 +53,12 @@ class HostWindow {
   // Creates or opens, validates and claims the window of `spec`. Idempotent.
   static Error Prepare(const WindowSpec& spec);
   static ErrorOr<HostWindow*> Find(int64_t site, const std::vector<int64_t>& members);
+  // An executable that uses the window of (site, group) was made / freed.
+  // When the last one is freed the window is unmapped (and its name removed
+  // by the process that made it). Acquire is false for a window this process
+  // does not have (a group without a device here): release only what it took.
+  static bool Acquire(int64_t site, const std::vector<int64_t>& members);
+  static void Release(int64_t site, const std::vector<int64_t>& members);
 
   // `run_id` names the execution (XLA's RunId); within one process every
   // rank of a call must be serving the same execution.
@@ -71,7 +78,8 @@ class HostWindow {
   struct Header;
   HostWindow() = default;
 
-  Error Validate(const WindowSpec& spec, double timeout_s) const;
+  Error Validate(const WindowSpec& spec, double timeout_s,
+                 const std::function<Error()>& abandon) const;
   // Publishes this rank's arrival at barrier `epoch` and waits for the others.
   Error Barrier(int64_t rank, uint64_t epoch);
   // All-reduce of `count` elements of `elem` bytes, each rank summing a share.
@@ -96,6 +104,10 @@ class HostWindow {
   }
 
   SharedSegment* segment_ = nullptr;
+  int64_t site_ = -1;
+  CollectiveKind kind_ = CollectiveKind::kAllGather;
+  bool creator_ = false;  // this process made the segment (and removes its name)
+  int users_ = 0;         // executables using it (guarded by the windows' lock)
   std::vector<int64_t> members_;
   size_t slot_bytes_ = 0;
   Header* header_ = nullptr;

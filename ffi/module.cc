@@ -8,6 +8,7 @@
 
 #include "ffi_devices.h"
 #include "host_collectives.h"
+#include "host_liveness.h"
 #include "host_window.h"
 #include "nccl_api.h"
 #include "nccl_collectives.h"
@@ -126,6 +127,31 @@ NB_MODULE(_jax_symm, m) {
       nb::arg("site"), nb::arg("kind"), nb::arg("members"), nb::arg("slot_bytes"),
       nb::arg("fingerprint"), nb::arg("name"), nb::arg("create"), nb::arg("local_ranks"),
       "Creates (or opens and validates) a call site's window and claims our ranks in it.");
+  m.def("host_call_stages", []() {
+    nb::dict d;
+    d["instantiate"] = Capsule(jax_symm::HostCallInstantiate);
+    d["type_id"] = nb::capsule(reinterpret_cast<void*>(jax_symm::HostCallStateTypeId()));
+    d["type_info"] = nb::capsule(
+        const_cast<void*>(reinterpret_cast<const void*>(jax_symm::HostCallStateTypeInfo())));
+    return d;
+  }, "The host handlers' instantiate stage (it ties windows to executables) and its "
+     "state type: {'instantiate', 'type_id', 'type_info'} capsules.");
+  m.def(
+      "host_join",
+      [](const std::string& name, int64_t process, int64_t num_processes, bool create,
+         double timeout_s) {
+        nb::gil_scoped_release release;  // may wait for process 0 to create it
+        Raise(jax_symm::JoinJob(name, process, num_processes, create, timeout_s));
+      },
+      nb::arg("name"), nb::arg("process"), nb::arg("num_processes"), nb::arg("create"),
+      nb::arg("timeout_s"),
+      "Creates (process 0) or opens the job's liveness record and claims this process in it.");
+  m.def("host_set_device_processes", &jax_symm::SetDeviceProcesses, nb::arg("device_ids"),
+        nb::arg("processes"), "Which process serves each global device.");
+  m.def("host_leave", &jax_symm::LeaveJob, nb::arg("why"),
+        "Marks this process as leaving the job, with why, for its peers to read.");
+  m.def("host_process_gone", &jax_symm::ProcessGone, nb::arg("process"),
+        "Why that process no longer takes part in the job, or '' while it may.");
   m.def("host_reap_stale", &jax_symm::ReapStaleSegments,
         "Unlinks this user's jax_symm segments in /dev/shm that no live process holds.");
 

@@ -23,7 +23,7 @@ import threading
 import numpy as np
 import jax
 
-from . import _bootstrap, _compat, settings
+from . import _bootstrap, _compat, _liveness, settings
 from ._native import ext, publish_local_devices
 
 _lock = threading.Lock()
@@ -36,8 +36,15 @@ _secret = b""
 def targets() -> dict[str, str]:
     """{op: FFI target name}, registered with XLA:CPU on first use."""
     names = {}
+    # The instantiate stage ties a call site's windows to the executables that
+    # use them: XLA destroys its state with the executable, releasing them.
+    stages = ext.host_call_stages()
+    jax.ffi.register_ffi_type("jax_symm_host_call_state",
+                              {"type_id": stages["type_id"], "type_info": stages["type_info"]},
+                              platform="cpu")
     for op, (name, capsule) in ext.host_targets().items():
-        jax.ffi.register_ffi_target(name, capsule, platform="cpu")
+        jax.ffi.register_ffi_target(
+            name, {"instantiate": stages["instantiate"], "execute": capsule}, platform="cpu")
         names[op] = name
     return names
 
@@ -56,7 +63,8 @@ def setup() -> None:
         ext.set_host_config(settings.timeout_s(), 0.05, settings.bootstrap_timeout_s(),
                             not multi, settings.spins())
         if multi:
-            _allow_many_files()
+            # Who takes part: one record for the job, one lock per process.
+            _liveness.join("/jax_symm-" + _digest("job liveness record", 16).hex())
         atexit.register(ext.host_unlink_all)
         _ready = True
 
@@ -70,16 +78,6 @@ def _job_secret(text: str) -> bytes:
             f"(key 'jax_symm/host_secret') is malformed: {str(text)[:80]!r}; it was not set by "
             "jax_symm's process 0 (is another program using this coordinator?)")
     return bytes.fromhex(text)
-
-
-def _allow_many_files() -> None:
-    """Each window keeps a descriptor open (it carries our liveness locks), one
-    per call site: lift the soft limit on open files to the hard one."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 @functools.cache

@@ -193,10 +193,230 @@ def long_run(n_calls: int, warmup: int, sizes: tuple, check_every: int) -> dict:
         if i == warmup - 1:
             seg_warm = len(_my_shm_segments())
     jax.block_until_ready(out)
+    from jax_symm import _compat
     from jax_symm._native import ext
 
     rss_warm = max(r for i, r in rss if warmup // 2 <= i < warmup)
     rss_end = max(r for i, r in rss if i >= n_calls - warmup)
-    return dict(calls=n_calls, checked=checked, rss_warm=rss_warm, rss_end=rss_end,
-                seg_warm=seg_warm, seg_end=len(_my_shm_segments()),
-                segments=_my_shm_segments(), windows=[w for w, _ in ext.host_windows()])
+    # Windows go with their programs: the process that made them removes their
+    # names when its programs are freed (here: when it returns), so both count
+    # before either returns.
+    client = _compat.distributed_client()
+    client.wait_at_barrier("reliability/long_run_done", 60_000)
+    out = dict(calls=n_calls, checked=checked, rss_warm=rss_warm, rss_end=rss_end,
+               seg_warm=seg_warm, seg_end=len(_my_shm_segments()),
+               segments=_my_shm_segments(), windows=[w for w, _ in ext.host_windows()])
+    client.wait_at_barrier("reliability/long_run_counted", 60_000)
+    return out
+
+
+# ------------------------------------------- case 5-7: a peer that fails in Python
+
+
+def _interpreter_exit(report_dir: str, exc_info=None) -> None:
+    """What the interpreter does when a main program ends, up to where
+    jax.distributed's shutdown would block: the launcher's worker catches
+    every exception itself (and leaves with os._exit), so a test worker walks
+    that path by hand. sys.excepthook for an uncaught exception, then
+    threading's exit hooks (and the join of non-daemon threads), then atexit;
+    after that the real interpreter tears jax.distributed down, which waits
+    for peers that wait for us: here, a sleep that the survivor ends with a
+    SIGKILL. Our locks stay held throughout."""
+    import atexit
+    import sys
+
+    _write_json(os.path.join(report_dir, "exited.json"),
+                dict(pid=os.getpid(), t_exit=time.time()))
+    if exc_info is not None:
+        sys.excepthook(*exc_info)
+    threading._shutdown()  # runs threading._register_atexit hooks
+    atexit._run_exitfuncs()
+    time.sleep(60)
+    os._exit(3)
+
+
+def _leave(report_dir: str, how: str) -> None:
+    """Process 1 leaves the job `how`: 'exception', 'sigint', 'return', 'kill'."""
+    import sys
+
+    if how == "kill":
+        _write_json(os.path.join(report_dir, "exited.json"),
+                    dict(pid=os.getpid(), t_exit=time.time()))
+        os.kill(os.getpid(), signal.SIGKILL)
+    if how == "return":
+        _interpreter_exit(report_dir)
+    try:
+        if how == "sigint":
+            os.kill(os.getpid(), signal.SIGINT)  # Python raises KeyboardInterrupt here
+            time.sleep(5)
+        raise ValueError("boom in process 1")
+    except BaseException:  # noqa: BLE001  (what an uncaught exception would reach)
+        _interpreter_exit(report_dir, sys.exc_info())
+
+
+def _survivor_report(report_dir: str, fn, **extra) -> None:
+    """Calls fn(); writes what it raised (and when) to survivor.json; SIGKILLs
+    process 1 (stuck, like a real one, on its way out) and leaves."""
+    t_call = time.time()
+    try:
+        fn()
+        rep = dict(type=None)
+    except Exception as e:  # noqa: BLE001
+        rep = dict(type=type(e).__name__, message=str(e))
+    rep.update(t_call=t_call, t_raised=time.time(), **extra)
+    _write_json(os.path.join(report_dir, "survivor.json"), rep)
+    exited = os.path.join(report_dir, "exited.json")
+    deadline = time.monotonic() + 20
+    while not os.path.exists(exited) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if os.path.exists(exited):
+        import json
+
+        with open(exited) as f:
+            pid = json.load(f)["pid"]
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    os._exit(0)
+
+
+def peer_leaves_mid_run(report_dir: str, how: str) -> dict:
+    """Item 5: both processes run a gather + scatter program once; process 1
+    then leaves the job `how` (its interpreter's normal exit, with its locks
+    held), while process 0 calls the same program again and must fail."""
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    mesh = _mesh_1d()
+    n = mesh.shape["x"]
+    f = _gather_scatter_fn(mesh)
+    data = np.arange(n * n * 16, dtype=np.int32)
+    x = _global_array(data, mesh, P("x"))
+    _check_gather_scatter(jax.block_until_ready(f(x)), data, n)
+    if jax.process_index() == 1:
+        _leave(report_dir, how)
+
+    def calls():
+        for i in range(100):
+            jax.block_until_ready(f(_global_array(data * (i + 2), mesh, P("x"))))
+    _survivor_report(report_dir, calls)
+    return {}
+
+
+def peer_gone_before_new_program(report_dir: str, how: str) -> dict:
+    """Item 6: both run a program; process 0 lowers and compiles a new one
+    (making its windows), and only then process 1, which never lowered it
+    (so never claimed a rank in its windows), leaves `how`; process 0 runs
+    the new program and must fail."""
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    # The launcher stops every worker soon after process 1 dies; the survivor's
+    # report must not be cut short (its SIGKILL follows 2.5 s later).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    mesh = _mesh_1d()
+    n = mesh.shape["x"]
+    f = _gather_scatter_fn(mesh)
+    data = np.arange(n * n * 16, dtype=np.int32)
+    _check_gather_scatter(jax.block_until_ready(f(_global_array(data, mesh, P("x")))), data, n)
+    compiled = os.path.join(report_dir, "compiled")
+    if jax.process_index() == 1:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(compiled) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        _leave(report_dir, how)
+    bigger = _global_array(np.arange(n * n * 64, dtype=np.int32), mesh, P("x"))
+    g = _gather_scatter_fn(mesh).lower(bigger).compile()  # new call sites, new windows
+    with open(compiled, "w") as fl:
+        fl.write("compiled\n")
+    exited = os.path.join(report_dir, "exited.json")
+    deadline = time.monotonic() + 30
+    while not os.path.exists(exited) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # process 1 is gone (or stuck on its way out) by now
+    _survivor_report(report_dir, lambda: jax.block_until_ready(g(bigger)))
+    return {}
+
+
+def creator_fails_setup(report_dir: str) -> dict:
+    """Item 7: after a first program, process 0 (which makes every window:
+    it serves rank 0) lowers a second program with no file descriptor left,
+    so it cannot create the window; process 1 lowers the same program and
+    waits to open that window. Both report what their lowering raised."""
+    import resource
+
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    mesh = _mesh_1d()
+    n = mesh.shape["x"]
+    f = _gather_scatter_fn(mesh)
+    data = np.arange(n * n * 16, dtype=np.int32)
+    _check_gather_scatter(jax.block_until_ready(f(_global_array(data, mesh, P("x")))), data, n)
+    g = _gather_scatter_fn(mesh)
+    x = _global_array(np.arange(n * n * 64, dtype=np.int32), mesh, P("x"))
+    fillers: list = []
+    if jax.process_index() == 0:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 1024), hard))
+        try:
+            while True:
+                fillers.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError:
+            pass
+    t0 = time.monotonic()
+    try:
+        g.lower(x)
+        out = dict(type=None)
+    except Exception as e:  # noqa: BLE001
+        out = dict(type=type(e).__name__, message=str(e))
+    out["elapsed"] = time.monotonic() - t0
+    for fd in fillers:
+        os.close(fd)
+    return out
+
+
+def many_call_sites(programs: int) -> dict:
+    """Item 8: lowers and runs `programs` programs of one all-gather each;
+    counts this process's open descriptors and windows before, after, and
+    after the programs are freed (del + jax.clear_caches), and which of this
+    job's window names are still in /dev/shm once both processes freed theirs."""
+    import gc
+
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    import jax_symm
+    from jax_symm._native import ext
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    mesh = _mesh_1d()
+    n = mesh.shape["x"]
+    warm = jax.jit(jax.shard_map(lambda a: jax_symm.all_gather(a, "x", tiled=True),
+                                 mesh=mesh, in_specs=P("x"), out_specs=P("x")))
+    data = np.arange(n * 8, dtype=np.float32)
+    jax.block_until_ready(warm(_global_array(data, mesh, P("x"))))  # set-up done
+    fds_before, windows_before = fds(), len(ext.host_windows())
+    fns = []
+    for k in range(programs):
+        fn = jax.jit(jax.shard_map(lambda a: jax_symm.all_gather(a, "x", tiled=True),
+                                   mesh=mesh, in_specs=P("x"), out_specs=P("x")))
+        out = jax.block_until_ready(fn(_global_array(data + k, mesh, P("x"))))
+        np.testing.assert_array_equal(np.asarray(out.addressable_shards[0].data), data + k)
+        fns.append(fn)
+    names = [w.lstrip("/") for w, _ in ext.host_windows()]
+    fds_after, windows_after = fds(), len(names)
+    del fns, fn, out, warm
+    jax.clear_caches()
+    gc.collect()
+    windows_freed = len(ext.host_windows())
+    from jax_symm import _compat
+
+    _compat.distributed_client().wait_at_barrier("reliability/freed", 30_000)
+    present = set(os.listdir("/dev/shm"))
+    return dict(fds_before=fds_before, fds_after=fds_after, windows_before=windows_before,
+                windows_after=windows_after, windows_freed=windows_freed,
+                left=sorted(set(names) & present))

@@ -93,7 +93,7 @@ def test_multiprocess_cpu_sweep(tmp_path):
                         "--ops", "all_gather,all_reduce", "--min-bytes", "1KiB",
                         "--max-bytes", "1KiB", "--dtypes", "float32", "--k", "8",
                         "--repeats", "7")
-    assert len(rows) == 4
+    assert len(rows) == 8  # 2 ops x 4 methods (chains and scan loops)
     # Small jax_symm cases next to gloo's millisecond noise may not resolve.
     _check_rows(rows, world=4, processes=2, min_ok=1)
     env_facts = json.loads((tmp_path / "env.json").read_text())
@@ -110,7 +110,7 @@ def test_device_time_pass_without_device_events(tmp_path):
     proc, rows = _bench(tmp_path, "--ops", "all_gather", "--min-bytes", "1KiB",
                         "--max-bytes", "1KiB", "--dtypes", "float32", "--k", "8",
                         "--repeats", "5", "--device-time", "on")
-    assert len(rows) == 2
+    assert len(rows) == 4  # jax_symm, lax, each as chains and as a scan loop
     _check_rows(rows, world=8, processes=1, min_ok=1)
     for r in rows:
         assert "device time: the profiler recorded no device events" in r["error"], r

@@ -1,7 +1,24 @@
 // XLA:CPU handlers: decode the call, then hand the data to the host window
 // that lowering prepared for (call site, group).
+//
+// The handlers are asynchronous (they return an ffi::Future), so that a call
+// whose peers have not arrived yet never holds one of XLA's threads: XLA:CPU
+// runs independent operations concurrently and in any order, and a device
+// thread blocked at a barrier could otherwise starve the very peers it waits
+// for. A call that finds every peer already waiting runs at once on XLA's
+// thread (the rest of it waits only on peers already inside the call); any
+// other call waits on a thread of jax_symm's own pool, which grows whenever
+// no thread is idle, so a waiting call can always be served. Calls therefore
+// pair by call site, whatever order the devices meet them in, and no order
+// between calls is needed.
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <functional>
 #include <memory>
+#include <mutex>
+#include <system_error>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -14,7 +31,7 @@ namespace jax_symm {
 // The host handler's attributes (jax_symm/_host.py `lower` emits them).
 struct HostCallAttrs {
   CallAttrs call;
-  int64_t site;  // the call site, numbered at lowering; names the window
+  int64_t site;  // the call site's identity (a digest made at lowering); names the window
   HostCallAttrs(Int64Span groups, int64_t group_size, int64_t site, int64_t chunk_bytes)
       : call{groups, group_size, chunk_bytes}, site(site) {}
 };
@@ -32,34 +49,143 @@ XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(
 namespace jax_symm {
 namespace {
 
+// Threads that wait for peers on behalf of calls. It keeps as many threads
+// as were ever busy at once, and is never destroyed (a call may still be
+// waiting while the interpreter exits).
+class WaitPool {
+ public:
+  static WaitPool& Get() {
+    static auto* pool = new WaitPool();
+    return *pool;
+  }
+
+  void Run(std::function<void()> task) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      // Every queued task needs a thread of its own that is free to take it:
+      // a waiting task must never sit behind another that waits for it.
+      if (tasks_.size() < waiting_) {
+        tasks_.push_back(std::move(task));
+        ready_.notify_one();
+        return;
+      }
+    }
+    auto first = std::make_shared<std::function<void()>>(std::move(task));
+    try {
+      std::thread([this, first] {
+        (*first)();
+        *first = nullptr;
+        Work();
+      }).detach();
+    } catch (const std::system_error&) {
+      // No thread to be had: wait here, on XLA's thread. The barrier's
+      // timeout still ends the call with an error if that starves a peer.
+      (*first)();
+    }
+  }
+
+ private:
+  void Work() {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (true) {
+      while (tasks_.empty()) {
+        ++waiting_;
+        ready_.wait(lock);
+        --waiting_;
+      }
+      std::function<void()> task = std::move(tasks_.front());
+      tasks_.pop_front();
+      lock.unlock();
+      task();  // also runs the rest of the device's program, until its next wait
+      lock.lock();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable ready_;
+  std::deque<std::function<void()>> tasks_;
+  size_t waiting_ = 0;  // threads blocked in ready_.wait
+};
+
+// One call's data, kept until the call completes (XLA keeps the buffers
+// alive until the future is ready).
+struct HostCall {
+  CollectiveKind kind;
+  HostWindow* window;
+  CallLayout layout;
+  int64_t run_id;
+  ffi::DataType dtype;
+  const void* in;
+  void* out;
+
+  Error Run() const {
+    if (!window->Enter(layout.rank)) {
+      return Internal("one call site of group " + GroupToString(window->members()) +
+                      " was entered twice at once by rank " + std::to_string(layout.rank) +
+                      ": one lowered program runs the same jax_symm call concurrently "
+                      "(from several threads, or one cached function called at independent "
+                      "points); run such programs from one thread at a time");
+    }
+    Error err = Exchange();
+    window->Leave(layout.rank);
+    return err;
+  }
+
+  Error Exchange() const {
+    switch (kind) {
+      case CollectiveKind::kAllGather:
+        return window->AllGather(layout, run_id, in, out);
+      case CollectiveKind::kReduceScatter:
+        return window->ReduceScatter(layout, run_id, dtype, in, out);
+      case CollectiveKind::kAllReduce:
+        return window->AllReduce(layout, run_id, dtype, in, out);
+    }
+    return Internal("unknown collective kind");
+  }
+};
+
+ffi::Future Done(const Error& err) {
+  ffi::Promise promise;
+  ffi::Future future(promise);
+  if (err.failure()) {
+    promise.SetError(err);
+  } else {
+    promise.SetAvailable();
+  }
+  return future;
+}
+
 // The window checks the data against the slot lowering sized it with.
-Error HostCollective(CollectiveKind kind, int64_t run_id, int32_t ordinal, const AnyBuffer& in,
-                     AnyBuffer& out, const HostCallAttrs& attrs) {
+ffi::Future HostCollective(CollectiveKind kind, int64_t run_id, int32_t ordinal,
+                           const AnyBuffer& in, AnyBuffer& out, const HostCallAttrs& attrs) {
   ErrorOr<CallSite> site = ResolveCall(Platform::kHost, ordinal, kind, attrs.call, in, out);
-  if (site.has_error()) return site.error();
+  if (site.has_error()) return Done(site.error());
   const CallLayout& layout = site->layout;
   if (layout.world == 1) {  // nothing to exchange
     std::memcpy(out.untyped_data(), in.untyped_data(), in.size_bytes());
-    return Error::Success();
+    return Done(Error::Success());
   }
   ErrorOr<HostWindow*> window = HostWindow::Find(attrs.site, site->group.members);
-  if (window.has_error()) return window.error();
-  switch (kind) {
-    case CollectiveKind::kAllGather:
-      return (*window)->AllGather(layout, run_id, in.untyped_data(), out.untyped_data());
-    case CollectiveKind::kReduceScatter:
-      return (*window)->ReduceScatter(layout, run_id, in.element_type(), in.untyped_data(),
-                                      out.untyped_data());
-    case CollectiveKind::kAllReduce:
-      return (*window)->AllReduce(layout, run_id, in.element_type(), in.untyped_data(),
-                                  out.untyped_data());
-  }
-  return Internal("unknown collective kind");
+  if (window.has_error()) return Done(window.error());
+  const HostCall call{kind, *window, layout, run_id, in.element_type(),
+                      in.untyped_data(), out.untyped_data()};
+  if ((*window)->LastToArrive(layout.rank)) return Done(call.Run());
+  ffi::Promise promise;
+  ffi::Future future(promise);
+  WaitPool::Get().Run([call, promise]() mutable {
+    Error err = call.Run();
+    if (err.failure()) {
+      promise.SetError(std::move(err));
+    } else {
+      promise.SetAvailable();
+    }
+  });
+  return future;
 }
 
 template <CollectiveKind kKind>
-Error HostHandler(ffi::RunId run, int32_t ordinal, ffi::Token, AnyBuffer in,
-                  ffi::Result<ffi::Token>, ffi::Result<AnyBuffer> out, HostCallAttrs attrs) {
+ffi::Future HostHandler(ffi::RunId run, int32_t ordinal, AnyBuffer in,
+                        ffi::Result<AnyBuffer> out, HostCallAttrs attrs) {
   return HostCollective(kKind, run.run_id, ordinal, in, *out, attrs);
 }
 
@@ -100,9 +226,7 @@ auto BindHostCall() {
   return ffi::Ffi::Bind()
       .Ctx<ffi::RunId>()
       .Ctx<ffi::DeviceOrdinal>()
-      .Arg<ffi::Token>()  // orders this call after the device's previous one
       .Arg<AnyBuffer>()
-      .Ret<ffi::Token>()
       .Ret<AnyBuffer>()
       .Attrs<HostCallAttrs>();
 }

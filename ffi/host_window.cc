@@ -182,6 +182,8 @@ Error HostWindow::Prepare(const WindowSpec& spec) {
   window->data_ = (*segment)->base() + header_bytes;
   window->direct_ = config.single_process;
   window->spins_ = SpinsFor(config, world);
+  window->busy_.reset(new std::atomic<bool>[world]);
+  for (size_t r = 0; r < world; ++r) window->busy_[r].store(false);
   window->timeout_s_ = config.timeout_s;
   window->poll_s_ = config.poll_s;
   Header* h = window->header_;
@@ -352,26 +354,35 @@ Error HostWindow::Barrier(int64_t rank, uint64_t epoch) {
                       FailureReason() + " The group is out of step; restart the job.");
     }
     if (peer_gone || waited > timeout_s_) {
-      // The failed program's order token carries this error to every later
-      // jax_symm program of the process, so the text says so itself.
+      // The call site stays failed (Admit), so the text says so itself.
       const std::string why =
           (peer_gone
                ? "a peer process is gone: on " + where + ", waited " + Seconds(waited) +
                      " for " + missing + "."
                : "timed out after " + Seconds(waited) + " on " + where + " waiting for " +
-                     missing + ". Peers that are alive may be waiting at another jax_symm "
-                     "call: processes running programs in a different order (every process "
-                     "must run them in the same order, e.g. not from several threads at "
-                     "once), or devices of the group that took different branches of a "
-                     "lax.cond / lax.switch with collectives inside; raise "
-                     "JAX_SYMM_TIMEOUT_S if they are merely slow.") +
-          " Every later jax_symm program in this process fails with this same error; "
-          "restart the job.";
+                     missing + ". Peers that are alive are elsewhere: devices that took "
+                     "different branches of a lax.cond / lax.switch with collectives "
+                     "inside, or processes running programs in a different order (a "
+                     "process runs the programs on its devices one at a time, so every "
+                     "process must run them in the same order, e.g. not from several "
+                     "threads at once); raise JAX_SYMM_TIMEOUT_S if they are merely slow.") +
+          " Every later call at this call site fails with this same error; restart the job.";
       RecordFailure(why);
       return DeadlineExceeded(why);
     }
   }
 }
+
+bool HostWindow::LastToArrive(int64_t rank) const {
+  const uint64_t epoch = header_->ranks[rank].epoch.load(std::memory_order_relaxed) + 1;
+  return header_->arrived.load(std::memory_order_acquire) + 1 == epoch * members_.size();
+}
+
+bool HostWindow::Enter(int64_t rank) {
+  return !busy_[rank].exchange(true, std::memory_order_acquire);
+}
+
+void HostWindow::Leave(int64_t rank) { busy_[rank].store(false, std::memory_order_release); }
 
 Error HostWindow::Admit(size_t bytes) const {
   if (header_->failed.load(std::memory_order_acquire) != 0) {

@@ -18,6 +18,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -60,6 +61,18 @@ class HostWindow {
   static bool Acquire(int64_t site, const std::vector<int64_t>& members);
   static void Release(int64_t site, const std::vector<int64_t>& members);
 
+  // Whether `rank`'s next call here would find every peer already waiting
+  // (it is the last to arrive): only then may a handler run the call on
+  // XLA's thread, since the rest of the call waits only on peers that are
+  // already inside it. Exact: peers cannot pass a barrier without `rank`.
+  bool LastToArrive(int64_t rank) const;
+  // A rank serves one call of a call site at a time: the calls of one site
+  // cannot be told apart, so a second one while the first is under way (one
+  // lowered function called at independent points and run concurrently) is
+  // refused rather than paired. Enter returns false if the rank is busy.
+  bool Enter(int64_t rank);
+  void Leave(int64_t rank);
+
   // `run_id` names the execution (XLA's RunId); within one process every
   // rank of a call must be serving the same execution.
   Error AllGather(const CallLayout& layout, int64_t run_id, const void* in, void* out);
@@ -70,6 +83,8 @@ class HostWindow {
 
   // Unlinks every segment this process opened (mappings stay valid until
   // exit, so a handler still running on another thread cannot fault).
+  const std::vector<int64_t>& members() const { return members_; }
+
   static void UnlinkAll();
   // (name, bytes) of every segment this process has mapped.
   static std::vector<std::pair<std::string, size_t>> List();
@@ -116,6 +131,7 @@ class HostWindow {
   // a call) instead of being copied through the slots (one barrier).
   bool direct_ = false;
   int spins_ = 0;
+  std::unique_ptr<std::atomic<bool>[]> busy_;  // per rank, in this process
   double timeout_s_ = 300.0, poll_s_ = 0.05;
 };
 

@@ -68,9 +68,15 @@ def check_gatherable(x: Any, api_name: str) -> None:
             "narrower than a byte; gather a packed uint8 view instead.")
 
 
+def summable(x: Any) -> bool:
+    """Whether the transports have a sum for `x`'s dtype."""
+    dtype = _dtype_of(x)
+    return not jax.dtypes.issubdtype(dtype, jax.dtypes.extended) and np.dtype(dtype) in _SUMMABLE
+
+
 def check_summable(x: Any, api_name: str) -> None:
     dtype = _dtype_of(x)
-    if jax.dtypes.issubdtype(dtype, jax.dtypes.extended) or np.dtype(dtype) not in _SUMMABLE:
+    if not summable(x):
         raise TypeError(
             f"jax_symm.{api_name}: x has dtype {dtype}, which has no sum here; "
             f"supported: {', '.join(sorted(str(d) for d in _SUMMABLE))}.")

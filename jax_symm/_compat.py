@@ -52,7 +52,7 @@ def check_jax_version(version: str | None = None) -> None:
 # outside the supported range.
 check_jax_version()
 
-from jax._src import core, effects as _effects  # noqa: E402
+from jax._src import core  # noqa: E402
 from jax._src.interpreters import ad, batching, mlir, pxla  # noqa: E402
 from jax._src.lax import parallel as lax_parallel  # noqa: E402
 
@@ -60,61 +60,108 @@ Primitive = core.Primitive
 deflinear2 = ad.deflinear2
 
 
-class CollectiveOrder(_effects.Effect):
-    """jax_symm's collectives run in program order on every device.
-
-    The host transport blocks a device's thread until its peers reach the same
-    call, so every device must meet its collectives in one agreed order. XLA:CPU
-    runs independent operations concurrently and in any order, which deadlocks
-    (too many blocked threads) or pairs different calls. Declaring an ordered,
-    shardable effect makes JAX thread a token through every jax_symm call in
-    program order -- through jit, scan, while, cond, remat and shard_map -- and
-    the token is an operand XLA must respect.
-    """
-
-    def __str__(self) -> str:
-        return "jax_symm.CollectiveOrder"
-
-
-collective_order = CollectiveOrder()
-for _set in (_effects.ordered_effects, _effects.shardable_ordered_effects,
-             _effects.lowerable_effects, _effects.control_flow_allowed_effects,
-             _effects.custom_derivatives_allowed_effects, _effects.remat_allowed_effects):
-    _set.add_type(CollectiveOrder)
-# A call whose result nobody uses may still be dropped (as lax's would be): it
-# is dropped from the same program on every device, so the order holds.
-from jax._src.interpreters import partial_eval as _pe  # noqa: E402
-_pe.dceable_effects.add_type(CollectiveOrder)
-
-
 def collective_effects(axes: tuple) -> set:
-    """A jax_symm collective's effects: lax's named-axis effects, plus the order
-    where the host transport will run it (the default backend is the CPU).
+    """A jax_symm collective's effects: lax's named-axis effects, nothing more.
 
-    GPU programs need no order token: each device runs its calls on one stream
-    in program order. Leaving the effect out there keeps JAX's fast dispatch
-    path, which ordered effects disable.
+    No ordering effect is needed, on any platform: GPU calls run in program
+    order on each device's stream, and the CPU handlers never hold an XLA
+    thread while they wait for peers (ffi/host_collectives.cc), so calls pair
+    by call site whatever order XLA:CPU runs them in. Declaring no effect of
+    our own keeps jax_symm equations as lax's are for remat (recomputed, not
+    saved), DCE, scan, the fast dispatch path and the persistent cache.
     """
-    named = set(map(core.NamedAxisEffect, axes))
-    # Inside a partially manual shard_map every call goes to XLA's collective
-    # (XLA's partitioner owns the other axes), and XLA cannot compile a token there.
-    if jax.default_backend() != "cpu" or partially_manual():
-        return named
-    return named | {collective_order}
+    return set(map(core.NamedAxisEffect, axes))
 
 
-def has_order_token(ctx) -> bool:
-    return collective_order in ctx.tokens_in.effects()
+class _FunctionCache(dict):
+    """A module's cache of lowered functions (jit bodies, remat, calls) that
+    does not keep a function holding jax_symm calls.
+
+    JAX lowers a function once per module and calls it from every point that
+    uses it; XLA may run such calls concurrently, and calls of one call site
+    cannot be told apart. Not caching those functions makes every point a
+    lowering of its own, with call sites of its own.
+    """
+
+    def __init__(self, entries):
+        super().__init__(entries)
+        self.calls = 0      # jax_symm calls lowered into this module so far
+        self.started = {}   # key -> calls when its lowering began (a cache miss)
+
+    def _miss(self, key):
+        self.started.setdefault(key, self.calls)
+
+    def __getitem__(self, key):
+        try:
+            return super().__getitem__(key)
+        except KeyError:
+            self._miss(key)
+            raise
+
+    def get(self, key, default=None):
+        if key not in self:
+            self._miss(key)
+        return super().get(key, default)
+
+    def __setitem__(self, key, value):
+        # A lowering that began before this cache was installed was under way
+        # when a jax_symm call was lowered: it holds one.
+        if self.started.pop(key, -1) == self.calls:
+            super().__setitem__(key, value)
 
 
-def clear_order_tokens() -> None:
-    """Forgets the runtime tokens of ordered effects. After a collective has
-    failed, JAX hands its errored token to every later execution with the
-    effect, so each fails the same way; tests that provoke a failure and go on
-    in the same process call this."""
-    from jax._src import dispatch
+def call_ordinal(ctx) -> int:
+    """The number of this jax_symm call among those lowered into the same
+    module so far (1, 2, ...). Every process lowering a program lowers its
+    equations in one deterministic order, so (module, ordinal) names the call
+    in every process alike, whatever other programs a process lowers
+    meanwhile or in which order."""
+    module_ctx = ctx.module_context
+    cache = module_ctx.cached_primitive_lowerings
+    if not isinstance(cache, _FunctionCache):
+        cache = _FunctionCache(cache)
+        module_ctx.cached_primitive_lowerings = cache
+    cache.calls += 1
+    return cache.calls
 
-    dispatch.runtime_tokens.clear()
+
+def module_name(ctx) -> str:
+    """The name of the module being lowered (e.g. 'jit_step')."""
+    try:
+        return str(ctx.module_context.module.operation.attributes["sym_name"]).strip('"')
+    except Exception:  # noqa: BLE001  (only part of a call's identity)
+        return ""
+
+
+def source_lines(ctx) -> str:
+    """Where in user code the call was traced (file:line of every user frame)."""
+    from jax._src import source_info_util
+
+    tb = getattr(ctx, "traceback", None)
+    if tb is None:
+        return ""
+    try:
+        frames = source_info_util.user_frames(tb)
+        return ";".join(f"{f.file_name}:{f.start_line}" for f in frames)
+    except Exception:  # noqa: BLE001  (only part of a call's identity)
+        return ""
+
+
+# Bounds the text hashed per call (preceding operations of its block).
+_PRECEDING_OPS = 256
+
+
+def preceding_ops(ctx) -> str:
+    """The operations lowered so far in the block the call goes into (its
+    program up to here: constants, arithmetic, earlier calls), as text without
+    locations; the last few hundred at most."""
+    from jax._src.lib.mlir import ir
+
+    try:
+        ops = list(ir.InsertionPoint.current.block.operations)[-_PRECEDING_OPS:]
+        return "\n".join(op.operation.get_asm(large_elements_limit=16) for op in ops)
+    except Exception:  # noqa: BLE001  (only part of a call's identity)
+        return ""
 
 
 def config_state(name: str, default, help: str):
@@ -137,26 +184,12 @@ def register_lowering(prim, rule, platform=None) -> None:
     mlir.register_lowering(prim, rule, platform=platform, cacheable=False)
 
 
-def order_token(ctx):
-    """The token that orders this call after the previous jax_symm call."""
-    return ctx.tokens_in.get(collective_order)
-
-
-def set_order_token(ctx, token) -> None:
-    ctx.set_tokens_out(ctx.tokens_in.update_tokens(mlir.TokenSet({collective_order: token})))
-
-
 def pass_order_token(ctx) -> None:
-    """For lowerings that do not need ordering (XLA's collectives, no-ops)."""
+    """Hands JAX's effect tokens through unchanged (jax_symm's lowerings use
+    none of their own)."""
     ctx.set_tokens_out(ctx.tokens_in)
 
 
-def with_token_avals(ctx):
-    """`ctx` as seen by a custom call that takes and returns the order token."""
-    import dataclasses
-
-    return dataclasses.replace(ctx, avals_in=[core.abstract_token, *ctx.avals_in],
-                               avals_out=[core.abstract_token, *ctx.avals_out])
 lower_fun = mlir.lower_fun
 
 
@@ -331,32 +364,3 @@ def distributed_client():
 
 def process_count() -> int:
     return jax.process_count()
-
-
-def _patch_aot_fast_path() -> None:
-    """Keeps ahead-of-time compiled programs with ordered effects off JAX's C++
-    fast path.
-
-    jax 0.10-0.11's `MeshExecutable.create_cpp_call` checks for unordered
-    effects only, so the second call of `jit(f).lower(x).compile()` takes the
-    fast path, which passes no effect tokens: XLA rejects the call ("supplied 1
-    arguments but compiled program expected 2") and the process crashes. `jit`
-    calls already skip the fast path for ordered effects; this makes AOT calls
-    do the same.
-    """
-    cls = pxla.MeshExecutable
-    original = cls.create_cpp_call
-    if getattr(original, "_jax_symm_patched", False):
-        return
-
-    def create_cpp_call(self, params):
-        unsafe_call = getattr(self, "unsafe_call", None)
-        if getattr(unsafe_call, "ordered_effects", None):
-            return None
-        return original(self, params)
-
-    create_cpp_call._jax_symm_patched = True
-    cls.create_cpp_call = create_cpp_call
-
-
-_patch_aot_fast_path()

@@ -2,10 +2,11 @@
 one host, in one or several processes.
 
 Everything that must be agreed between processes happens here, at lowering,
-which every process of a job passes for the same programs in the same order:
-each lowered call gets a call-site number (the same in every process), and the
-window of each (call site, group) is created by the process that serves the
-group's rank 0 and opened by the others. Window names are keyed hashes of a
+which every process of a job passes for the same programs (in any order, from
+any thread): each lowered call gets a call-site identity made from what it is
+and where it sits in its program -- the same in every process, whatever else a
+process lowers -- and the window of each (call site, group) is created by the
+process that serves the group's rank 0 and opened by the others. Window names are keyed hashes of a
 per-job secret that travels through jax.distributed's key-value store, so no
 other user can predict or plant them (ffi/host_segment.h has the rest of the
 defences). Handlers only look windows up; they never create one.
@@ -16,7 +17,6 @@ from __future__ import annotations
 import atexit
 import functools
 import hashlib
-import itertools
 import secrets
 import threading
 
@@ -27,7 +27,6 @@ from . import _bootstrap, _compat, _liveness, settings
 from ._native import ext, publish_local_devices
 
 _lock = threading.Lock()
-_sites = itertools.count(1)
 _ready = False
 _secret = b""
 
@@ -80,9 +79,18 @@ def _job_secret(text: str) -> bytes:
     return bytes.fromhex(text)
 
 
-@functools.cache
+_hosts: dict[int, str] | None = None
+
+
 def _process_hosts() -> dict[int, str]:
-    return _bootstrap.host_names()
+    """Every process's host name, fetched once: under the lock, since two
+    threads lowering at once would both publish this process's key (the
+    key-value store refuses the second: ALREADY_EXISTS)."""
+    global _hosts
+    with _lock:
+        if _hosts is None:
+            _hosts = _bootstrap.host_names()
+        return _hosts
 
 
 def unusable_reason(groups: np.ndarray) -> str | None:
@@ -109,17 +117,37 @@ def _digest(text: str, size: int) -> bytes:
     return hashlib.blake2b(text.encode(), key=_secret, digest_size=size).digest()
 
 
+def call_site(kind: str, ctx, groups: np.ndarray, chunk_bytes: int, slot: int) -> tuple[int, str]:
+    """(the call site's identity, what the call is).
+
+    The identity is a keyed digest of the program (its module name, where
+    the call was traced in user code, and the lowered operations that precede
+    the call in its block), the call's place in it (its ordinal among the
+    module's jax_symm calls), and the call itself (kind, types, sizes, name
+    stack, groups). Every process lowering the program computes the same
+    value, in whatever order it lowers its programs, so lowering order does
+    not matter; two programs that agree in all of this share call sites
+    (README, "Supported, and not"). A 63-bit value: a positive int64 attribute.
+    """
+    what = "|".join(map(str, (kind, ctx.avals_in[0], ctx.avals_out[0], chunk_bytes, slot,
+                              ctx.name_stack)))
+    where = "|".join(map(str, (_compat.module_name(ctx), _compat.call_ordinal(ctx),
+                               _compat.source_lines(ctx), groups.tolist(),
+                               _compat.preceding_ops(ctx))))
+    # Not keyed by the job's secret: the same program must get the same
+    # identity in every job, or the persistent compilation cache never hits.
+    # (Window names, which other users must not guess, are keyed.)
+    text = f"{where}|{what}".encode()
+    site = int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
+    return site, what
+
+
 def lower(kind: str, ctx, x, *, groups: np.ndarray, chunk_bytes: int):
     """Prepares this call site's windows and emits the custom call."""
     setup()
-    with _lock:
-        site = next(_sites)
     world = groups.shape[1]
     slot = slot_bytes(kind, chunk_bytes, world)
-    # What the call is, as every process's lowering sees it: a process that
-    # lowered a different program at this call site is refused, not paired.
-    what = "|".join(map(str, (kind, ctx.avals_in[0], ctx.avals_out[0], chunk_bytes, slot,
-                              ctx.name_stack)))
+    site, what = call_site(kind, ctx, groups, chunk_bytes, slot)
     me = jax.process_index()
     owner = {d.id: d.process_index for d in jax.devices()}
     for row in groups:
@@ -128,16 +156,20 @@ def lower(kind: str, ctx, x, *, groups: np.ndarray, chunk_bytes: int):
         if not mine:
             continue
         name = "/jax_symm-" + _digest(f"{site}|{kind}|{slot}|{members}", 16).hex()
+        # Checked by every opener against the window's header: a digest
+        # collision or a stale segment is refused, not paired.
         fingerprint = int.from_bytes(_digest(f"{what}|{members}", 8), "little")
         ext.host_prepare(site, kind, members, slot, fingerprint, name,
                          owner[members[0]] == me, mine)
+    # No token: the handler never holds an XLA thread while it waits, so the
+    # calls need no order (ffi/host_collectives.cc).
     rule = jax.ffi.ffi_lowering(targets()[kind], has_side_effect=True)
-    token, y = rule(
-        _compat.with_token_avals(ctx), _compat.order_token(ctx), x,
+    out = rule(
+        ctx, x,
         groups=np.ascontiguousarray(groups.reshape(-1), dtype=np.int64),
         group_size=np.int64(world),
         site=np.int64(site),
         chunk_bytes=np.int64(chunk_bytes),
     )
-    _compat.set_order_token(ctx, token)
-    return [y]
+    _compat.pass_order_token(ctx)
+    return out

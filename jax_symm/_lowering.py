@@ -86,10 +86,6 @@ def _use_xla_reason(spec: Collective, platform: str, ctx, axes: tuple):
     if platform == "cpu":
         from . import _host
 
-        if not _compat.has_order_token(ctx):
-            return ("jax_symm: this CPU program was traced while the default backend was "
-                    "not the CPU, so its collectives carry no order token; they use XLA's "
-                    "own collectives."), True, None
         why = _host.unusable_reason(groups)
         return why, True, groups
     from . import _nccl

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from . import _checks, _compat, _lowering
+from . import _checks, _compat, _lowering, settings
 from ._primitives import all_gather_p, reduce_scatter_p
 
 
@@ -66,6 +66,17 @@ def _transpose(ct, x, *, all_gather_dimension, axes, axis_size, tiled, invariant
         start = lax.axis_index(axes) * chunk
         out = lax.dynamic_slice_in_dim(ct, start, chunk, axis=all_gather_dimension)
         return (out if tiled else lax.squeeze(out, [all_gather_dimension]),)
+    if not _checks.summable(ct):
+        # The cotangent needs a sum jax_symm has not got (float8, bool): decided
+        # here, at trace time, never by a failing call at run time.
+        if settings.use_symmetric_memory.value:  # the scope hands it to lax
+            return (lax.psum_scatter(ct, axes, scatter_dimension=all_gather_dimension,
+                                     tiled=tiled),)
+        raise TypeError(
+            f"jax_symm.all_gather: the gradient of an all-gather of {ct.dtype} is a "
+            f"reduce-scatter, and jax_symm has no sum for {ct.dtype}. Use "
+            "jax.lax.all_gather for this array (inside use_symmetric_memory() such "
+            "gradients go to lax by themselves).")
     ct = _compat.pvary_for_collective(axes, ct)
     return (reduce_scatter_p.bind(ct, scatter_dimension=all_gather_dimension, axes=axes,
                                   axis_size=axis_size, tiled=tiled),)

@@ -70,17 +70,18 @@ def test_tiny_cpu_sweep(tmp_path):
     for name in ("results.csv", "bench.png", "table.txt", "env.json"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # 3 ops x 1 dtype x 2 sizes x 2 methods (GPU-only methods are left out on CPU).
-    assert len(rows) == 12
+    # 3 ops x 1 dtype x 2 sizes x 4 methods (GPU-only methods are left out on CPU):
+    # both forms, unrolled chains and a lax.scan loop, side by side.
+    assert len(rows) == 24
     assert {(r["op"], r["bytes_per_rank"], r["method"]) for r in rows} == {
         (op, b, m) for op in ("all_gather", "reduce_scatter", "all_reduce")
         for b in ("1024", "2048")
-        for m in ("jax_symm", "lax")}
+        for m in ("jax_symm", "lax", "jax_symm_scan", "lax_scan")}
     _check_rows(rows, world=8, processes=1, min_ok=len(rows) // 2)
-    # The progress counts only the cases that run here: 12, not 24 with GPU-only ones;
+    # The progress counts only the cases that run here: 24, not 42 with GPU-only ones;
     # redirected (not a terminal), one line per (op, dtype), no carriage returns.
-    assert "12/12 cases done" in proc.stderr and "\r" not in proc.stderr, proc.stderr[-2000:]
-    assert "/24" not in proc.stderr
+    assert "24/24 cases done" in proc.stderr and "\r" not in proc.stderr, proc.stderr[-2000:]
+    assert "/42" not in proc.stderr
     env_facts = json.loads((tmp_path / "env.json").read_text())
     assert env_facts["host"]["jax"] and env_facts["workers"][0]["facts"]["world"] == 8
 
@@ -92,7 +93,7 @@ def test_multiprocess_cpu_sweep(tmp_path):
                         "--ops", "all_gather,all_reduce", "--min-bytes", "1KiB",
                         "--max-bytes", "1KiB", "--dtypes", "float32", "--k", "8",
                         "--repeats", "7")
-    assert len(rows) == 4
+    assert len(rows) == 8  # 2 ops x 4 methods (chains and scan loops)
     # Small jax_symm cases next to gloo's millisecond noise may not resolve.
     _check_rows(rows, world=4, processes=2, min_ok=1)
     env_facts = json.loads((tmp_path / "env.json").read_text())
@@ -109,7 +110,7 @@ def test_device_time_pass_without_device_events(tmp_path):
     proc, rows = _bench(tmp_path, "--ops", "all_gather", "--min-bytes", "1KiB",
                         "--max-bytes", "1KiB", "--dtypes", "float32", "--k", "8",
                         "--repeats", "5", "--device-time", "on")
-    assert len(rows) == 2
+    assert len(rows) == 4  # jax_symm, lax, each as chains and as a scan loop
     _check_rows(rows, world=8, processes=1, min_ok=1)
     for r in rows:
         assert "device time: the profiler recorded no device events" in r["error"], r

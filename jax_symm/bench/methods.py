@@ -26,6 +26,7 @@ class Method:
     xla_flags: tuple[str, ...] = ()  # added to XLA_FLAGS of its worker
     collective_mem: bool = False     # needs XLA_PYTHON_CLIENT_COLLECTIVE_MEM_SIZE_MB
     env: tuple[tuple[str, str], ...] = ()  # set in its worker's environment
+    form: str = "chain"              # "chain": unrolled calls; "scan": a lax.scan loop (timing.py)
     doc: str = ""
 
     @property
@@ -54,6 +55,12 @@ METHODS: dict[str, Method] = {
     "nccl_raw": Method("nccl_raw", "nccl_raw", gpu_only=True,
                        doc="raw NCCL on symmetric windows, no JAX (GPU)"),
 }
+# The same ops inside a lax.scan loop, the form models use to loop over layers:
+# there per-iteration loop costs count, and calls of one call site repeat.
+METHODS["jax_symm_scan"] = Method("jax_symm_scan", "jax_symm", form="scan",
+                                  doc="jax_symm, the K calls inside a lax.scan loop")
+METHODS["lax_scan"] = Method("lax_scan", "lax", form="scan",
+                             doc="jax.lax, the K calls inside a lax.scan loop")
 # The size crossover only exists on GPU (jax_symm/_dispatch.py).
 METHODS["jax_symm_window"] = Method("jax_symm_window", "jax_symm", env=(window_setting(),),
                                     gpu_only=True,
@@ -64,7 +71,13 @@ def nocmdbuf(m: Method) -> Method:
     """`m` with XLA command buffers (CUDA graphs) off."""
     return Method(f"{m.label}[nocmdbuf]", m.impl, gpu_only=True,
                   xla_flags=m.xla_flags + NO_CMDBUF_FLAGS, collective_mem=m.collective_mem,
-                  env=m.env, doc=m.doc + ", command buffers off")
+                  env=m.env, form=m.form, doc=m.doc + ", command buffers off")
+
+
+def form(label: str) -> str:
+    """The program form of the method labelled `label` (variants included)."""
+    m = METHODS.get(label.split("[", 1)[0])
+    return m.form if m is not None else "chain"
 
 
 def select(names: list[str], cmdbuf_variants: bool) -> list[Method]:

@@ -9,6 +9,10 @@ The program for K calls is
     return y
 
 so every call sees new data and XLA can neither merge nor drop any of them.
+The scan form (`form="scan"`) runs the first K - 1 steps as the iterations of
+a `lax.scan` loop (the form models use to loop over layers) and the last call
+after it: its slope is the cost of one iteration (op, feedback and the loop's
+own overhead).
 Each repeat times one run of every chain length in `chain_lengths(k)` (e.g.
 K = 1, k/2, k; wall clock around the call until the result is ready, the
 order rotating between repeats against drift). The time per op is the
@@ -39,12 +43,13 @@ import numpy as np
 BOOTSTRAP = 400  # resamples; enough for stable 10th/90th percentiles
 
 
-def chain_fn(op_fn, feedback, k: int, mesh, axis: str, world: int):
-    """A jitted shard_map program: K dependent calls of `op_fn`."""
+def chain_fn(op_fn, feedback, k: int, mesh, axis: str, world: int, form: str = "chain"):
+    """A jitted shard_map program: K dependent calls of `op_fn`, unrolled
+    (form "chain") or as the K iterations of a lax.scan loop (form "scan")."""
     import jax
     from jax.sharding import PartitionSpec as P
 
-    def body(a):
+    def unrolled(a):
         y = None
         for i in range(k):
             y = op_fn(a, axis)
@@ -52,6 +57,26 @@ def chain_fn(op_fn, feedback, k: int, mesh, axis: str, world: int):
                 a = feedback(a, y, world)
         return y
 
+    def scanned(a):
+        def step(a, _):
+            nxt = feedback(a, op_fn(a, axis), world)
+            # A psum's result is invariant over the axis; the carry must keep
+            # a's type (varying), as the next call's input in the chain does.
+            from jax_symm import _compat
+
+            if axis not in _compat.varying_axes(jax.typeof(nxt)):
+                nxt = _compat.pvary(nxt, (axis,))
+            return nxt, None
+
+        # K - 1 iterations and the last call after the loop, whose result is
+        # the program's: the same structure at every K, so the slope is one
+        # iteration.
+        a, _ = jax.lax.scan(step, a, None, length=k - 1)
+        return op_fn(a, axis)
+
+    if form not in ("chain", "scan"):
+        raise ValueError(f"form must be 'chain' or 'scan', not {form!r}")
+    body = unrolled if form == "chain" else scanned
     return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=P(axis), out_specs=P(axis)))
 
 

@@ -22,6 +22,7 @@ import traceback
 import numpy as np
 
 from . import deps, devtime, envinfo, hlo, units
+from .methods import form as method_form
 from .ops import OPS, tolerance
 from .timing import chain_fn, chain_lengths, estimate, time_chains
 
@@ -178,7 +179,8 @@ class Sweep:
     def run_jax(self, rec: dict, method: dict, op, dtype: str, nbytes: int, x, ref_box: dict):
         cfg, world = self.cfg, self.world
         fn = op.symm if method["impl"] == "jax_symm" else op.lax
-        f_1 = chain_fn(fn, op.feedback, 1, self.mesh, AXIS, world)
+        form = method_form(method["label"])
+        f_1 = chain_fn(fn, op.feedback, 1, self.mesh, AXIS, world, form)
         y = f_1(x)
         y.block_until_ready()
         if method["impl"] == "lax":
@@ -202,7 +204,7 @@ class Sweep:
             rec["status"], rec["error"] = "check_failed", msg
             return
         rec["error"] = "" if ok else msg
-        fns = {k: f_1 if k == 1 else chain_fn(fn, op.feedback, k, self.mesh, AXIS, world)
+        fns = {k: f_1 if k == 1 else chain_fn(fn, op.feedback, k, self.mesh, AXIS, world, form)
                for k in chain_lengths(cfg["k"])}
         f_k = fns[max(fns)]
         if self.backend == "gpu" and method["label"] not in self.cmdbuf:

@@ -1,0 +1,197 @@
+"""CPU collectives without an order token (issues 21 and 19, items 1-4 and 9).
+
+The host handlers never hold an XLA thread while they wait for peers, so
+jax_symm's primitives carry no JAX effect of their own: remat recomputes them
+as it recomputes lax's, the persistent compilation cache stores them, nested
+smap lowers them, and a call site is named by what it is, not by the order in
+which a process happened to lower its programs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+import jax_symm
+from jax_symm.testing import run_multiprocess
+
+import order_workers as ow
+from _util import random_array, shard
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _subprocess(code: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    """Runs `code` in a fresh interpreter with 8 CPU devices (an abort there
+    cannot take pytest down)."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_SYMM_TIMEOUT_S="20", PYTHONPATH=HERE)
+    return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+# --- remat treats jax_symm's collectives as lax's (issue 21) ----------------
+
+def _count(jaxpr, names) -> int:
+    n = 0
+    for eqn in jaxpr.eqns:
+        n += eqn.primitive.name in names
+        for sub in jax.core.jaxprs_in_params(eqn.params):
+            n += _count(sub, names)
+    return n
+
+
+@pytest.mark.timeout(60)
+def test_remat_saves_what_lax_saves(mesh):
+    """jax's test_collectives_not_saved, under the scope."""
+    from jax._src.ad_checkpoint import saved_residuals
+
+    f = jax.shard_map(lambda x: jax.lax.all_gather(x, "x") * jax.lax.all_gather(x, "x"),
+                      mesh=mesh, in_specs=P("x"), out_specs=P("x"))
+    x = jnp.ones((8 * 4,))
+    want = saved_residuals(jax.remat(f), x)
+    with jax_symm.use_symmetric_memory():
+        got = saved_residuals(jax.remat(f), x)
+    assert len(want) == 1
+    assert [str(a) for a, _ in got] == [str(a) for a, _ in want], (got, want)
+
+
+@pytest.mark.timeout(60)
+def test_checkpointed_all_gather_is_recomputed_in_the_backward_pass(rng, mesh):
+    def loss(gather, w):
+        def body(v):
+            return jnp.sin(jax.checkpoint(lambda u: gather(u, "x", tiled=True) ** 2)(v)).sum()[None]
+        return jax.shard_map(body, mesh=mesh, in_specs=P("x"), out_specs=P("x"))(w).sum()
+
+    w = shard(random_array(rng, (8 * 16,), np.float32), mesh, P("x"))
+    ours = jax.make_jaxpr(jax.grad(lambda v: loss(jax_symm.all_gather, v)))(w).jaxpr
+    lax_ = jax.make_jaxpr(jax.grad(lambda v: loss(jax.lax.all_gather, v)))(w).jaxpr
+    n_lax = _count(lax_, {"all_gather"})
+    assert n_lax == 2  # the forward gather and its recomputation
+    assert _count(ours, {"jax_symm_all_gather", "all_gather"}) == n_lax
+    got = jax.jit(jax.grad(lambda v: loss(jax_symm.all_gather, v)))(w)
+    want = jax.jit(jax.grad(lambda v: loss(jax.lax.all_gather, v)))(w)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+# --- float8 gradients are decided at trace time (issue 19, item 9) ------------
+
+def _f8_grad(gather, mesh, x):
+    f = jax.shard_map(lambda v: gather(v, "x", tiled=True).astype(jnp.float32).sum()[None],
+                      mesh=mesh, in_specs=P("x"), out_specs=P("x"))
+    return jax.jit(jax.grad(lambda v: f(v).sum()))(x)
+
+
+@pytest.mark.timeout(60)
+def test_float8_gather_gradient(rng, mesh):
+    x = shard(random_array(rng, (8 * 4,), np.float32).astype(jnp.float8_e4m3fn), mesh, P("x"))
+    with pytest.raises(TypeError, match="no sum for float8_e4m3fn.*jax.lax.all_gather"):
+        _f8_grad(jax_symm.all_gather, mesh, x)
+    want = _f8_grad(jax.lax.all_gather, mesh, x)
+    with jax_symm.use_symmetric_memory():
+        got = _f8_grad(jax.lax.all_gather, mesh, x)
+    np.testing.assert_array_equal(np.asarray(got).astype(np.float32),
+                                  np.asarray(want).astype(np.float32))
+    # Nothing is poisoned: the next jax_symm program runs.
+    y = shard(random_array(rng, (8 * 4,), np.float32), mesh, P("x"))
+    g = jax.jit(jax.shard_map(lambda v: jax_symm.psum(v, "x"), mesh=mesh, in_specs=P("x"),
+                              out_specs=P("x")))
+    np.testing.assert_allclose(np.asarray(g(y)),
+                               np.tile(np.asarray(y).reshape(8, 4).sum(0), 8), rtol=1e-5)
+
+
+# --- nested smap under the scope (issue 19, item 2) --------------------------
+
+_NESTED_SMAP = """
+import numpy as np, jax
+from jax.sharding import AxisType
+import jax_symm
+mesh = jax.make_mesh((2, 2), ("x", "y"), axis_types=(AxisType.Auto,) * 2)
+inner = lambda x: jax.smap(lambda v: jax.lax.psum(v, "y"), in_axes=0, out_axes=0,
+                           axis_name="y")(x)
+make = lambda: jax.jit(jax.smap(inner, in_axes=0, out_axes=0, axis_name="x"))
+x = np.random.default_rng().standard_normal((4, 4)).astype(np.float32)
+with jax.set_mesh(mesh):
+    want = np.asarray(make()(x))
+    with jax_symm.use_symmetric_memory():
+        got = np.asarray(make()(x))
+np.testing.assert_allclose(got, want, rtol=1e-6)
+print("SAME")
+"""
+
+
+@pytest.mark.timeout(150)
+def test_nested_smap_psum_under_the_scope():
+    done = _subprocess(_NESTED_SMAP)
+    assert done.returncode == 0 and "SAME" in done.stdout, done.stderr[-3000:]
+
+
+# --- the persistent compilation cache (issue 19, item 1) ---------------------
+
+_CACHED = """
+import json, sys
+import order_workers
+print("OUT", json.dumps(order_workers.cached_program(sys.argv[1])))
+"""
+
+
+def _outputs(text: str):
+    line = [ln for ln in text.splitlines() if ln.startswith("OUT ")]
+    assert line, text[-3000:]
+    return json.loads(line[0][4:])
+
+
+@pytest.mark.timeout(240)
+def test_persistent_cache_one_process(tmp_path):
+    cache = str(tmp_path / "cache")
+    runs = []
+    for _ in range(2):  # writes the cache, then loads from it in a fresh process
+        done = _subprocess(_CACHED, cache)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs.append(_outputs(done.stdout))
+        entries = sorted(os.listdir(cache))
+    assert len(entries) == 2, entries  # ours and lax's: the second run added none
+    for ours, lax_ in runs:
+        assert ours == lax_
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.timeout(300)
+def test_persistent_cache_two_processes(tmp_path):
+    cache = str(tmp_path / "cache")
+    runs = [run_multiprocess(ow.cached_program, args=(cache,), timeout_s=120,
+                             env={"JAX_SYMM_TIMEOUT_S": "20"}) for _ in range(2)]
+    for out in runs:
+        for ours, lax_ in out:
+            assert ours == lax_
+    assert runs[0] == runs[1]
+    assert len(os.listdir(cache)) <= 4  # per process, ours and lax's: none added
+
+
+# --- call sites named by what they are (issue 19, items 3 and 4) -------------
+
+@pytest.mark.timeout(150)
+def test_programs_lowered_in_opposite_orders_pair_correctly():
+    out = run_multiprocess(ow.opposite_lowering_order, args=(20,), timeout_s=130,
+                           env={"JAX_SYMM_TIMEOUT_S": "10"})
+    for p in out:
+        assert not p["hung"], out
+        assert p["wrong"] == [0, 0], out
+        for err in p["errors"]:  # the processes' run orders may differ: an error, never wrong
+            assert "jax_symm" in err and "same order" in err, err
+
+
+@pytest.mark.timeout(150)
+def test_concurrent_first_lowerings():
+    out = run_multiprocess(ow.concurrent_first_lowerings, args=(6,), timeout_s=130,
+                           env={"JAX_SYMM_TIMEOUT_S": "20"})
+    for p in out:
+        assert p["errors"] == [] and p["wrong"] == 0, out

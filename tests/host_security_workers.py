@@ -115,10 +115,12 @@ def names_sizes_and_setup(concurrent_setup: bool) -> dict:
                          rs.randint(-1000, 1000, size=(n * n * 8,)).astype(np.int32)),
     }
     windows: dict[str, list] = {}
+    alive = []  # windows live as long as their executables: keep them to the end
     for key, (fn, data) in programs.items():
         before = set(_windows())
         x = _global_array(data, mesh, spec)
         compiled = fn.lower(x).compile()  # lowering is where windows are made
+        alive.append(compiled)
         windows[key] = sorted(set(_windows()) - before)
         out = jax.block_until_ready(compiled(x))
         if key == "gather4160":

@@ -404,8 +404,10 @@ def many_call_sites(programs: int) -> dict:
     for k in range(programs):
         fn = jax.jit(jax.shard_map(lambda a: jax_symm.all_gather(a, "x", tiled=True),
                                    mesh=mesh, in_specs=P("x"), out_specs=P("x")))
-        out = jax.block_until_ready(fn(_global_array(data + k, mesh, P("x"))))
-        np.testing.assert_array_equal(np.asarray(out.addressable_shards[0].data), data + k)
+        # A size of its own: programs identical in every respect share call sites.
+        data_k = np.arange(n * (9 + k), dtype=np.float32)
+        out = jax.block_until_ready(fn(_global_array(data_k, mesh, P("x"))))
+        np.testing.assert_array_equal(np.asarray(out.addressable_shards[0].data), data_k)
         fns.append(fn)
     names = [w.lstrip("/") for w, _ in ext.host_windows()]
     fds_after, windows_after = fds(), len(names)
@@ -420,3 +422,41 @@ def many_call_sites(programs: int) -> dict:
     return dict(fds_before=fds_before, fds_after=fds_after, windows_before=windows_before,
                 windows_after=windows_after, windows_freed=windows_freed,
                 left=sorted(set(names) & present))
+
+
+def single_process_long_run(n_calls: int) -> dict:
+    """`n_calls` all_gather + psum_scatter calls over three sizes on this
+    process's 8 devices, every 50th checked; RSS peaks after warm-up."""
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    import jax_symm
+    from _mp_util import rss_bytes, shm_names
+
+    mesh = Mesh(np.array(jax.devices()), ("x",))
+    n = mesh.shape["x"]
+    sizes = (16, 512, 8192)
+    fns = [jax.jit(jax.shard_map(
+        lambda a: (jax_symm.all_gather(a, "x", tiled=True),
+                   jax_symm.psum_scatter(a, "x", tiled=True)),
+        mesh=mesh, in_specs=P("x"), out_specs=(P("x"), P("x")))) for _ in sizes]
+    rng = np.random.default_rng(7)
+    shm_before = shm_names()
+    warmup, rss, checked = n_calls // 4, [], 0
+    t0 = time.monotonic()
+    for i in range(n_calls):
+        k = i % len(sizes)
+        data = rng.integers(-1000, 1000, size=(n * n * sizes[k],), dtype=np.int32)
+        g, s = fns[k](jax.device_put(data, NamedSharding(mesh, P("x"))))
+        if i % 50 == 0 or i == n_calls - 1:
+            np.testing.assert_array_equal(np.asarray(g), np.tile(data, n))
+            np.testing.assert_array_equal(np.asarray(s), data.reshape(n, -1).sum(0))
+            checked += 1
+        if i % 10 == 9:  # RSS dips when large buffers are freed: compare peaks
+            jax.block_until_ready((g, s))
+            rss.append((i, rss_bytes()))
+    jax.block_until_ready((g, s))
+    rss_warm = max(r for i, r in rss if warmup // 2 <= i < warmup)
+    growth = (max(r for i, r in rss if i >= n_calls - warmup) - rss_warm) / 2**20
+    return dict(calls=n_calls, seconds=time.monotonic() - t0, checked=checked,
+                growth_mib=growth, shm_left=sorted(shm_names() - shm_before))

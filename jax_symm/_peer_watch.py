@@ -36,6 +36,23 @@ _started = False
 _peers: dict[int, socket.socket] = {}   # process index -> connection
 _left: set[int] = set()                 # said goodbye
 _failed_here = False
+_early: dict[int, bytes] = {}           # what a peer sent after its greeting, before we read
+
+
+def _first_line(conn: socket.socket) -> tuple[str, bytes]:
+    """The greeting line and whatever the peer sent after it (a peer may say
+    goodbye before this process gets round to reading its greeting)."""
+    data = b""
+    try:
+        while b"\n" not in data and len(data) < 256:
+            chunk = conn.recv(256)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    line, _, rest = data.partition(b"\n")
+    return line.decode(errors="replace").strip(), rest
 
 
 def _local_address() -> str:
@@ -75,20 +92,18 @@ def start(devices_of: dict[int, list[int]]) -> None:
                                             timeout=_bootstrap.timeout_ms() / 1000)
             conn.sendall(f"{token}:{me}\n".encode())
             _peers[p] = conn
-        server.settimeout(_bootstrap.timeout_ms() / 1000)
+        server.settimeout(_bootstrap.timeout_ms() / 1000)  # raises, never hangs
         while len(_peers) < n - 1:
             conn, _ = server.accept()
             conn.settimeout(5)
-            try:
-                line = conn.recv(64).decode(errors="replace").strip()
-            except OSError:
-                conn.close()
-                continue
+            line, rest = _first_line(conn)
             got, _, idx = line.partition(":")
             if got != token or not idx.isdigit() or int(idx) in _peers or int(idx) <= me:
                 conn.close()  # not one of ours
                 continue
             _peers[int(idx)] = conn
+            if rest:  # the peer already said goodbye or failed
+                _early[int(idx)] = rest
         server.close()
         for conn in _peers.values():
             conn.settimeout(None)
@@ -101,15 +116,21 @@ def _watch(devices_of: dict[int, list[int]]) -> None:
     from ._native import ext
 
     live = dict(_peers)
+    early = dict(_early)
     while live:
-        ready, _, _ = select.select(list(live.values()), [], [])
+        ready = [live[p] for p in early if p in live]
+        if not ready:
+            ready, _, _ = select.select(list(live.values()), [], [])
         for p, conn in list(live.items()):
             if conn not in ready:
                 continue
-            try:
-                data = conn.recv(16)
-            except OSError:
-                data = b""
+            if p in early:
+                data = early.pop(p)
+            else:
+                try:
+                    data = conn.recv(16)
+                except OSError:
+                    data = b""
             if data.startswith(_BYE):
                 _left.add(p)
                 del live[p]

@@ -35,7 +35,10 @@ def _check_rows(out: str, devices: int) -> dict:
         sp = float(re.search(r"speedup (\d+\.\d+)x", rest).group(1))
         times = [float(t) for t in re.findall(r"(?:jax_symm|lax)\s+(\d+\.\d+) us", rest)]
         assert len(times) == 2 and all(t > 0 for t in times), rest
-        assert sp == pytest.approx(times[1] / times[0], rel=0.02), rest
+        # The demo rounds the ratio down to two decimals (so it stays on its
+        # verdict's side of 1), and the times it prints are rounded too.
+        ratio = times[1] / times[0]
+        assert abs(sp - ratio) <= max(0.011, 0.02 * ratio), rest
         # The verdict follows the ratio: slower is said plainly.
         if sp < 1:
             verdicts["SLOWER"] += 1

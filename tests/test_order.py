@@ -17,6 +17,7 @@ import sys
 import numpy as np
 import pytest
 import jax
+import jax.extend  # noqa: F401  (jaxprs_in_params: jax.core's copy is gone in 0.12)
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
@@ -44,7 +45,7 @@ def _count(jaxpr, names) -> int:
     n = 0
     for eqn in jaxpr.eqns:
         n += eqn.primitive.name in names
-        for sub in jax.core.jaxprs_in_params(eqn.params):
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
             n += _count(sub, names)
     return n
 

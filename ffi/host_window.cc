@@ -104,7 +104,7 @@ struct HostWindow::Header {
   // later call fails at once, and every rank's error carries the cause.
   std::atomic<uint32_t> failure_claimed;
   std::atomic<uint32_t> failed;
-  char failure[512];
+  char failure[1024];  // room for the cause and its hints, also when quoted by another rank
   alignas(64) RankState ranks[1];  // `world` of them
 
   static size_t Bytes(size_t world) {

@@ -2,7 +2,7 @@
 # One device-machine call for the multi-rank GPU work: build, the 1-rank GPU
 # tests, NCCL's own log of a 2-process job on one GPU, then the multi-rank
 # suite (tests/test_gpu_multirank.py) for the parts named in $PARTS
-# (w2, w4, faults). Logs go to $OUT (device tool) or ./device_out.
+# (w2, w4, faults, overhead). Logs go to $OUT (device tool) or ./device_out.
 set -uo pipefail
 OUT=${OUT:-device_out}; mkdir -p "$OUT"
 PARTS=${PARTS:-"build gpu1 log w2"}
@@ -37,5 +37,9 @@ print('INFO', out[0])
     grep -E "NCCL version|nRanks|Using network|via NET|[Rr]egist|[Ww]indow|comm 0x.*rank|INFO \{|Error|error" "$OUT/nccl_log.txt" | cut -c1-220 | head -30 ;;
   w2) run_tests w2 500 "$R/tests/test_gpu_multirank.py" -k w2 ;;
   w4) run_tests w4 500 "$R/tests/test_gpu_multirank.py" -k w4 ;;
-  faults) run_tests faults 400 "$R/tests/test_gpu_multirank.py" -k "${FAULTS_K:-killed}" -s ;;
+  faults) run_tests faults 400 "$R/tests/test_gpu_multirank.py" -k "${FAULTS_K:-killed or stalled}" -s ;;
+  overhead)  # the progress beacon's cost per captured call: with it, and without
+    for t in 300 0; do echo "== overhead JAX_SYMM_TIMEOUT_S=$t"
+      (cd /tmp && JAX_SYMM_TIMEOUT_S=$t timeout 200 jax-symm-bench overhead) 2>&1 | tail -8
+    done ;;
 esac; done

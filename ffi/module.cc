@@ -169,12 +169,29 @@ NB_MODULE(_jax_symm, m) {
         d["path"] = api->nccl_path;
         d["symmetric_windows"] = api->symmetric_windows();
         d["gather_sends_in_place"] = api->gather_sends_in_place();
-        d["pdl_fixed_version"] = jax_symm::NcclApi::kPdlFixedVersion;
+        d["pdl_fixed_version"] = jax_symm::kPdlFixedVersion;
         d["revoke"] = api->ncclCommRevoke != nullptr;
+        d["beacon_entry_points"] = api->beacon_entry_points();
         return d;
       },
       nb::arg("nccl_hint"),
       "Resolves the CUDA driver and the libnccl.so.2 JAX loaded (else `nccl_hint`).");
+
+  m.def(
+      "nccl_copy_rules",
+      [](int version) {
+        nb::dict d;
+        d["gather_sends_in_place"] = jax_symm::GatherSendsInPlace(version);
+        d["scatter_receives_in_place"] = jax_symm::ScatterReceivesInPlace(version);
+        return d;
+      },
+      nb::arg("version"),
+      "Which window copies the handlers skip under NCCL `version` (e.g. 22809); "
+      "needs no GPU.");
+
+  m.def("nccl_set_stall_timeout", &jax_symm::NcclSetStallTimeout, nb::arg("seconds"),
+        "The longest a collective may make no progress before the watchdog aborts its "
+        "communicator (0: no bound).");
 
   m.def("nccl_unique_id", []() {
     std::string id = Value(jax_symm::NcclNewUniqueId());
@@ -211,6 +228,7 @@ NB_MODULE(_jax_symm, m) {
       d["local_devices"] = g.local_global_ids;
       d["arena_bytes"] = g.arena_bytes;
       d["symmetric_windows"] = g.symmetric_windows;
+      d["stall_watch"] = g.stall_watch;
       out.append(d);
     }
     return out;

@@ -101,6 +101,12 @@ ErrorOr<const NcclApi*> LoadNcclApi(const std::string& nccl_hint) {
     return Internal("libnccl.so.2 lacks a required entry point");
   }
   // Optional: newer NCCLs only.
+  Resolve(cuda, "cuMemHostAlloc", &api->cuMemHostAlloc);
+  Resolve(cuda, "cuMemHostGetDevicePointer_v2", &api->cuMemHostGetDevicePointer);
+  Resolve(cuda, "cuStreamWriteValue32_v2", &api->cuStreamWriteValue32);
+  Resolve(cuda, "cuModuleLoadData", &api->cuModuleLoadData);
+  Resolve(cuda, "cuModuleGetFunction", &api->cuModuleGetFunction);
+  Resolve(cuda, "cuLaunchKernel", &api->cuLaunchKernel);
   Resolve(nccl, "ncclGetLastError", &api->ncclGetLastError);
   Resolve(nccl, "ncclMemAlloc", &api->ncclMemAlloc);
   Resolve(nccl, "ncclMemFree", &api->ncclMemFree);

@@ -26,6 +26,10 @@ using CUdevice = int;
 using CUdeviceptr = unsigned long long;
 using CUcontext = struct CUctx_st*;
 using CUstream = struct CUstream_st*;
+using CUmodule = struct CUmod_st*;
+using CUfunction = struct CUfunc_st*;
+constexpr unsigned int kCuMemHostAllocPortable = 0x01;   // CU_MEMHOSTALLOC_PORTABLE
+constexpr unsigned int kCuMemHostAllocDeviceMap = 0x02;  // CU_MEMHOSTALLOC_DEVICEMAP
 
 // ---- NCCL ----
 using ncclResult_t = int;
@@ -46,6 +50,20 @@ constexpr ncclResult_t kNcclSuccess = 0;
 constexpr ncclResult_t kNcclInProgress = 7;
 constexpr int kNcclWinCollSymmetric = 0x01;  // NCCL_WIN_COLL_SYMMETRIC
 
+// Which copies through the window NCCL `version` (e.g. 22809) lets a call
+// skip. From 2.29 only the all-gather's receive buffer and the
+// reduce-scatter's send buffer must lie in a window. But 2.28.3 to 2.30.6
+// launch their symmetric kernels with programmatic dependent launch and no
+// cudaGridDependencySynchronize (fixed in 2.30.7), so such a kernel may read
+// its input before the *kernel* before it on the stream has flushed it. PDL
+// never overlaps a kernel with a preceding memcpy, so below 2.30.7 the
+// all-gather keeps its copy-in: a memcpy is always what precedes NCCL.
+// Pure functions of the version, so the rule is tested without a GPU.
+constexpr int kPdlFixedVersion = 23007;       // 2.30.7
+constexpr int kHalfWindowVersion = 22900;     // 2.29.0
+constexpr bool GatherSendsInPlace(int version) { return version >= kPdlFixedVersion; }
+constexpr bool ScatterReceivesInPlace(int version) { return version >= kHalfWindowVersion; }
+
 struct NcclApi {
   // driver
   CUresult (*cuInit)(unsigned int);
@@ -63,6 +81,20 @@ struct NcclApi {
   CUresult (*cuEventSynchronize)(void*);
   CUresult (*cuEventElapsedTime)(float*, void*, void*);
   CUresult (*cuEventDestroy)(void*);
+  // The progress beacon's (nccl_comms.h); null where the driver lacks them,
+  // and then collectives have no stall bound.
+  CUresult (*cuMemHostAlloc)(void**, size_t, unsigned int);
+  CUresult (*cuMemHostGetDevicePointer)(CUdeviceptr*, void*, unsigned int);
+  CUresult (*cuStreamWriteValue32)(CUstream, CUdeviceptr, uint32_t, unsigned int);
+  CUresult (*cuModuleLoadData)(CUmodule*, const void*);
+  CUresult (*cuModuleGetFunction)(CUfunction*, CUmodule, const char*);
+  CUresult (*cuLaunchKernel)(CUfunction, unsigned int, unsigned int, unsigned int,
+                             unsigned int, unsigned int, unsigned int, unsigned int, CUstream,
+                             void**, void**);
+  bool beacon_entry_points() const {
+    return cuMemHostAlloc && cuMemHostGetDevicePointer && cuStreamWriteValue32 &&
+           cuModuleLoadData && cuModuleGetFunction && cuLaunchKernel;
+  }
   // nccl
   ncclResult_t (*ncclGetVersion)(int*);
   ncclResult_t (*ncclGetUniqueId)(ncclUniqueId*);
@@ -93,17 +125,10 @@ struct NcclApi {
   bool symmetric_windows() const {
     return ncclCommWindowRegister != nullptr && nccl_version >= 22703;
   }
-  // From 2.29 only the all-gather's receive buffer and the reduce-scatter's
-  // send buffer must lie in a window. But 2.28.3 to 2.30.6 launch their
-  // symmetric kernels with programmatic dependent launch and no
-  // cudaGridDependencySynchronize (fixed in 2.30.7), so such a kernel may read
-  // its input before the *kernel* before it on the stream has flushed it.
-  // PDL never overlaps a kernel with a preceding memcpy, so below 2.30.7 the
-  // all-gather keeps its copy-in: a memcpy is always what precedes NCCL.
-  bool gather_sends_in_place() const { return nccl_version >= kPdlFixedVersion; }
-  bool scatter_receives_in_place() const { return nccl_version >= 22900; }
-  static constexpr int kPdlFixedVersion = 23007;  // 2.30.7
+  bool gather_sends_in_place() const { return GatherSendsInPlace(nccl_version); }
+  bool scatter_receives_in_place() const { return ScatterReceivesInPlace(nccl_version); }
 };
+
 
 // Resolves the API once. `nccl_hint` is the wheel's libnccl.so.2, used only
 // when no libnccl.so.2 is loaded in the process yet.

@@ -68,6 +68,15 @@ ErrorOr<std::pair<int, size_t>> NcclSumType(ffi::DataType dtype, size_t bytes) {
   }
 }
 
+// Enqueues one NCCL call, `enqueue(stream)`, between the progress beacon's
+// marks, so the watchdog can bound how long it waits (nccl_comms.h).
+template <typename Enqueue>
+Error Watched(const NcclRank& r, CUstream stream, const char* what, Enqueue enqueue) {
+  JAX_SYMM_RETURN_IF_ERROR(MarkBusy(r, stream));
+  JAX_SYMM_RETURN_IF_ERROR(NcclCheck(enqueue(), what, r.comm));
+  return MarkDone(r, stream);
+}
+
 // One collective of `kind` for the device `ordinal`, on XLA's `stream`.
 Error NcclCollective(CollectiveKind kind, CUstream stream, int32_t ordinal,
                      const AnyBuffer& in, AnyBuffer& out, const NcclCallAttrs& attrs) {
@@ -109,8 +118,9 @@ Error NcclCollective(CollectiveKind kind, CUstream stream, int32_t ordinal,
         JAX_SYMM_RETURN_IF_ERROR(Copy(api, win + rank * chunk, src, chunk, stream));
         send = win + rank * chunk;
       }
-      JAX_SYMM_RETURN_IF_ERROR(NcclCheck(
-          api.ncclAllGather(send, win, chunk, kNcclInt8, comm, stream), "ncclAllGather", comm));
+      JAX_SYMM_RETURN_IF_ERROR(Watched(r, stream, "ncclAllGather", [&] {
+        return api.ncclAllGather(send, win, chunk, kNcclInt8, comm, stream);
+      }));
       return Copy(api, dst, win, chunk * world, stream);
     }
     case CollectiveKind::kReduceScatter: {
@@ -118,18 +128,19 @@ Error NcclCollective(CollectiveKind kind, CUstream stream, int32_t ordinal,
       if (type.has_error()) return type.error();
       JAX_SYMM_RETURN_IF_ERROR(Copy(api, win, src, chunk * world, stream));
       char* recv = receive_in_place ? dst : win + rank * chunk;
-      JAX_SYMM_RETURN_IF_ERROR(NcclCheck(
-          api.ncclReduceScatter(win, recv, type->second, type->first, kNcclSum, comm, stream),
-          "ncclReduceScatter", comm));
+      JAX_SYMM_RETURN_IF_ERROR(Watched(r, stream, "ncclReduceScatter", [&] {
+        return api.ncclReduceScatter(win, recv, type->second, type->first, kNcclSum, comm,
+                                     stream);
+      }));
       return Copy(api, dst, recv, chunk, stream);
     }
     case CollectiveKind::kAllReduce: {
       ErrorOr<std::pair<int, size_t>> type = NcclSumType(in.element_type(), chunk);
       if (type.has_error()) return type.error();
       JAX_SYMM_RETURN_IF_ERROR(Copy(api, win, src, chunk, stream));
-      JAX_SYMM_RETURN_IF_ERROR(NcclCheck(
-          api.ncclAllReduce(win, win, type->second, type->first, kNcclSum, comm, stream),
-          "ncclAllReduce", comm));
+      JAX_SYMM_RETURN_IF_ERROR(Watched(r, stream, "ncclAllReduce", [&] {
+        return api.ncclAllReduce(win, win, type->second, type->first, kNcclSum, comm, stream);
+      }));
       return Copy(api, dst, win, chunk, stream);
     }
   }

@@ -4,7 +4,8 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <cstdlib>
+#include <cstddef>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -21,6 +22,41 @@ struct Arena {
   ncclWindow_t window = nullptr;
 };
 
+// ---- the progress beacon ----
+// A collective that waits for a peer which is alive but never joins it (the
+// processes run different programs, or one is stuck) never fails inside
+// NCCL. To bound it without host synchronisation or per-call host work
+// (XLA replays the handlers' work from CUDA graphs, where no host code runs),
+// the stream itself reports progress into host-mapped memory: a memory write
+// sets `busy` before each NCCL call, and a one-thread kernel after it counts
+// `done` and clears `busy`. The watchdog calls a collective stalled when it
+// sees `busy` with the same `done` for longer than the bound: exact whatever
+// the host has queued ahead, since both words change only as the GPU runs.
+std::atomic<double> stall_timeout_s{0.0};  // set from Python before any communicator
+
+struct Beacon {
+  uint32_t busy;  // 1 between a collective's start and its end
+  uint32_t done;  // how many collectives of this rank have ended
+};
+
+// The kernel after each NCCL call, as PTX that the driver compiles for the
+// device (no CUDA toolkit at build time): done += 1, then busy = 0.
+constexpr char kBeaconPtx[] = R"(
+.version 6.0
+.target sm_60
+.address_size 64
+.visible .entry jax_symm_beacon_done(.param .u64 beacon)
+{
+  .reg .b64 %rd<3>;
+  .reg .b32 %r<2>;
+  ld.param.u64 %rd1, [beacon];
+  cvta.to.global.u64 %rd2, %rd1;
+  atom.global.add.u32 %r1, [%rd2+4], 1;
+  st.volatile.global.u32 [%rd2], 0;
+  ret;
+}
+)";
+
 struct LocalRank {
   int64_t global_id = -1;
   int cuda_ordinal = -1;
@@ -31,6 +67,11 @@ struct LocalRank {
   // NCCL forbids using one communicator from two threads at once: held
   // around every enqueue (handlers), registration (set-up) and shutdown.
   std::unique_ptr<std::mutex> comm_mu = std::make_unique<std::mutex>();
+  // Its progress beacon, made with the communicator and never freed (the
+  // watchdog reads it until exit); null where the driver could not make one.
+  Beacon* beacon_host = nullptr;
+  CUdeviceptr beacon_device = 0;
+  CUfunction beacon_done = nullptr;
   // The watchdog's view, which needs no comm_mu: a handler stuck inside NCCL
   // (waiting for a dead peer) may hold that forever.
   struct Failure {
@@ -38,6 +79,10 @@ struct LocalRank {
     std::atomic<bool> failed{false};
     std::mutex mu;                   // guards `message`
     std::string message;             // why the watchdog aborted it
+    // The watchdog thread's own: the beacon's `done` when it last looked,
+    // and since when it has seen that collective running.
+    uint32_t seen_done = 0;
+    std::chrono::steady_clock::time_point busy_since{};
   };
   std::unique_ptr<Failure> failure = std::make_unique<Failure>();
 };
@@ -82,6 +127,30 @@ Error MakeCurrent(const NcclApi& api, LocalRank& r) {
   return CudaCheck(api.cuCtxSetCurrent(r.context), "cuCtxSetCurrent");
 }
 
+// Gives `r` a progress beacon, unless no stall bound is set (then its calls
+// enqueue nothing extra); on any failure `r` simply has none (its
+// collectives then have no stall bound, which info() reports).
+void MakeBeacon(const NcclApi& api, LocalRank& r) {
+  if (!api.beacon_entry_points() || stall_timeout_s.load() <= 0) return;
+  void* host = nullptr;
+  CUdeviceptr device = 0;
+  CUmodule module = nullptr;
+  CUfunction done = nullptr;
+  if (api.cuMemHostAlloc(&host, sizeof(Beacon),
+                         kCuMemHostAllocPortable | kCuMemHostAllocDeviceMap) != 0) {
+    return;
+  }
+  std::memset(host, 0, sizeof(Beacon));
+  if (api.cuMemHostGetDevicePointer(&device, host, 0) != 0 ||
+      api.cuModuleLoadData(&module, kBeaconPtx) != 0 ||
+      api.cuModuleGetFunction(&done, module, "jax_symm_beacon_done") != 0) {
+    return;  // the pinned page and module stay: a few bytes, once per rank
+  }
+  r.beacon_host = static_cast<Beacon*>(host);
+  r.beacon_device = device;
+  r.beacon_done = done;
+}
+
 // Ends an NCCL group whether or not its body failed, keeping the first error.
 Error EndGroup(const NcclApi& api, Error body) {
   Error end = NcclCheck(api.ncclGroupEnd(), "ncclGroupEnd");
@@ -102,6 +171,8 @@ Error Hold(const NcclApi& api, LocalRank& r, const Arena& arena, NcclRank* out) 
   out->rank = r.rank;
   out->arena_base = arena.base;
   out->arena_bytes = arena.bytes;
+  out->beacon = r.beacon_device;
+  out->beacon_done = r.beacon_done;
   return Error::Success();
 }
 
@@ -133,9 +204,8 @@ std::string AbortMessage(const std::vector<int64_t>& members, const LocalRank& r
   return "jax_symm: the NCCL communicator of group " + GroupToString(members) + " (rank " +
          std::to_string(r.rank) + ", device " + std::to_string(r.global_id) +
          ") failed and was aborted: " + cause +
-         ". A peer process probably died or lost its connection. Outputs of the jax_symm "
-         "calls in flight when it failed are not valid, and every later call on this "
-         "communicator fails: restart the job.";
+         ". Outputs of the jax_symm calls in flight when it failed are not valid, and "
+         "every later call on this communicator fails: restart the job.";
 }
 
 void Notify(const std::string& message) {
@@ -160,8 +230,7 @@ std::string MarkAndAbort(const NcclApi& api, const std::vector<int64_t>& members
   // before any thread can read the outputs those kernels leave invalid.
   Notify(message);
   api.cuCtxSetCurrent(r.context);
-  static const bool abort_only = std::getenv("JAX_SYMM_NCCL_WATCHDOG_ABORT") != nullptr;
-  if (api.ncclCommRevoke != nullptr && !abort_only) {
+  if (api.ncclCommRevoke != nullptr) {
     api.ncclCommRevoke(f.watched, 0);
   } else {
     api.ncclCommAbort(f.watched);
@@ -170,24 +239,53 @@ std::string MarkAndAbort(const NcclApi& api, const std::vector<int64_t>& members
   return message;
 }
 
+// Why `r`'s collective counts as stalled, or "": its beacon has shown the
+// same collective running for longer than the bound.
+std::string StallOf(LocalRank& r, std::chrono::steady_clock::time_point now) {
+  const double bound = stall_timeout_s.load();
+  LocalRank::Failure& f = *r.failure;
+  if (r.beacon_host == nullptr || bound <= 0) return "";
+  const uint32_t busy = __atomic_load_n(&r.beacon_host->busy, __ATOMIC_ACQUIRE);
+  const uint32_t done = __atomic_load_n(&r.beacon_host->done, __ATOMIC_ACQUIRE);
+  if (!busy || done != f.seen_done) {  // idle, or another collective since
+    f.seen_done = done;
+    f.busy_since = busy ? now : std::chrono::steady_clock::time_point{};
+    return "";
+  }
+  if (f.busy_since == std::chrono::steady_clock::time_point{}) f.busy_since = now;
+  const double waited = std::chrono::duration<double>(now - f.busy_since).count();
+  if (waited <= bound) return "";
+  char text[96];
+  std::snprintf(text, sizeof(text), "%.0f", bound);
+  return "a collective made no progress for more than " + std::string(text) +
+         " s (JAX_SYMM_TIMEOUT_S): a peer process is stuck, or the processes run "
+         "different programs, or raise JAX_SYMM_TIMEOUT_S if a step can really wait "
+         "that long";
+}
+
 // Polls one rank's communicator; returns the abort message if it failed.
 // ncclCommGetAsyncError only reads atomics, so it needs no lock; the abort
 // runs beside a handler that may be blocked inside NCCL on this
 // communicator, which is what unblocks it (its call then fails).
-std::string PollRank(const NcclApi& api, const std::vector<int64_t>& members, LocalRank& r) {
+std::string PollRank(const NcclApi& api, const std::vector<int64_t>& members, LocalRank& r,
+                     std::chrono::steady_clock::time_point now) {
   LocalRank::Failure& f = *r.failure;
   if (f.watched == nullptr || f.failed.load()) return "";
   if (api.cuCtxSetCurrent(r.context) != 0) return "";
   ncclResult_t state = kNcclSuccess;
   ncclResult_t polled = api.ncclCommGetAsyncError(f.watched, &state);
-  if (polled == kNcclSuccess && (state == kNcclSuccess || state == kNcclInProgress)) return "";
+  if (polled == kNcclSuccess && (state == kNcclSuccess || state == kNcclInProgress)) {
+    std::string stall = StallOf(r, now);
+    return stall.empty() ? "" : MarkAndAbort(api, members, r, stall);
+  }
   ncclResult_t code = polled != kNcclSuccess ? polled : state;
   std::string cause = "NCCL error " + std::to_string(code) + ": " + api.ncclGetErrorString(code);
   if (api.ncclGetLastError) {
     const char* last = api.ncclGetLastError(f.watched);
     if (last && *last) cause += " (" + std::string(last) + ")";
   }
-  return MarkAndAbort(api, members, r, cause);
+  return MarkAndAbort(api, members, r,
+                      cause + "; a peer process probably died or lost its connection");
 }
 
 
@@ -203,7 +301,8 @@ void WatchdogLoop(const NcclApi* api) {
       }
     }
     // Groups and their ranks are never freed or moved once registered.
-    for (auto& [members, r] : ranks) PollRank(*api, *members, *r);
+    const auto now = std::chrono::steady_clock::now();
+    for (auto& [members, r] : ranks) PollRank(*api, *members, *r, now);
     watchdog_rounds.fetch_add(1);
     lock.lock();
   }
@@ -264,6 +363,7 @@ Error NcclInitGroup(const std::vector<int64_t>& members,
     r.rank = spec.rank;
     // Contexts first, outside the NCCL group, so the group holds NCCL calls only.
     JAX_SYMM_RETURN_IF_ERROR(MakeCurrent(api, r));
+    MakeBeacon(api, r);
     group->local.push_back(std::move(r));
   }
   Error body = NcclCheck(api.ncclGroupStart(), "ncclGroupStart");
@@ -368,6 +468,7 @@ std::vector<NcclGroupInfo> NcclGroups() {
     info.symmetric_windows = true;
     for (const LocalRank& r : group->local) {
       for (auto& [size, arena] : r.arenas) info.symmetric_windows &= arena.window != nullptr;
+      info.stall_watch &= r.beacon_host != nullptr;
     }
     if (!group->local.empty()) {
       for (auto& [size, arena] : group->local[0].arenas) info.arena_bytes.push_back(size);
@@ -393,6 +494,23 @@ std::vector<std::string> NcclAborted() {
 }
 
 uint64_t NcclWatchdogRounds() { return watchdog_rounds.load(); }
+
+void NcclSetStallTimeout(double seconds) { stall_timeout_s.store(seconds); }
+
+Error MarkBusy(const NcclRank& r, CUstream stream) {
+  if (r.beacon == 0) return Error::Success();
+  return CudaCheck(r.api->cuStreamWriteValue32(stream, r.beacon + offsetof(Beacon, busy), 1, 0),
+                   "cuStreamWriteValue32 (progress beacon)");
+}
+
+Error MarkDone(const NcclRank& r, CUstream stream) {
+  if (r.beacon == 0) return Error::Success();
+  CUdeviceptr beacon = r.beacon;
+  void* args[] = {&beacon};
+  return CudaCheck(r.api->cuLaunchKernel(r.beacon_done, 1, 1, 1, 1, 1, 1, 0, stream, args,
+                                         nullptr),
+                   "cuLaunchKernel (progress beacon)");
+}
 
 int NcclAbortGroupsWith(const std::vector<int64_t>& global_ids, const std::string& cause) {
   const NcclApi* api = LoadedNcclApi();

@@ -48,6 +48,7 @@ struct NcclGroupInfo {
   std::vector<int64_t> local_global_ids;
   std::vector<size_t> arena_bytes;  // every arena, ascending
   bool symmetric_windows = true;     // every arena of every local rank got a window
+  bool stall_watch = true;           // every local rank has a progress beacon
 };
 std::vector<NcclGroupInfo> NcclGroups();
 
@@ -63,6 +64,11 @@ void NcclSetAbortNotifier(AbortNotifier fn);
 // `global_ids` (the devices of a peer process known to be gone), with `cause`
 // in the message; returns how many it aborted.
 int NcclAbortGroupsWith(const std::vector<int64_t>& global_ids, const std::string& cause);
+
+// The longest a collective may run without progress before the watchdog
+// aborts its communicator (JAX_SYMM_TIMEOUT_S); 0 or less: no bound, and
+// communicators created meanwhile get no progress beacon at all.
+void NcclSetStallTimeout(double seconds);
 
 // How many rounds the watchdog has polled (it runs once a communicator exists).
 uint64_t NcclWatchdogRounds();
@@ -86,7 +92,16 @@ struct NcclRank {
   int rank = -1;
   char* arena_base = nullptr;
   size_t arena_bytes = 0;
+  // The rank's progress beacon (0/null: none): a handler brackets each NCCL
+  // call with MarkBusy/MarkDone, which the watchdog reads.
+  CUdeviceptr beacon = 0;
+  CUfunction beacon_done = nullptr;
 };
+
+// Enqueues, on `stream`, "a collective of `r` is now running" (before its
+// NCCL call) and "it finished" (after). A no-op without a beacon.
+Error MarkBusy(const NcclRank& r, CUstream stream);
+Error MarkDone(const NcclRank& r, CUstream stream);
 
 // The handlers' look-up: the rank of device `global_id` in the group, with
 // the arena of exactly `arena_bytes` (the size lowering named).

@@ -58,13 +58,17 @@ def load() -> dict:
         jax.ffi.register_ffi_target(name, capsule, platform="CUDA")
     publish_local_devices("gpu")
     ext.nccl_set_abort_callback(_on_abort)
+    # The same bound as the CPU transport's barriers: a collective that makes
+    # no progress for this long is aborted (the progress beacon, nccl_comms.cc).
+    ext.nccl_set_stall_timeout(settings.timeout_s())
     atexit.register(shutdown)
     return info  # without symmetric windows, lowering warns (unusable_reason)
 
 
 class NcclCommunicatorAborted(RuntimeError):
-    """A communicator of jax_symm's failed (a peer died, or NCCL reported
-    another asynchronous error) and its watchdog aborted it."""
+    """A communicator of jax_symm's failed (a peer died, a collective made no
+    progress for JAX_SYMM_TIMEOUT_S, or NCCL reported another asynchronous
+    error) and its watchdog aborted it."""
 
     def __init__(self, *args):
         # Raised asynchronously in the main thread, the class is called with
@@ -183,8 +187,9 @@ def warn_if_concurrent_command_buffers() -> None:
 
 def groups_info() -> list[dict]:
     """This process's communicators: members, local devices, arenas, whether
-    every arena got a symmetric window, and whether NCCL runs its symmetric
-    kernels there (a window, and for NCCL < 2.29 all ranks on one NCCL host)."""
+    every arena got a symmetric window, whether NCCL runs its symmetric
+    kernels there (a window, and for NCCL < 2.29 all ranks on one NCCL host),
+    and whether their collectives have a stall bound (`stall_watch`)."""
     out = []
     version = load()["version"]
     # Never waits for other processes (info() must answer when a peer is gone):

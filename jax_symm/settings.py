@@ -67,7 +67,8 @@ def _number(name: str, default: float) -> float:
 
 
 def timeout_s() -> float:
-    """JAX_SYMM_TIMEOUT_S: the longest wait for a live peer at a CPU barrier."""
+    """JAX_SYMM_TIMEOUT_S: the longest wait for a live peer in a collective
+    (a CPU barrier; on GPU, a collective that makes no progress)."""
     return _number("JAX_SYMM_TIMEOUT_S", 300.0)
 
 

@@ -86,3 +86,18 @@ def alive(pid: int) -> bool:
 
 def shm_names(prefix: str = "jax_symm-") -> set[str]:
     return {f for f in os.listdir("/dev/shm") if f.startswith(prefix)}
+
+
+def captured_chain(gather, scatter, mesh, steps: int = 8):
+    """jit(shard_map) of `steps` gather-then-scatter pairs over axis 'x': many
+    calls in one program, so XLA may capture them into a CUDA graph. Shared
+    by the one-process and the multi-rank GPU tests."""
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    def f(a):
+        for i in range(steps):
+            a = scatter(gather(a, "x", tiled=True) * (1.0 + i / steps), "x", tiled=True)
+        return a
+
+    return jax.jit(jax.shard_map(f, mesh=mesh, in_specs=P("x"), out_specs=P("x")))

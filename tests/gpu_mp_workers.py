@@ -21,7 +21,7 @@ import traceback
 
 import numpy as np
 
-from _mp_util import global_array, write_json
+from _mp_util import captured_chain, global_array, write_json
 
 KIB, MIB = 1 << 10, 1 << 20
 
@@ -292,17 +292,11 @@ def _run_special(name: str, world: int, rs: np.random.RandomState) -> dict:
     if name == "arena-growth":
         return _arena_growth(mesh, n, rs)
     if name == "captured-chain":
-        def chain(gather, scatter):
-            def f(a):
-                for i in range(8):
-                    a = scatter(gather(a, "x", tiled=True) * (1.0 + i / 8), "x", tiled=True)
-                return a
-            return jax.jit(jax.shard_map(f, mesh=mesh, in_specs=P("x"), out_specs=P("x")))
         with jax_symm.settings.force_window(True):
-            ours = chain(jax_symm.all_gather, jax_symm.psum_scatter)
+            ours = captured_chain(jax_symm.all_gather, jax_symm.psum_scatter, mesh)
             x0 = global_array(_random(rs, (n * 4096,), "float32"), mesh, P("x"))
             text = ours.lower(x0).as_text()
-        ref = chain(jax.lax.all_gather, jax.lax.psum_scatter)
+        ref = captured_chain(jax.lax.all_gather, jax.lax.psum_scatter, mesh)
         for _ in range(5):
             x = global_array(_random(rs, (n * 4096,), "float32"), mesh, P("x"))
             _poison()
@@ -492,6 +486,59 @@ def killed_peer(report_dir: str, use_lax: bool, when: str, kill_after: int,
         os._exit(0)
     time.sleep(60)
     return {}
+
+
+def stalled_peer(report_dir: str, healthy_s: float, stall_s: float) -> dict:
+    """Run with JAX_SYMM_TIMEOUT_S small. Both processes first loop a chain of
+    collectives for `healthy_s`, dispatching ahead and blocking only at the
+    end (no stall may be seen there); then process 1 sleeps `stall_s`, alive,
+    while process 0 calls the next step, which must fail with the stall
+    bound's NcclCommunicatorAborted. Each records what it raised and when in
+    report_dir/process<i>.json and lets it propagate (so its peer is told)."""
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    import jax_symm
+
+    me = jax.process_index()
+    mesh = _mesh("1d")
+    n = jax.device_count()
+
+    def body(a):
+        for _ in range(4):
+            a = jax_symm.psum_scatter(jax_symm.all_gather(a, "x", tiled=True) * 0.5, "x",
+                                      tiled=True)
+        return a
+
+    report = {"healthy_steps": 0}
+    with jax_symm.settings.force_window(True):
+        f = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=P("x"), out_specs=P("x")))
+        data = np.arange(n * 64 * 1024, dtype=np.float32) % 7 + 1
+        x = global_array(data, mesh, P("x"))
+        report["custom_calls"] = _custom_calls(f.lower(x).as_text())
+        try:
+            t0 = time.time()
+            while time.time() - t0 < healthy_s:  # queued ahead: blocks once per 50
+                outs = [f(x) for _ in range(50)]
+                jax.block_until_ready(outs)
+                report["healthy_steps"] += 50
+            shard = outs[-1].addressable_shards[0]
+            report["healthy_ok"] = bool(np.allclose(
+                np.asarray(shard.data), (data * (n * 0.5) ** 4)[shard.index], rtol=1e-5))
+            report["healthy_s"] = time.time() - t0
+            if me == 1:
+                report["t_sleep"] = time.time()
+                for _ in range(int(stall_s * 10)):  # an exception can arrive between naps
+                    time.sleep(0.1)
+            report["t_call"] = time.time()
+            jax.block_until_ready(f(x))
+            report["type"] = None
+        except BaseException as e:  # noqa: BLE001  (what we are testing)
+            report.update(t_raised=time.time(), type=type(e).__name__, message=str(e)[:4000])
+            write_json(os.path.join(report_dir, f"process{me}.json"), report)
+            raise
+    write_json(os.path.join(report_dir, f"process{me}.json"), report)
+    return report
 
 
 def probe() -> dict:

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
 import jax_symm
+from _mp_util import captured_chain
 from _util import GATHER_DTYPES, SUM_DTYPES, assert_same, random_array, shard
 
 pytestmark = pytest.mark.skipif(
@@ -60,6 +61,22 @@ def test_lowers_to_nccl_custom_calls(mesh, rng):
     info = jax_symm.info()["nccl"]
     assert info["symmetric_windows"], info
     assert info["communicators"] and all(c["arena_bytes"] for c in info["communicators"])
+
+
+def test_info_reports_the_loaded_nccls_rules(mesh, rng):
+    """The PDL floor applied to the NCCL actually loaded, and a stall bound
+    on every communicator (the progress beacon was made)."""
+    from jax_symm._native import ext
+
+    x = shard(random_array(rng, (64 * mesh.size,), np.float32), mesh, P("x"))
+    run(lambda a: jax_symm.all_gather(a, "x", tiled=True), np.asarray(x), mesh)
+    info = jax_symm.info()["nccl"]
+    major, minor, patch = (int(p) for p in info["version"].split("."))
+    rules = ext.nccl_copy_rules(major * 10000 + minor * 100 + patch)
+    assert info["gather_sends_in_place"] == rules["gather_sends_in_place"], info
+    assert info["pdl_fixed_version"] == "2.30.7", info
+    assert info["stall_timeout_s"] > 0, info
+    assert all(c["stall_watch"] for c in info["communicators"]), info
 
 
 @pytest.mark.parametrize("dtype", GATHER_DTYPES, ids=lambda d: np.dtype(d).name)
@@ -121,15 +138,8 @@ def _grows_the_arena(mesh, rng):
 def test_captured_chain_on_changing_inputs(mesh, rng):
     """Many calls in one program (so XLA may capture them into a CUDA graph),
     replayed on fresh inputs each time."""
-    def chain(gather, scatter):
-        def f(a):
-            for i in range(8):
-                a = scatter(gather(a, "x", tiled=True) * (1.0 + i / 8), "x", tiled=True)
-            return a
-        return jax.jit(jax.shard_map(f, mesh=mesh, in_specs=P("x"), out_specs=P("x")))
-
-    ours = chain(jax_symm.all_gather, jax_symm.psum_scatter)
-    ref = chain(jax.lax.all_gather, jax.lax.psum_scatter)
+    ours = captured_chain(jax_symm.all_gather, jax_symm.psum_scatter, mesh)
+    ref = captured_chain(jax.lax.all_gather, jax.lax.psum_scatter, mesh)
     for _ in range(5):
         x = shard(random_array(rng, (mesh.size * 4096,), np.float32), mesh, P("x"))
         poison()

@@ -151,3 +151,38 @@ def test_killed_peer_with_lax_for_comparison(tmp_path):
         print(f"\nlax, kill mid: {report['type']} {report['t_raised'] - killed['t_killed']:.2f}"
               f" s after the kill: {report['message'][:300]}")
     assert err.returncodes[1] == -signal.SIGKILL
+
+
+# ------------------------------------------------ a peer that is alive but stuck
+
+
+@pytest.mark.timeout(200)
+def test_stalled_collective_is_aborted_after_the_bound(tmp_path):
+    """Process 1 sleeps, alive, while process 0 waits in a collective for it:
+    with JAX_SYMM_TIMEOUT_S=2, process 0 raises the stall bound's exception
+    about 2 s after its call, and process 1 is told. Before that, seconds of
+    healthy steps queued ahead of the GPU are not taken for a stall."""
+    bound = 2.0
+    with pytest.raises(MultiProcessError) as err:
+        run_multiprocess(gw.stalled_peer, num_processes=2, platform="gpu", share_gpus=True,
+                         args=(str(tmp_path), 4.0, 40.0), timeout_s=150, failure_grace_s=30,
+                         env={"JAX_SYMM_TIMEOUT_S": str(bound), "NCCL_DEBUG": "WARN"})
+    reports = [json.loads((tmp_path / f"process{i}.json").read_text())
+               if (tmp_path / f"process{i}.json").exists() else None for i in range(2)]
+    print(f"\n--- process 0's log ---\n" + "\n".join(err.value.logs[0].splitlines()[-15:]))
+    assert all(reports), f"a process reported nothing: {reports}\n{err.value}"
+    stuck, sleeper = reports
+    for r in reports:
+        assert r["custom_calls"] == 8 and r["healthy_ok"] and r["healthy_steps"] >= 50, r
+    detect = stuck["t_raised"] - stuck["t_call"]
+    told = sleeper["t_raised"] - stuck["t_raised"]
+    print(f"stall bound {bound:g} s: process 0 raised {stuck['type']} {detect:.2f} s after "
+          f"its call ({stuck['healthy_steps']} healthy steps in {stuck['healthy_s']:.1f} s "
+          f"before); process 1 raised {sleeper['type']} {told:.2f} s after that: "
+          f"{stuck['message'][:200]}")
+    assert stuck["type"] == "NcclCommunicatorAborted", stuck
+    assert "no progress" in stuck["message"] and "JAX_SYMM_TIMEOUT_S" in stuck["message"], stuck
+    assert bound <= detect < bound + 5, stuck
+    assert sleeper["type"] == "NcclCommunicatorAborted", sleeper
+    assert "process 0" in sleeper["message"], sleeper
+    assert told < 10, (stuck, sleeper)

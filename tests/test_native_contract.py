@@ -34,6 +34,23 @@ def test_arena_rule():
     assert _nccl.arena_bytes_needed("all_reduce", 96, 4) == 96
 
 
+@pytest.mark.parametrize("version, gather_in_place, scatter_in_place", [
+    (22703, False, False),  # 2.27.3: the first with windows; both buffers in them
+    (22809, False, False),  # 2.28.9: the device image's
+    (22900, False, True),   # 2.29: the scatter's receive may leave the window...
+    (23006, False, True),   # ...but the gather's send waits for the PDL fix
+    (23007, True, True),    # 2.30.7: cudaGridDependencySynchronize is back
+    (23203, True, True),    # 2.32.3: what pip brings today
+])
+def test_nccl_copy_rules_follow_the_pdl_floor(version, gather_in_place, scatter_in_place):
+    """The version floor of README "NCCL versions", decided in C++ beside the
+    copies it governs: below 2.30.7 a memcpy always precedes NCCL's kernel,
+    so the missing grid-dependency sync cannot bite."""
+    rules = ext.nccl_copy_rules(version)
+    assert rules == {"gather_sends_in_place": gather_in_place,
+                     "scatter_receives_in_place": scatter_in_place}
+
+
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="checks the no-NCCL reason")
 def test_unusable_reason_without_nccl():
     why = _nccl.unusable_reason("reduce_scatter", np.float32)

@@ -39,7 +39,7 @@ print('INFO', out[0])
   w4) run_tests w4 500 "$R/tests/test_gpu_multirank.py" -k w4 ;;
   faults) run_tests faults 400 "$R/tests/test_gpu_multirank.py" -k "${FAULTS_K:-killed or stalled}" -s ;;
   overhead)  # the progress beacon's cost per captured call: with it, and without
-    for t in 300 0; do echo "== overhead JAX_SYMM_TIMEOUT_S=$t"
-      (cd /tmp && JAX_SYMM_TIMEOUT_S=$t timeout 200 jax-symm-bench overhead) 2>&1 | tail -8
+    for t in 0 300; do echo "== overhead JAX_SYMM_GPU_TIMEOUT_S=$t"
+      (cd /tmp && JAX_SYMM_GPU_TIMEOUT_S=$t timeout 200 jax-symm-bench overhead) 2>&1 | tail -7
     done ;;
 esac; done

@@ -32,6 +32,9 @@ struct Arena {
 // `done` and clears `busy`. The watchdog calls a collective stalled when it
 // sees `busy` with the same `done` for longer than the bound: exact whatever
 // the host has queued ahead, since both words change only as the GPU runs.
+// It costs GPU time per call (measured on an H200: +4.6 us per captured call,
+// 3.0 of them the write's system-wide fence, 1.6 the kernel), so it is off
+// unless a bound is set (JAX_SYMM_GPU_TIMEOUT_S).
 std::atomic<double> stall_timeout_s{0.0};  // set from Python before any communicator
 
 struct Beacon {
@@ -258,8 +261,8 @@ std::string StallOf(LocalRank& r, std::chrono::steady_clock::time_point now) {
   char text[96];
   std::snprintf(text, sizeof(text), "%.0f", bound);
   return "a collective made no progress for more than " + std::string(text) +
-         " s (JAX_SYMM_TIMEOUT_S): a peer process is stuck, or the processes run "
-         "different programs, or raise JAX_SYMM_TIMEOUT_S if a step can really wait "
+         " s (JAX_SYMM_GPU_TIMEOUT_S): a peer process is stuck, or the processes run "
+         "different programs, or raise JAX_SYMM_GPU_TIMEOUT_S if a step can really wait "
          "that long";
 }
 

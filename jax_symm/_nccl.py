@@ -58,17 +58,17 @@ def load() -> dict:
         jax.ffi.register_ffi_target(name, capsule, platform="CUDA")
     publish_local_devices("gpu")
     ext.nccl_set_abort_callback(_on_abort)
-    # The same bound as the CPU transport's barriers: a collective that makes
-    # no progress for this long is aborted (the progress beacon, nccl_comms.cc).
-    ext.nccl_set_stall_timeout(settings.timeout_s())
+    # Before any communicator exists: only those made under a bound get the
+    # progress beacon that enforces it (nccl_comms.cc; it costs GPU time).
+    ext.nccl_set_stall_timeout(settings.gpu_timeout_s())
     atexit.register(shutdown)
     return info  # without symmetric windows, lowering warns (unusable_reason)
 
 
 class NcclCommunicatorAborted(RuntimeError):
     """A communicator of jax_symm's failed (a peer died, a collective made no
-    progress for JAX_SYMM_TIMEOUT_S, or NCCL reported another asynchronous
-    error) and its watchdog aborted it."""
+    progress for JAX_SYMM_GPU_TIMEOUT_S, or NCCL reported another
+    asynchronous error) and its watchdog aborted it."""
 
     def __init__(self, *args):
         # Raised asynchronously in the main thread, the class is called with

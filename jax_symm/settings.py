@@ -67,9 +67,15 @@ def _number(name: str, default: float) -> float:
 
 
 def timeout_s() -> float:
-    """JAX_SYMM_TIMEOUT_S: the longest wait for a live peer in a collective
-    (a CPU barrier; on GPU, a collective that makes no progress)."""
+    """JAX_SYMM_TIMEOUT_S: the longest wait for a live peer at a CPU barrier."""
     return _number("JAX_SYMM_TIMEOUT_S", 300.0)
+
+
+def gpu_timeout_s() -> float:
+    """JAX_SYMM_GPU_TIMEOUT_S: the longest a GPU collective may make no
+    progress before its communicator is aborted; 0 (the default): no bound,
+    and no per-call cost (the bound costs GPU time per call)."""
+    return _number("JAX_SYMM_GPU_TIMEOUT_S", 0.0)
 
 
 def bootstrap_timeout_s() -> float:

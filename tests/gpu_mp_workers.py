@@ -489,7 +489,7 @@ def killed_peer(report_dir: str, use_lax: bool, when: str, kill_after: int,
 
 
 def stalled_peer(report_dir: str, healthy_s: float, stall_s: float) -> dict:
-    """Run with JAX_SYMM_TIMEOUT_S small. Both processes first loop a chain of
+    """Run with JAX_SYMM_GPU_TIMEOUT_S small. Both processes first loop a chain of
     collectives for `healthy_s`, dispatching ahead and blocking only at the
     end (no stall may be seen there); then process 1 sleeps `stall_s`, alive,
     while process 0 calls the next step, which must fail with the stall

@@ -64,8 +64,8 @@ def test_lowers_to_nccl_custom_calls(mesh, rng):
 
 
 def test_info_reports_the_loaded_nccls_rules(mesh, rng):
-    """The PDL floor applied to the NCCL actually loaded, and a stall bound
-    on every communicator (the progress beacon was made)."""
+    """The PDL floor applied to the NCCL actually loaded, and no stall bound
+    (nor its per-call cost) unless JAX_SYMM_GPU_TIMEOUT_S asks for one."""
     from jax_symm._native import ext
 
     x = shard(random_array(rng, (64 * mesh.size,), np.float32), mesh, P("x"))
@@ -75,8 +75,9 @@ def test_info_reports_the_loaded_nccls_rules(mesh, rng):
     rules = ext.nccl_copy_rules(major * 10000 + minor * 100 + patch)
     assert info["gather_sends_in_place"] == rules["gather_sends_in_place"], info
     assert info["pdl_fixed_version"] == "2.30.7", info
-    assert info["stall_timeout_s"] > 0, info
-    assert all(c["stall_watch"] for c in info["communicators"]), info
+    bounded = float(os.environ.get("JAX_SYMM_GPU_TIMEOUT_S") or 0) > 0
+    assert (info["stall_timeout_s"] > 0) == bounded, info
+    assert all(c["stall_watch"] == bounded for c in info["communicators"]), info
 
 
 @pytest.mark.parametrize("dtype", GATHER_DTYPES, ids=lambda d: np.dtype(d).name)

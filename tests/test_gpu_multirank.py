@@ -159,14 +159,14 @@ def test_killed_peer_with_lax_for_comparison(tmp_path):
 @pytest.mark.timeout(200)
 def test_stalled_collective_is_aborted_after_the_bound(tmp_path):
     """Process 1 sleeps, alive, while process 0 waits in a collective for it:
-    with JAX_SYMM_TIMEOUT_S=2, process 0 raises the stall bound's exception
+    with JAX_SYMM_GPU_TIMEOUT_S=2, process 0 raises the stall bound's exception
     about 2 s after its call, and process 1 is told. Before that, seconds of
     healthy steps queued ahead of the GPU are not taken for a stall."""
     bound = 2.0
     with pytest.raises(MultiProcessError) as err:
         run_multiprocess(gw.stalled_peer, num_processes=2, platform="gpu", share_gpus=True,
                          args=(str(tmp_path), 4.0, 40.0), timeout_s=150, failure_grace_s=30,
-                         env={"JAX_SYMM_TIMEOUT_S": str(bound), "NCCL_DEBUG": "WARN"})
+                         env={"JAX_SYMM_GPU_TIMEOUT_S": str(bound), "NCCL_DEBUG": "WARN"})
     reports = [json.loads((tmp_path / f"process{i}.json").read_text())
                if (tmp_path / f"process{i}.json").exists() else None for i in range(2)]
     print(f"\n--- process 0's log ---\n" + "\n".join(err.value.logs[0].splitlines()[-15:]))
@@ -181,7 +181,8 @@ def test_stalled_collective_is_aborted_after_the_bound(tmp_path):
           f"before); process 1 raised {sleeper['type']} {told:.2f} s after that: "
           f"{stuck['message'][:200]}")
     assert stuck["type"] == "NcclCommunicatorAborted", stuck
-    assert "no progress" in stuck["message"] and "JAX_SYMM_TIMEOUT_S" in stuck["message"], stuck
+    assert "no progress" in stuck["message"] and "JAX_SYMM_GPU_TIMEOUT_S" in stuck["message"], \
+        stuck
     assert bound <= detect < bound + 5, stuck
     assert sleeper["type"] == "NcclCommunicatorAborted", sleeper
     assert "process 0" in sleeper["message"], sleeper

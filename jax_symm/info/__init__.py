@@ -49,7 +49,7 @@ def info() -> dict[str, Any]:
                            "gather_sends_in_place": nccl["gather_sends_in_place"],
                            # A collective that makes no progress for this long is
                            # aborted (0: never), where communicators' stall_watch.
-                           "stall_timeout_s": settings.timeout_s(),
+                           "stall_timeout_s": settings.gpu_timeout_s(),
                            "force_window": bool(settings.force_window.value),
                            "min_arena_bytes": settings.arena_bytes(),
                            "aborted": _nccl.aborted()}

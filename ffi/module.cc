@@ -229,6 +229,7 @@ NB_MODULE(_jax_symm, m) {
       d["arena_bytes"] = g.arena_bytes;
       d["symmetric_windows"] = g.symmetric_windows;
       d["stall_watch"] = g.stall_watch;
+      d["collectives_done"] = g.collectives_done;
       out.append(d);
     }
     return out;

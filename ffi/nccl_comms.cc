@@ -43,7 +43,9 @@ struct Beacon {
 };
 
 // The kernel after each NCCL call, as PTX that the driver compiles for the
-// device (no CUDA toolkit at build time): done += 1, then busy = 0.
+// device (no CUDA toolkit at build time): done += 1, then busy = 0. Plain
+// volatile accesses, not atomics (atomics on mapped host memory are not
+// atomic anyway): only this rank's stream writes its beacon, in order.
 constexpr char kBeaconPtx[] = R"(
 .version 6.0
 .target sm_60
@@ -54,7 +56,9 @@ constexpr char kBeaconPtx[] = R"(
   .reg .b32 %r<2>;
   ld.param.u64 %rd1, [beacon];
   cvta.to.global.u64 %rd2, %rd1;
-  atom.global.add.u32 %r1, [%rd2+4], 1;
+  ld.volatile.global.u32 %r1, [%rd2+4];
+  add.u32 %r1, %r1, 1;
+  st.volatile.global.u32 [%rd2+4], %r1;
   st.volatile.global.u32 [%rd2], 0;
   ret;
 }
@@ -472,6 +476,8 @@ std::vector<NcclGroupInfo> NcclGroups() {
     for (const LocalRank& r : group->local) {
       for (auto& [size, arena] : r.arenas) info.symmetric_windows &= arena.window != nullptr;
       info.stall_watch &= r.beacon_host != nullptr;
+      info.collectives_done.push_back(
+          r.beacon_host ? __atomic_load_n(&r.beacon_host->done, __ATOMIC_ACQUIRE) : 0);
     }
     if (!group->local.empty()) {
       for (auto& [size, arena] : group->local[0].arenas) info.arena_bytes.push_back(size);

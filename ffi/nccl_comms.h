@@ -49,6 +49,7 @@ struct NcclGroupInfo {
   std::vector<size_t> arena_bytes;  // every arena, ascending
   bool symmetric_windows = true;     // every arena of every local rank got a window
   bool stall_watch = true;           // every local rank has a progress beacon
+  std::vector<uint32_t> collectives_done;  // per local rank, as its beacon counted
 };
 std::vector<NcclGroupInfo> NcclGroups();
 

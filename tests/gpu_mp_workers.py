@@ -526,6 +526,10 @@ def stalled_peer(report_dir: str, healthy_s: float, stall_s: float) -> dict:
             report["healthy_ok"] = bool(np.allclose(
                 np.asarray(shard.data), (data * (n * 0.5) ** 4)[shard.index], rtol=1e-5))
             report["healthy_s"] = time.time() - t0
+            # What the beacon counted: every collective of every healthy step.
+            comm = jax_symm.info()["nccl"]["communicators"][0]
+            report["beacon_done"] = comm["collectives_done"]
+            report["stall_watch"] = comm["stall_watch"]
             if me == 1:
                 report["t_sleep"] = time.time()
                 for _ in range(int(stall_s * 10)):  # an exception can arrive between naps

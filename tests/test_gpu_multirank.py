@@ -174,6 +174,8 @@ def test_stalled_collective_is_aborted_after_the_bound(tmp_path):
     stuck, sleeper = reports
     for r in reports:
         assert r["custom_calls"] == 8 and r["healthy_ok"] and r["healthy_steps"] >= 50, r
+        # The GPU counted each of the 8 collectives of every step, once.
+        assert r["stall_watch"] and r["beacon_done"] == [8 * r["healthy_steps"]], r
     detect = stuck["t_raised"] - stuck["t_call"]
     told = sleeper["t_raised"] - stuck["t_raised"]
     print(f"stall bound {bound:g} s: process 0 raised {stuck['type']} {detect:.2f} s after "

@@ -42,12 +42,11 @@ inline ErrorOr<CallSite> ResolveCall(Platform platform, int32_t ordinal, Collect
   site.layout.chunk = attrs.chunk_bytes;
   site.layout.world = attrs.group_size;
   site.layout.rank = site.group.rank;
-  // all-gather grows its data world-fold, reduce-scatter shrinks it, and
-  // all-reduce keeps it.
   const size_t chunk = site.layout.chunk_bytes();
   const size_t world = static_cast<size_t>(attrs.group_size);
-  const size_t want_in = kind == CollectiveKind::kReduceScatter ? chunk * world : chunk;
-  const size_t want_out = kind == CollectiveKind::kAllGather ? chunk * world : chunk;
+  const KindLayout layout = LayoutOf(kind);
+  const size_t want_in = layout.in == Chunks::kWorld ? chunk * world : chunk;
+  const size_t want_out = layout.out == Chunks::kWorld ? chunk * world : chunk;
   if (in.size_bytes() != want_in || out.size_bytes() != want_out) {
     return Internal("buffer sizes (" + std::to_string(in.size_bytes()) + " -> " +
                     std::to_string(out.size_bytes()) + " bytes) do not match the "

@@ -58,6 +58,28 @@ inline const char* CollectiveKindName(CollectiveKind kind) {
   return "?";
 }
 
+// How many chunks each kind reads and writes per rank: one, or one per rank
+// of the group. The handlers check buffers against it (ffi_call.h); Python's
+// table of kinds (jax_symm/_kinds.py) is checked against it at import.
+enum class Chunks { kOne, kWorld };
+struct KindLayout {
+  Chunks in;
+  Chunks out;
+};
+
+inline KindLayout LayoutOf(CollectiveKind kind) {
+  switch (kind) {
+    case CollectiveKind::kAllGather: return {Chunks::kOne, Chunks::kWorld};
+    case CollectiveKind::kReduceScatter: return {Chunks::kWorld, Chunks::kOne};
+    case CollectiveKind::kAllReduce: return {Chunks::kOne, Chunks::kOne};
+  }
+  return {Chunks::kOne, Chunks::kOne};
+}
+
+inline const char* ChunksName(Chunks chunks) {
+  return chunks == Chunks::kWorld ? "world" : "one";
+}
+
 inline ErrorOr<CollectiveKind> CollectiveKindByName(const std::string& name) {
   for (CollectiveKind kind : kCollectiveKinds) {
     if (name == CollectiveKindName(kind)) return kind;

@@ -123,27 +123,53 @@ JAX_SYMM_SIMD_CLONES void SumInt(const std::vector<char*>& d, const std::vector<
   SumPlain<T>(d, s, n);
 }
 
+using SumFn = void (*)(const std::vector<char*>&, const std::vector<const char*>&, size_t);
+
+// The one list of host sums: element type, its numpy name (exported to
+// Python, which refuses the others at trace time), and the kernel. Complex
+// numbers sum as pairs of reals (`lanes` reals per element); signed and
+// unsigned integers of a width share one kernel (two's complement wraps alike).
+struct HostSumType {
+  ffi::DataType dtype;
+  const char* name;
+  SumFn sum;
+  size_t lanes;
+};
+const HostSumType kHostSumTypes[] = {
+    {ffi::DataType::F16, "float16", SumF16, 1},
+    {ffi::DataType::BF16, "bfloat16", SumBf16, 1},
+    {ffi::DataType::F32, "float32", SumF32, 1},
+    {ffi::DataType::F64, "float64", SumF64, 1},
+    {ffi::DataType::C64, "complex64", SumF32, 2},
+    {ffi::DataType::C128, "complex128", SumF64, 2},
+    {ffi::DataType::S8, "int8", SumInt<uint8_t>, 1},
+    {ffi::DataType::U8, "uint8", SumInt<uint8_t>, 1},
+    {ffi::DataType::S16, "int16", SumInt<uint16_t>, 1},
+    {ffi::DataType::U16, "uint16", SumInt<uint16_t>, 1},
+    {ffi::DataType::S32, "int32", SumInt<uint32_t>, 1},
+    {ffi::DataType::U32, "uint32", SumInt<uint32_t>, 1},
+    {ffi::DataType::S64, "int64", SumInt<uint64_t>, 1},
+    {ffi::DataType::U64, "uint64", SumInt<uint64_t>, 1},
+};
+
 }  // namespace
 
 Error Sum(ffi::DataType dtype, const std::vector<char*>& dsts,
           const std::vector<const char*>& srcs, size_t count) {
-  using DT = ffi::DataType;
-  switch (dtype) {
-    case DT::F32: SumF32(dsts, srcs, count); break;
-    case DT::F64: SumF64(dsts, srcs, count); break;
-    case DT::C64: SumF32(dsts, srcs, 2 * count); break;
-    case DT::C128: SumF64(dsts, srcs, 2 * count); break;
-    case DT::F16: SumF16(dsts, srcs, count); break;
-    case DT::BF16: SumBf16(dsts, srcs, count); break;
-    case DT::S8: case DT::U8: SumInt<uint8_t>(dsts, srcs, count); break;
-    case DT::S16: case DT::U16: SumInt<uint16_t>(dsts, srcs, count); break;
-    case DT::S32: case DT::U32: SumInt<uint32_t>(dsts, srcs, count); break;
-    case DT::S64: case DT::U64: SumInt<uint64_t>(dsts, srcs, count); break;
-    default:
-      return InvalidArgument("no host sum for element type " +
-                             std::to_string(static_cast<int>(dtype)));
+  for (const HostSumType& t : kHostSumTypes) {
+    if (t.dtype == dtype) {
+      t.sum(dsts, srcs, t.lanes * count);
+      return Error::Success();
+    }
   }
-  return Error::Success();
+  return InvalidArgument("no host sum for element type " +
+                         std::to_string(static_cast<int>(dtype)));
+}
+
+std::vector<std::string> SummableTypeNames() {
+  std::vector<std::string> names;
+  for (const HostSumType& t : kHostSumTypes) names.push_back(t.name);
+  return names;
 }
 
 }  // namespace host_reduce

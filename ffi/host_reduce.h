@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <algorithm>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "ffi_common.h"
@@ -85,6 +86,10 @@ inline uint16_t FloatToBf16(float f) {  // round to nearest even, nan stays nan
 // defence).
 Error Sum(ffi::DataType dtype, const std::vector<char*>& dsts,
           const std::vector<const char*>& srcs, size_t count);
+
+// The numpy names of the element types Sum accepts, in one list with the
+// kernels (host_reduce.cc); Python's dtype checks derive from it.
+std::vector<std::string> SummableTypeNames();
 
 inline Error Sum(ffi::DataType dtype, void* dst, const std::vector<const char*>& srcs,
                  size_t count) {

@@ -9,11 +9,13 @@
 #include "ffi_devices.h"
 #include "host_collectives.h"
 #include "host_liveness.h"
+#include "host_reduce.h"
 #include "host_window.h"
 #include "nccl_api.h"
 #include "nccl_collectives.h"
 #include "nccl_comms.h"
 #include "nccl_timer.h"
+#include "nccl_types.h"
 
 namespace nb = nanobind;
 
@@ -79,6 +81,25 @@ NB_MODULE(_jax_symm, m) {
     }
     return nb::tuple(out);
   }, "The collectives the handlers implement, by the names every other call uses.");
+  m.def("collective_layouts", []() {
+    nb::dict d;
+    for (jax_symm::CollectiveKind kind : jax_symm::kCollectiveKinds) {
+      jax_symm::KindLayout layout = jax_symm::LayoutOf(kind);
+      d[jax_symm::CollectiveKindName(kind)] = nb::make_tuple(
+          jax_symm::ChunksName(layout.in), jax_symm::ChunksName(layout.out));
+    }
+    return d;
+  }, "{kind: (chunks in, chunks out)}, each 'one' or 'world', as the handlers check buffers.");
+  m.def("host_sum_dtypes", []() {
+    nb::list out;
+    for (const std::string& name : jax_symm::host_reduce::SummableTypeNames()) out.append(name);
+    return nb::tuple(out);
+  }, "numpy names of the element types the host transport sums.");
+  m.def("nccl_sum_dtypes", []() {
+    nb::list out;
+    for (const std::string& name : jax_symm::NcclSummableTypeNames()) out.append(name);
+    return nb::tuple(out);
+  }, "numpy names of the element types the NCCL transport sums.");
   m.def("host_targets", []() {
     return Targets("jax_symm_host_", jax_symm::HostAllGather, jax_symm::HostReduceScatter,
                    jax_symm::HostAllReduce);

@@ -14,6 +14,7 @@
 
 #include "ffi_call.h"
 #include "nccl_comms.h"
+#include "nccl_types.h"
 
 namespace jax_symm {
 
@@ -44,28 +45,6 @@ Error Copy(const NcclApi& api, void* dst, const void* src, size_t bytes, CUstrea
   return CudaCheck(api.cuMemcpyDtoDAsync(reinterpret_cast<CUdeviceptr>(dst),
                                          reinterpret_cast<CUdeviceptr>(src), bytes, s),
                    "cuMemcpyDtoDAsync");
-}
-
-// NCCL's type and element count for a sum over `bytes` of `dtype`.
-ErrorOr<std::pair<int, size_t>> NcclSumType(ffi::DataType dtype, size_t bytes) {
-  using DT = ffi::DataType;
-  switch (dtype) {
-    case DT::F16: return std::pair<int, size_t>(kNcclFloat16, bytes / 2);
-    case DT::BF16: return std::pair<int, size_t>(kNcclBfloat16, bytes / 2);
-    case DT::F32: return std::pair<int, size_t>(kNcclFloat32, bytes / 4);
-    case DT::F64: return std::pair<int, size_t>(kNcclFloat64, bytes / 8);
-    case DT::C64: return std::pair<int, size_t>(kNcclFloat32, bytes / 4);  // re, im
-    case DT::C128: return std::pair<int, size_t>(kNcclFloat64, bytes / 8);
-    case DT::S8: return std::pair<int, size_t>(kNcclInt8, bytes);
-    case DT::U8: return std::pair<int, size_t>(kNcclUint8, bytes);
-    case DT::S32: return std::pair<int, size_t>(kNcclInt32, bytes / 4);
-    case DT::U32: return std::pair<int, size_t>(kNcclUint32, bytes / 4);
-    case DT::S64: return std::pair<int, size_t>(kNcclInt64, bytes / 8);
-    case DT::U64: return std::pair<int, size_t>(kNcclUint64, bytes / 8);
-    default:
-      return InvalidArgument("NCCL has no sum for element type " +
-                             std::to_string(static_cast<int>(dtype)));
-  }
 }
 
 // Enqueues one NCCL call, `enqueue(stream)`, between the progress beacon's

@@ -5,26 +5,21 @@
 
 #include "nccl_api.h"
 #include "nccl_comms.h"
+#include "nccl_types.h"
 
 namespace jax_symm {
 namespace {
 
-// NCCL's type and element size for a numpy dtype name. Sums of these are
-// what NCCL (and jax_symm's GPU path) can reduce.
+// NCCL's type and element size for a numpy dtype name, from the handlers'
+// list of sums (nccl_types.h): the timer runs what the handlers can.
 ErrorOr<std::pair<int, size_t>> NcclTypeByName(const std::string& dtype) {
-  static const std::pair<const char*, std::pair<int, size_t>> kTypes[] = {
-      {"int8", {kNcclInt8, 1}},        {"uint8", {kNcclUint8, 1}},
-      {"int32", {kNcclInt32, 4}},      {"uint32", {kNcclUint32, 4}},
-      {"int64", {kNcclInt64, 8}},      {"uint64", {kNcclUint64, 8}},
-      {"float16", {kNcclFloat16, 2}},  {"float32", {kNcclFloat32, 4}},
-      {"float64", {kNcclFloat64, 8}},  {"bfloat16", {kNcclBfloat16, 2}},
-  };
-  for (const auto& t : kTypes) {
-    if (dtype == t.first) return t.second;
+  std::string known;
+  for (const NcclSumTypeEntry& t : kNcclSumTypes) {
+    if (dtype == t.name) return std::pair<int, size_t>(t.nccl_type, t.nccl_bytes);
+    known += (known.empty() ? "" : ", ") + std::string(t.name);
   }
-  return InvalidArgument("raw NCCL timer: no NCCL type for dtype '" + dtype +
-                         "' (int8, uint8, int32, uint32, int64, uint64, float16, "
-                         "float32, float64, bfloat16)");
+  return InvalidArgument("raw NCCL timer: no NCCL type for dtype '" + dtype + "' (" + known +
+                         ")");
 }
 
 ErrorOr<CollectiveKind> KindByName(const std::string& op) {

@@ -8,14 +8,10 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
-# Sums the transports implement (host and NCCL); other dtypes raise at trace time.
-_SUMMABLE = {
-    np.dtype(t)
-    for t in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64,
-              jnp.complex64, jnp.complex128,
-              jnp.int8, jnp.int16, jnp.int32, jnp.int64,
-              jnp.uint8, jnp.uint16, jnp.uint32, jnp.uint64)
-}
+from . import _kinds
+
+# Sums some transport implements (from C++, `_kinds`); other dtypes raise at trace time.
+_SUMMABLE = _kinds.SUMMABLE
 
 
 def axis_tuple(axis_name: Any) -> tuple:

@@ -40,8 +40,11 @@ _CAP_BYTES = 8 * _MIB
 
 
 def copied_mib_per_mib(kind: str, world: int) -> float:
-    """MiB the window path copies per MiB of per-rank message."""
-    return 2.0 if kind == "all_reduce" else float(world + 1)
+    """MiB the window path copies per MiB of per-rank message: the input
+    into the window, the output out of it (`_kinds.Kind.copied_chunks`)."""
+    from . import _kinds
+
+    return float(_kinds.kind(kind).copied_chunks(world))
 
 
 def model_crossover_bytes(kind: str, world: int) -> int:

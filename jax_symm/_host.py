@@ -23,8 +23,9 @@ import threading
 import numpy as np
 import jax
 
-from . import _bootstrap, _compat, _liveness, settings
+from . import _bootstrap, _compat, _kinds, _liveness, settings
 from ._native import ext, publish_local_devices
+from ._transport import Call, Refusal
 
 _lock = threading.Lock()
 _ready = False
@@ -107,9 +108,10 @@ def unusable_reason(groups: np.ndarray) -> str | None:
 
 
 def slot_bytes(kind: str, chunk_bytes: int, world: int) -> int:
-    """What one rank puts into a window per call: reduce-scatter sends world
-    chunks, the others one. Rounded to a cache line so slots do not share one."""
-    need = chunk_bytes * (world if kind == "reduce_scatter" else 1)
+    """What one rank puts into a window per call: its input (a reduce-scatter's
+    is world chunks, the others' one). Rounded to a cache line so slots do
+    not share one."""
+    need = chunk_bytes * _kinds.kind(kind).in_chunks(world)
     return max(64, -(-need // 64) * 64)
 
 
@@ -173,3 +175,21 @@ def lower(kind: str, ctx, x, *, groups: np.ndarray, chunk_bytes: int):
     )
     _compat.pass_order_token(ctx)
     return out
+
+
+class HostTransport:
+    """The transport of XLA:CPU (see `_transport.Transport`)."""
+
+    platform = "cpu"
+    # A window pairs two or more ranks: a group of one device has no window.
+    serves_one_rank = False
+
+    def refusal(self, call: Call) -> Refusal | None:
+        why = unusable_reason(call.groups)
+        return None if why is None else Refusal(why, warn=True)
+
+    def lower(self, call: Call, ctx, x) -> list:
+        return lower(call.kind.name, ctx, x, groups=call.groups, chunk_bytes=call.chunk_bytes)
+
+
+TRANSPORT = HostTransport()

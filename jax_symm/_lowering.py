@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import jax.numpy as jnp
 
-from . import _compat, settings
+from . import _compat, _kinds, settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,9 +62,10 @@ def _warn_once(message: str) -> None:
 
 
 def _message_bytes(spec: Collective, ctx) -> int:
-    """Bytes one rank contributes: the input, or for reduce-scatter the output."""
-    aval = ctx.avals_out[0] if spec.kind == "reduce_scatter" else ctx.avals_in[0]
-    return int(math.prod(aval.shape)) * aval.dtype.itemsize
+    """Bytes one rank contributes: a side of the call that holds one chunk."""
+    nbytes = [int(math.prod(a.shape)) * a.dtype.itemsize
+              for a in (ctx.avals_in[0], ctx.avals_out[0])]
+    return _kinds.kind(spec.kind).chunk_bytes(*nbytes)
 
 
 def _use_xla_reason(spec: Collective, platform: str, ctx, axes: tuple):
@@ -103,7 +104,7 @@ def _leading_axis_form(spec: Collective, prim, params: dict, out_shape: tuple):
     d = params[spec.dimension]
     lead = dict(params, **{spec.dimension: 0, "tiled": False})
     world = params["axis_size"]
-    if spec.kind == "all_gather":
+    if _kinds.kind(spec.kind).gathers:
         def gather(x):
             # [W, *x] -> W moved to d; tiled merges it with x's dimension d.
             y = jnp.moveaxis(prim.bind(x, **lead), 0, d)

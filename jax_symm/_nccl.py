@@ -27,8 +27,9 @@ import warnings
 import numpy as np
 import jax
 
-from . import _bootstrap, _compat, _dispatch, _peer_watch, settings
+from . import _bootstrap, _compat, _dispatch, _kinds, _peer_watch, settings
 from ._native import ext, publish_local_devices
+from ._transport import Call, Refusal
 
 # {op: FFI target name}, as the C++ module names its handlers.
 NCCL_TARGETS = {op: name for op, (name, _) in ext.nccl_targets().items()}
@@ -209,8 +210,9 @@ def aborted() -> list[str]:
     return list(ext.nccl_aborted())
 
 
-# NCCL has no 16-bit integer type: those sums stay with XLA.
-_UNSUMMABLE = {np.dtype(np.int16), np.dtype(np.uint16)}
+# What NCCL sums (ffi/nccl_types.h; it has no 16-bit integer type): other
+# sums stay with XLA.
+_SUMMABLE = _kinds.SUM_DTYPES["nccl"]
 
 
 def unusable_reason(kind: str, dtype) -> str | None:
@@ -224,9 +226,9 @@ def unusable_reason(kind: str, dtype) -> str | None:
     if not info["symmetric_windows"]:
         return (f"jax_symm: NCCL {version_string(info['version'])} has no symmetric windows "
                 f"(needs >= 2.27.3); jax_symm.{kind} uses XLA's own collective.")
-    if kind != "all_gather" and np.dtype(dtype) in _UNSUMMABLE:
-        return (f"jax_symm: NCCL cannot sum {np.dtype(dtype).name} (it has no 16-bit integer "
-                f"type); jax_symm.{kind} uses XLA's own collective.")
+    if _kinds.kind(kind).sums and np.dtype(dtype) not in _SUMMABLE:
+        return (f"jax_symm: NCCL cannot sum {np.dtype(dtype).name} (it has no such type); "
+                f"jax_symm.{kind} uses XLA's own collective.")
     return None
 
 
@@ -300,10 +302,10 @@ def window_reason(kind: str, dtype, groups: np.ndarray, message_bytes: int):
 
 
 def arena_bytes_needed(kind: str, chunk_bytes: int, world: int) -> int:
-    """What one call stages in its arena: the all-gather's output and the
-    reduce-scatter's input hold `world` chunks, the all-reduce's data one.
-    The handler checks the buffers against the arena, never this rule."""
-    return chunk_bytes * (1 if kind == "all_reduce" else world)
+    """What one call stages in its arena: the larger of its input and output
+    (`_kinds.Kind.staged_chunks`). The handler checks the buffers against the
+    arena, never this rule."""
+    return chunk_bytes * _kinds.kind(kind).staged_chunks(world)
 
 
 def lower(kind: str, ctx, x, *, groups: np.ndarray, chunk_bytes: int) -> list:
@@ -326,3 +328,22 @@ def lower(kind: str, ctx, x, *, groups: np.ndarray, chunk_bytes: int) -> list:
         chunk_bytes=np.int64(chunk_bytes),
         arena_bytes=arenas,
     ))
+
+
+class NcclTransport:
+    """The transport of XLA:GPU (see `_transport.Transport`): it serves a call
+    where NCCL can and its symmetric kernels pay for the window's copies (the
+    crossover of `_dispatch`)."""
+
+    platform = "cuda"
+    serves_one_rank = True  # a 1-rank communicator (jax_symm_singleton_calls)
+
+    def refusal(self, call: Call) -> Refusal | None:
+        why, warn = window_reason(call.kind.name, call.dtype, call.groups, call.chunk_bytes)
+        return None if why is None else Refusal(why, warn)
+
+    def lower(self, call: Call, ctx, x) -> list:
+        return lower(call.kind.name, ctx, x, groups=call.groups, chunk_bytes=call.chunk_bytes)
+
+
+TRANSPORT = NcclTransport()

@@ -132,3 +132,50 @@ def test_an_extra_attribute_is_refused(tmp_path):
     assert "ACCEPTED" not in out.stdout, out.stdout
     assert out.returncode != 0 or "Wrong number of attributes" in out.stdout, (
         out.returncode, out.stdout[-2000:], out.stderr[-2000:])
+
+
+# ---- the table of kinds (jax_symm/_kinds.py) against C++ ----
+
+from jax_symm import _checks, _dispatch, _host, _kinds  # noqa: E402
+
+
+def test_kind_layouts_come_from_cpp():
+    """The handlers check buffers with C++'s layouts; Python sizes windows,
+    arenas and copies from its table: the two agree, kind by kind."""
+    layouts = {k: tuple(v) for k, v in ext.collective_layouts().items()}
+    assert layouts == {"all_gather": ("one", "world"), "reduce_scatter": ("world", "one"),
+                       "all_reduce": ("one", "one")}
+    assert tuple(_kinds.KINDS) == ext.collective_kinds()
+    for name, kind in _kinds.KINDS.items():
+        assert (kind.chunks_in, kind.chunks_out) == layouts[name]
+        # a sum shrinks or keeps the data; only a gather grows it
+        assert kind.gathers == (layouts[name][1] == "world") and kind.sums != kind.gathers
+
+
+def test_a_table_that_differs_from_cpp_fails_the_import(monkeypatch):
+    monkeypatch.setattr(_kinds, "KINDS", dict(
+        _kinds.KINDS, all_reduce=_kinds.Kind("all_reduce", _kinds.WORLD, _kinds.ONE,
+                                             sums=True, lax_twin="psum")))
+    with pytest.raises(ImportError, match="do not match jax_symm/_kinds.py"):
+        _kinds.check_against_native()
+
+
+def test_rules_derived_from_the_table():
+    """Every size rule, from the one table: host slot, NCCL arena, copies."""
+    w, c = 4, 128  # whole cache lines (slots are rounded up to 64 bytes)
+    assert [_host.slot_bytes(k, c, w) for k in _kinds.KINDS] == [c, c * w, c]
+    assert [_nccl.arena_bytes_needed(k, c, w) for k in _kinds.KINDS] == [c * w, c * w, c]
+    assert [_dispatch.copied_mib_per_mib(k, w) for k in _kinds.KINDS] == [w + 1, w + 1, 2]
+    assert _host.slot_bytes("all_reduce", 1, w) == 64  # a cache line at least
+
+
+def test_summable_dtypes_come_from_cpp():
+    """The trace-time check accepts what some transport sums; NCCL's list is
+    NCCL's own (no 16-bit integers), the host's has every integer width."""
+    host = {np.dtype(jnp.dtype(n)) for n in ext.host_sum_dtypes()}
+    nccl = {np.dtype(jnp.dtype(n)) for n in ext.nccl_sum_dtypes()}
+    assert _checks._SUMMABLE == host | nccl
+    assert _nccl._SUMMABLE == nccl
+    assert host - nccl == {np.dtype(np.int16), np.dtype(np.uint16)}
+    assert np.dtype(jnp.bfloat16) in nccl and np.dtype(np.bool_) not in host | nccl
+    assert not _checks.summable(jnp.zeros(2, jnp.float8_e4m3fn))

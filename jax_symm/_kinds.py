@@ -1,0 +1,110 @@
+"""The one table of collective kinds, and the dtypes each transport sums.
+
+Every rule that depends on what a kind moves derives from `KINDS`: the bytes
+a call names as its chunk (`_lowering`), the host window's slot (`_host`), the
+NCCL arena (`_nccl`), the copies of the cost model (`_dispatch`), the
+leading-axis relayout (`_lowering`) and whether a dtype needs a sum. C++ has
+its own table (ffi/ffi_common.h `LayoutOf`, with which the handlers check
+buffers); the two are compared at import, so they cannot drift apart.
+
+The dtypes each transport sums come from C++ too (ffi/host_reduce.cc
+`kHostSumTypes`, ffi/nccl_types.h `kNcclSumTypes`), the lists the kernels
+themselves dispatch on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import jax.numpy as jnp
+
+from ._native import ext
+
+ONE, WORLD = "one", "world"  # chunks per rank: one, or one per rank of the group
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """What one kind of collective moves, per rank, in chunks of `chunk_bytes`.
+
+    name:       the transports' and C++'s name ("all_gather", ...)
+    chunks_in:  ONE or WORLD chunks read
+    chunks_out: ONE or WORLD chunks written
+    sums:       whether it adds (so needs a sum for the dtype)
+    lax_twin:   the name of lax's primitive that serves it on XLA's path (`<name>_p`)
+    dimension:  the parameter naming the gathered / scattered dimension, if any
+    """
+
+    name: str
+    chunks_in: str
+    chunks_out: str
+    sums: bool
+    lax_twin: str
+    dimension: str | None = None
+
+    def in_chunks(self, world: int) -> int:
+        return world if self.chunks_in == WORLD else 1
+
+    def out_chunks(self, world: int) -> int:
+        return world if self.chunks_out == WORLD else 1
+
+    def staged_chunks(self, world: int) -> int:
+        """What a call stages in a symmetric buffer: the larger of its two sides."""
+        return max(self.in_chunks(world), self.out_chunks(world))
+
+    def copied_chunks(self, world: int) -> int:
+        """What the window path copies: its input in, its output out."""
+        return self.in_chunks(world) + self.out_chunks(world)
+
+    @property
+    def gathers(self) -> bool:
+        """Whether the output holds every rank's chunk (so the relayout gathers)."""
+        return self.chunks_out == WORLD
+
+    def chunk_bytes(self, in_bytes: int, out_bytes: int) -> int:
+        """The chunk of a call (bytes one rank contributes): the size of a side
+        that holds one chunk."""
+        return out_bytes if self.chunks_in == WORLD else in_bytes
+
+
+KINDS: dict[str, Kind] = {k.name: k for k in (
+    Kind("all_gather", ONE, WORLD, sums=False, lax_twin="all_gather",
+         dimension="all_gather_dimension"),
+    Kind("reduce_scatter", WORLD, ONE, sums=True, lax_twin="reduce_scatter",
+         dimension="scatter_dimension"),
+    Kind("all_reduce", ONE, ONE, sums=True, lax_twin="psum"),
+)}
+
+
+def kind(name: str) -> Kind:
+    return KINDS[name]
+
+
+def check_against_native() -> None:
+    """ImportError if the C++ module's kinds or layouts differ from `KINDS`
+    (a stale build, or one table edited without the other)."""
+    native = tuple(ext.collective_kinds())
+    layouts = dict(ext.collective_layouts())
+    ours = {k.name: (k.chunks_in, k.chunks_out) for k in KINDS.values()}
+    if native != tuple(KINDS) or {n: tuple(v) for n, v in layouts.items()} != ours:
+        raise ImportError(
+            f"jax_symm: the compiled extension's collectives {native} with layouts "
+            f"{layouts} do not match jax_symm/_kinds.py's {ours}. Rebuild it "
+            "(pip install .), or edit both tables together.")
+
+
+def _dtypes(names) -> frozenset:
+    return frozenset(np.dtype(jnp.dtype(n)) for n in names)
+
+
+# Per transport, the dtypes its kernels sum.
+SUM_DTYPES: dict[str, frozenset] = {
+    "host": _dtypes(ext.host_sum_dtypes()),
+    "nccl": _dtypes(ext.nccl_sum_dtypes()),
+}
+# What some transport sums: other dtypes raise at trace time; one that only
+# some transports sum goes to XLA's collective on the others.
+SUMMABLE: frozenset = frozenset().union(*SUM_DTYPES.values())
+
+check_against_native()

@@ -193,6 +193,11 @@ def pass_order_token(ctx) -> None:
 lower_fun = mlir.lower_fun
 
 
+def with_avals(ctx, avals_in, avals_out):
+    """A copy of a lowering context for a part of the call with other types."""
+    return ctx.replace(avals_in=list(avals_in), avals_out=list(avals_out))
+
+
 def reshape_to(ctx, x, aval):
     """An HLO reshape of `x` to `aval`'s shape (a group of one moves no data)."""
     from jax._src.lib.mlir.dialects import hlo

@@ -1,59 +1,28 @@
 """From a jax_symm primitive to XLA, for every op and platform.
 
-Each op module describes its collective with a `Collective` spec and calls
-`register`. The one lowering rule here then, for each call:
+Each op module registers its primitive with `register`. The one lowering
+rule here then, for each call:
 
 1. lowers a group of one device to a reshape (no data moves);
-2. decides whether XLA's own collective serves the call instead, and why
-   (`_use_xla_reason`): jax_symm disabled, a partially manual shard_map, a
-   transport that cannot serve it, or -- on GPU (`_nccl.window_reason`) --
-   a communicator without symmetric kernels, an NCCL below the window path's
-   version floor, or a message above the size crossover of `_dispatch`;
-3. moves the gathered or scattered dimension to the front in JAX
-   (`_leading_axis_form`), so that transports only ever see NCCL's natural
-   layout and XLA fuses the transposes into neighbouring work;
-4. hands the call to the platform's transport slice: `_host` (XLA:CPU) or
-   `_nccl` (XLA:GPU), which own their set-up, FFI targets and attributes.
+2. asks `_routing` which path serves the call: XLA's own collective (jax_symm
+   disabled, a partially manual shard_map, or what the platform's transport
+   refuses: `Transport.refusal`), or the transport;
+3. has the transport lower the call in NCCL's natural layout, the gathered or
+   scattered dimension leading: the relayout around it is lowered here, in
+   JAX (`_leading_axis_form`), so that XLA fuses the transposes into
+   neighbouring work and the routing is decided once.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
 import warnings
-from typing import Any, Callable
+from typing import Callable
 
 import jax.numpy as jnp
 
-from . import _compat, _kinds, settings
-
-
-@dataclasses.dataclass(frozen=True)
-class Collective:
-    """What the shared lowering needs to know about one collective primitive.
-
-    kind:      "all_gather", "reduce_scatter" or "all_reduce" (the transports' name)
-    lax:       lax's twin primitive, whose lowering serves the XLA path
-    lax_params: our primitive's parameters -> lax's
-    dimension: the parameter naming the gathered / scattered dimension, if any
-    """
-
-    kind: str
-    lax: Any
-    lax_params: Callable[[dict], dict]
-    dimension: str | None = None
-
-
-# The host transport's windows pair two or more ranks; only NCCL has a 1-rank
-# call (a 1-rank communicator), which is what the setting exists to measure.
-_SINGLETON_ON_CPU = (
-    "jax_symm.{kind} over a group of one device with jax_symm_singleton_calls on: "
-    "that setting keeps the custom call for one-device groups, which only the GPU "
-    "transport has (a 1-rank NCCL communicator); the CPU transport's shared-memory "
-    "windows need 2 or more ranks. On CPU turn it off "
-    "(jax.config.update('jax_symm_singleton_calls', False), or unset "
-    "JAX_SYMM_SINGLETON_CALLS), or use a mesh axis of 2 or more devices.")
+from . import _compat, _kinds, _routing, settings
+from ._kinds import Kind
 
 
 @functools.cache
@@ -61,106 +30,85 @@ def _warn_once(message: str) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-def _message_bytes(spec: Collective, ctx) -> int:
-    """Bytes one rank contributes: a side of the call that holds one chunk."""
-    nbytes = [int(math.prod(a.shape)) * a.dtype.itemsize
-              for a in (ctx.avals_in[0], ctx.avals_out[0])]
-    return _kinds.kind(spec.kind).chunk_bytes(*nbytes)
-
-
-def _use_xla_reason(spec: Collective, platform: str, ctx, axes: tuple):
-    """(why XLA's collective serves this call, or None; whether to warn; groups)."""
-    if settings.disable.value:
-        return "disabled", False, None
-    axis_ctx = ctx.module_context.axis_context
-    mesh = getattr(axis_ctx, "mesh", None)
-    if mesh is None:
-        raise NotImplementedError(
-            f"jax_symm.{spec.kind} must be used inside jax.shard_map or jax.pmap (this "
-            "program has no manual mesh axes to communicate over).")
-    manual = getattr(axis_ctx, "manual_axes", None)
-    if manual is not None and set(manual) != set(mesh.axis_names):
-        # XLA's partitioner owns the other axes and would replicate the call.
-        return (f"jax_symm.{spec.kind} inside a shard_map that is manual over only some "
-                "mesh axes uses XLA's own collective"), True, None
-    groups = _compat.replica_groups(axis_ctx, axes)
-    if platform == "cpu":
-        from . import _host
-
-        why = _host.unusable_reason(groups)
-        return why, True, groups
-    from . import _nccl
-
-    why, warn = _nccl.window_reason(spec.kind, ctx.avals_in[0].dtype, groups,
-                                    _message_bytes(spec, ctx))
-    return why, warn, (None if why is not None else groups)
-
-
-def _leading_axis_form(spec: Collective, prim, params: dict, out_shape: tuple):
-    """The call as a JAX function around the same primitive along dimension 0
-    (untiled), or None if it already is in that form."""
-    if spec.dimension is None or params[spec.dimension] == 0:
+def _leading_axis_form(kind: Kind, params: dict, in_aval, out_aval):
+    """(before, leading-form input aval, leading-form output aval, after): the
+    call along dimension 0, untiled, between two JAX functions; None if the
+    call already is in that form."""
+    if kind.dimension is None or params[kind.dimension] == 0:
         return None
-    d = params[spec.dimension]
-    lead = dict(params, **{spec.dimension: 0, "tiled": False})
-    world = params["axis_size"]
-    if _kinds.kind(spec.kind).gathers:
-        def gather(x):
-            # [W, *x] -> W moved to d; tiled merges it with x's dimension d.
-            y = jnp.moveaxis(prim.bind(x, **lead), 0, d)
-            return y.reshape(out_shape)
-        return gather
+    d, world, tiled = params[kind.dimension], params["axis_size"], params["tiled"]
+    shape = lambda aval, s: _compat.update_aval(aval, s, _compat.varying_axes(aval))
+    if kind.gathers:
+        # [*x] -> [W, *x]; then W moves to d, and tiled merges it with x's dimension d.
+        lead_out = shape(in_aval, (world, *in_aval.shape))
+        return (None, in_aval, lead_out,
+                lambda y: jnp.moveaxis(y, 0, d).reshape(out_aval.shape))
+    moved = list(in_aval.shape)
+    moved.insert(0, moved.pop(d))
+    if tiled:  # [W*c, ...] -> [W, c, ...]: W chunks of c rows
+        moved = [world, moved[0] // world, *moved[1:]]
 
-    def scatter(x):
+    def before(x):
         y = jnp.moveaxis(x, d, 0)
-        if params["tiled"]:  # [W*c, ...] -> [W, c, ...]: W chunks of c rows
-            y = y.reshape(world, y.shape[0] // world, *y.shape[1:])
-        r = prim.bind(y, **lead)
-        return jnp.moveaxis(r, 0, d) if params["tiled"] else r
-    return scatter
+        return y.reshape(moved) if tiled else y
+
+    lead_in = shape(in_aval, moved)
+    lead_out = shape(in_aval, moved[1:])
+    return (before, lead_in, lead_out,
+            (lambda r: jnp.moveaxis(r, 0, d)) if tiled else None)
 
 
-def register(prim, spec: Collective) -> None:
-    """Registers `prim`'s lowerings: jax_symm's transports on CPU and CUDA,
-    XLA's collective elsewhere and wherever jax_symm does not serve a call."""
+def _lower_call(transport, call, kind: Kind, ctx, x, params: dict):
+    """The transport's custom call, with the relayout to and from the leading
+    form around it (lowered here, so that nothing is routed twice)."""
+    form = _leading_axis_form(kind, params, ctx.avals_in[0], ctx.avals_out[0])
+    if form is None:
+        return transport.lower(call, ctx, x)
+    before, lead_in, lead_out, after = form
+    # Every context is made before any sets its tokens (each may do so once).
+    ctx_before = _compat.with_avals(ctx, ctx.avals_in, [lead_in])
+    ctx_call = _compat.with_avals(ctx, [lead_in], [lead_out])
+    ctx_after = _compat.with_avals(ctx, [lead_out], ctx.avals_out)
+    if before is not None:
+        (x,) = _compat.lower_fun(before, multiple_results=False)(ctx_before, x)
+    (y,) = transport.lower(call, ctx_call, x)
+    if after is not None:
+        (y,) = _compat.lower_fun(after, multiple_results=False)(ctx_after, y)
+    _compat.pass_order_token(ctx)
+    return [y]
+
+
+def register(prim, kind_name: str, lax_params: Callable[[dict], dict]) -> None:
+    """Registers `prim`'s lowerings: a transport's on each platform that has
+    one, XLA's collective (lax's twin primitive, its parameters from
+    `lax_params`) elsewhere and wherever the transport does not serve a call."""
+    kind = _kinds.kind(kind_name)
+    twin = _compat.lax_primitive(kind.lax_twin)
 
     def xla_rule(platform):
-        rule = _compat.lax_lowering(spec.lax, platform)
+        rule = _compat.lax_lowering(twin, platform)
 
         def lowered(ctx, x, **params):
-            out = rule(ctx, x, **spec.lax_params(params))
+            out = rule(ctx, x, **lax_params(params))
             _compat.pass_order_token(ctx)
             return out
         return lowered
 
-    def transport_rule(platform):
+    def transport_rule(transport):
+        fallback = xla_rule(transport.platform)
+
         def rule(ctx, x, **params):
             if params["axis_size"] == 1 and not settings.singleton_calls.value:
                 _compat.pass_order_token(ctx)
                 return [_compat.reshape_to(ctx, x, ctx.avals_out[0])]
-            if params["axis_size"] == 1 and platform == "cpu" and not settings.disable.value:
-                raise NotImplementedError(_SINGLETON_ON_CPU.format(kind=spec.kind))
-            why, warn, groups = _use_xla_reason(spec, platform, ctx, params["axes"])
-            if why is not None:
-                if warn:
-                    _warn_once(why)
-                return xla_rule(platform)(ctx, x, **params)
-            relayout = _leading_axis_form(spec, prim, params, ctx.avals_out[0].shape)
-            if relayout is not None:
-                return _compat.lower_fun(relayout, multiple_results=False)(ctx, x)
-            transport = _transport(platform)
-            return transport.lower(spec.kind, ctx, x, groups=groups,
-                                   chunk_bytes=_message_bytes(spec, ctx))
+            route = _routing.route(kind, transport, ctx, params["axes"], params["axis_size"])
+            if route.call is None:
+                if route.warn:
+                    _warn_once(route.why)
+                return fallback(ctx, x, **params)
+            return _lower_call(transport, route.call, kind, ctx, x, params)
         return rule
 
     _compat.register_lowering(prim, xla_rule(None))
-    for platform in ("cpu", "cuda"):
-        _compat.register_lowering(prim, transport_rule(platform), platform=platform)
-
-
-def _transport(platform: str):
-    if platform == "cpu":
-        from . import _host
-        return _host
-    from . import _nccl
-    return _nccl
+    for transport in _routing.TRANSPORTS.values():
+        _compat.register_lowering(prim, transport_rule(transport), platform=transport.platform)

@@ -121,5 +121,4 @@ def _to_lax(params):
 all_gather_p.def_effectful_abstract_eval(_abstract_eval)
 _compat.deflinear2(all_gather_p, _transpose)
 _compat.register_collective_batcher(all_gather_p, _batch)
-_lowering.register(all_gather_p, _lowering.Collective(
-    "all_gather", _compat.all_gather_p, _to_lax, dimension="all_gather_dimension"))
+_lowering.register(all_gather_p, "all_gather", _to_lax)

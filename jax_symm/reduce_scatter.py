@@ -111,5 +111,4 @@ def _to_lax(params):
 reduce_scatter_p.def_effectful_abstract_eval(_abstract_eval)
 _compat.deflinear2(reduce_scatter_p, _transpose)
 _compat.register_collective_batcher(reduce_scatter_p, _batch)
-_lowering.register(reduce_scatter_p, _lowering.Collective(
-    "reduce_scatter", _compat.reduce_scatter_p, _to_lax, dimension="scatter_dimension"))
+_lowering.register(reduce_scatter_p, "reduce_scatter", _to_lax)

@@ -52,12 +52,12 @@ def axis_index_groups(groups: Any, api_name: str) -> Reason | None:
                   "that spans exactly the group.")
 
 
-def positional_axes(axes: tuple, api_name: str) -> Reason | None:
+def positional_axes(axes: tuple, api_name: str, lax_name: str) -> Reason | None:
     if not any(isinstance(a, int) for a in axes):
         return None
     return Reason(NotImplementedError,
                   f"jax_symm.{api_name} works over named mesh axes only; use "
-                  f"jax.lax.{api_name} for positional axes.")
+                  f"jax.lax.{lax_name} for positional axes.")
 
 
 def check_bound(axes: tuple, api_name: str) -> None:
@@ -125,12 +125,12 @@ def outside_mesh(axes: tuple) -> bool:
             or not _compat.mesh_axes(axes))
 
 
-def trace_time_reason(kind: Kind, x: Any, axes: tuple, groups: Any,
-                      api_name: str) -> Reason | None:
-    """The first reason jax_symm cannot serve this call, as both the ops and
-    the scope see it at trace time, or None."""
-    return (axis_index_groups(groups, api_name) or positional_axes(axes, api_name)
-            or unsupported_dtype(kind, x, api_name))
+def trace_time_reason(kind: Kind, x: Any, axes: tuple, groups: Any) -> Reason | None:
+    """The first reason jax_symm cannot serve this call, as the scope sees it
+    at trace time (the ops raise on the same reasons, `_frontend`), or None."""
+    name = kind.name
+    return (axis_index_groups(groups, name) or positional_axes(axes, name, kind.lax_twin)
+            or unsupported_dtype(kind, x, name))
 
 
 # ---- lowering time ----

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
-from . import _checks, _compat, _lowering, settings
+from . import _compat, _eligibility, _frontend, _kinds, _lowering, settings
 from ._primitives import all_gather_p, reduce_scatter_p
+
+
+_OP = _frontend.Op(_kinds.kind("all_gather"), "all_gather", "all_gather")
 
 
 def all_gather(x: Any, axis_name: Any, *, axis: int = 0, tiled: bool = False,
@@ -20,28 +22,27 @@ def all_gather(x: Any, axis_name: Any, *, axis: int = 0, tiled: bool = False,
     (``to='reduced'`` is passed through to lax). `x` may be a pytree; each leaf
     is gathered. Must be called inside :func:`jax.shard_map`.
     """
-    _checks.reject_axis_index_groups(axis_index_groups, "all_gather")
+    reason = _eligibility.axis_index_groups(axis_index_groups, "all_gather")
+    if reason is not None:
+        raise reason.exception()
     allowed = {"varying", "invarying", "reduced"}
     if to not in allowed:
         raise ValueError(f"jax_symm.all_gather: `to` must be one of {sorted(allowed)}, got {to!r}")
     if to == "reduced":
         return lax.all_gather(x, axis_name, axis=axis, tiled=tiled, to=to)
-    axes = _checks.axis_tuple(axis_name)
-    _checks.check_bound(axes, "all_gather")
+    axes = _frontend.axes(_OP, axis_name, axis_index_groups)
     if not axes:
         return x
     size = _compat.axis_size(axes)
 
     def bind(leaf):
-        _checks.check_gatherable(leaf, "all_gather")
-        leaf = _compat.pvary_for_collective(axes, leaf)
         ndim = jnp.ndim(leaf)
         return all_gather_p.bind(
             leaf,
             all_gather_dimension=_compat.canonicalize_axis(axis, ndim if tiled else ndim + 1),
             axes=axes, axis_size=size, tiled=bool(tiled), invariant=(to == "invarying"))
 
-    return jax.tree_util.tree_map(bind, x)
+    return _frontend.each_leaf(_OP, x, axes, bind)
 
 
 def _abstract_eval(x_aval, *, all_gather_dimension, axes, axis_size, tiled, invariant):
@@ -66,7 +67,7 @@ def _transpose(ct, x, *, all_gather_dimension, axes, axis_size, tiled, invariant
         start = lax.axis_index(axes) * chunk
         out = lax.dynamic_slice_in_dim(ct, start, chunk, axis=all_gather_dimension)
         return (out if tiled else lax.squeeze(out, [all_gather_dimension]),)
-    if not _checks.summable(ct):
+    if not _eligibility.summable(ct):
         # The cotangent needs a sum jax_symm has not got (float8, bool): decided
         # here, at trace time, never by a failing call at run time.
         if settings.use_symmetric_memory.value:  # the scope hands it to lax

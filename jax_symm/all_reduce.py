@@ -9,8 +9,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from . import _checks, _compat, _lowering
+from . import _compat, _frontend, _kinds, _lowering
 from ._primitives import all_reduce_p
+
+
+_OP = _frontend.Op(_kinds.kind("all_reduce"), "all_reduce", "psum",
+                   skips_one_sized_axes=True, accepts_axis_list=True)
 
 
 def all_reduce(x: Any, axis_name: Any, *, axis_index_groups: Any = None) -> Any:
@@ -20,30 +24,22 @@ def all_reduce(x: Any, axis_name: Any, *, axis_index_groups: Any = None) -> Any:
     (booleans are summed as int32, as lax does). `x` may be a pytree. Named
     mesh axes only: positional (integer) axes raise NotImplementedError.
     """
-    _checks.reject_axis_index_groups(axis_index_groups, "psum")
-    axes = _checks.axis_tuple(axis_name) if not isinstance(axis_name, list) else tuple(axis_name)
-    if any(isinstance(a, int) for a in axes):
-        raise NotImplementedError(
-            "jax_symm.all_reduce sums over named mesh axes only; use jax.lax.psum "
-            "for positional axes.")
-    _checks.check_bound(axes, "psum")
-    axes = _compat.skip_one_sized_axes(axes)
+    axes = _frontend.axes(_OP, axis_name, axis_index_groups)
     if not axes:
         return x
 
     def bind(leaf):
+        return all_reduce_p.bind(leaf, axes=axes, axis_size=_compat.axis_size(axes),
+                                 invariant=_compat.check_vma_enabled())
+
+    def each(leaf):
         if jnp.result_type(leaf) == jnp.bool_:
             leaf = lax.convert_element_type(leaf, jnp.int32)
         if not _compat.is_tracer(leaf):  # a constant: no devices involved
             return leaf * _compat.axis_size(axes)
-        _checks.check_summable(leaf, "all_reduce")
-        if _compat.input_kind(_compat.typeof(leaf), axes, "jax_symm.all_reduce") == "unreduced":
-            return lax.psum(leaf, axes)
-        leaf = _compat.pvary_for_collective(axes, leaf)
-        return all_reduce_p.bind(leaf, axes=axes, axis_size=_compat.axis_size(axes),
-                                 invariant=_compat.check_vma_enabled())
+        return _frontend.one_leaf(_OP, leaf, axes, bind, lambda v: lax.psum(v, axes))
 
-    return jax.tree_util.tree_map(bind, x)
+    return jax.tree_util.tree_map(each, x)
 
 
 psum = all_reduce

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
-from . import _checks, _compat, _lowering
+from . import _compat, _frontend, _kinds, _lowering
 from ._primitives import all_gather_p, reduce_scatter_p
+
+
+_OP = _frontend.Op(_kinds.kind("reduce_scatter"), "reduce_scatter", "psum_scatter",
+                   skips_one_sized_axes=True)
 
 
 def reduce_scatter(x: Any, axis_name: Any, *, scatter_dimension: int = 0,
@@ -21,25 +24,21 @@ def reduce_scatter(x: Any, axis_name: Any, *, scatter_dimension: int = 0,
     `x` may be a pytree; each leaf is reduced. Must be called inside
     :func:`jax.shard_map`.
     """
-    _checks.reject_axis_index_groups(axis_index_groups, "psum_scatter")
-    _checks.check_bound(_checks.axis_tuple(axis_name), "psum_scatter")
-    axes = _compat.skip_one_sized_axes(_checks.axis_tuple(axis_name))
+    axes = _frontend.axes(_OP, axis_name, axis_index_groups)
     if not axes:
         return x
     size = _compat.axis_size(axes)
 
     def bind(leaf):
-        _checks.check_summable(leaf, "reduce_scatter")
-        if _compat.input_kind(_compat.typeof(leaf), axes, "jax_symm.reduce_scatter") == "unreduced":
-            return lax.psum_scatter(leaf, axes, scatter_dimension=scatter_dimension,
-                                    tiled=tiled)
-        leaf = _compat.pvary_for_collective(axes, leaf)
         # Negative dimensions count from the end, as in newer lax (0.11+).
         dim = _compat.canonicalize_axis(scatter_dimension, max(jnp.ndim(leaf), 1))
         return reduce_scatter_p.bind(
             leaf, scatter_dimension=dim, axes=axes, axis_size=size, tiled=bool(tiled))
 
-    return jax.tree_util.tree_map(bind, x)
+    def unreduced(leaf):
+        return lax.psum_scatter(leaf, axes, scatter_dimension=scatter_dimension, tiled=tiled)
+
+    return _frontend.each_leaf(_OP, x, axes, bind, unreduced)
 
 
 psum_scatter = reduce_scatter

@@ -22,69 +22,50 @@ import threading
 from typing import Iterator
 
 
-from . import _checks, _compat, settings
+from . import _compat, _eligibility, _kinds, settings
 from ._primitives import all_gather_p, all_reduce_p, reduce_scatter_p
 
 _PASS = object()  # a reroute's answer for "let lax handle this call"
 
 
-def _accepts(check, x) -> bool:
-    """Whether one of _checks' dtype checks lets `x` through."""
-    try:
-        check(x, "use_symmetric_memory")
-        return True
-    except TypeError:
-        return False
-
-
-def _gatherable(x) -> bool:
-    return _accepts(_checks.check_gatherable, x)
-
-
-def _summable(x) -> bool:
-    return _accepts(_checks.check_summable, x)
-
-
-def _named(axes) -> tuple | None:
-    """The axes as a tuple, or None where the scope must leave the call to lax:
-    positional axes; an axis not bound here (lax raises its own error, with
-    its hint); a vmap axis name (not a mesh axis); a shard_map manual over only some mesh axes (XLA's partitioner
-    owns the rest; a direct jax_symm call warns there, the scope stays silent)."""
+def _served(kind_name: str, x, axes, axis_index_groups=None) -> tuple | None:
+    """The call's axes as a tuple if jax_symm serves it, or None where the
+    scope leaves it to lax: any trace-time reason of `_eligibility`
+    (the ops raise on the same ones), or a call outside a fully manual mesh."""
     axes = tuple(axes) if isinstance(axes, (tuple, list)) else (axes,)
-    if any(isinstance(a, int) for a in axes) or not _compat.axes_bound(axes):
+    kind = _kinds.kind(kind_name)
+    if _eligibility.trace_time_reason(kind, x, axes, axis_index_groups) is not None:
         return None
-    if _compat.partially_manual() or not _compat.mesh_axes(axes):
-        return None
-    return axes
+    return None if _eligibility.outside_mesh(axes) else axes
 
 
 def _all_gather(x, *, all_gather_dimension, axis_name, axis_index_groups, axis_size, tiled):
-    axes = _named(axis_name)
-    if axis_index_groups is not None or axes is None or not _gatherable(x):
+    axes = _served("all_gather", x, axis_name, axis_index_groups)
+    if axes is None:
         return _PASS
     return all_gather_p.bind(x, all_gather_dimension=all_gather_dimension, axes=axes,
                              axis_size=axis_size, tiled=tiled, invariant=False)
 
 
 def _all_gather_invariant(x, *, all_gather_dimension, axis_name, axis_size, tiled):
-    axes = _named(axis_name)
-    if axes is None or not _gatherable(x):
+    axes = _served("all_gather", x, axis_name)
+    if axes is None:
         return _PASS
     return all_gather_p.bind(x, all_gather_dimension=all_gather_dimension, axes=axes,
                              axis_size=axis_size, tiled=tiled, invariant=True)
 
 
 def _reduce_scatter(x, *, scatter_dimension, axis_name, axis_index_groups, axis_size, tiled):
-    axes = _named(axis_name)
-    if axis_index_groups is not None or axes is None or not _summable(x):
+    axes = _served("reduce_scatter", x, axis_name, axis_index_groups)
+    if axes is None:
         return _PASS
     return reduce_scatter_p.bind(x, scatter_dimension=scatter_dimension, axes=axes,
                                  axis_size=axis_size, tiled=tiled)
 
 
 def _psum(x, *, axes, axis_index_groups=None, invariant):
-    named = _named(axes)
-    if axis_index_groups is not None or named is None or not _summable(x):
+    named = _served("all_reduce", x, axes, axis_index_groups)
+    if named is None:
         return _PASS
     return all_reduce_p.bind(x, axes=named, axis_size=_compat.axis_size(named),
                              invariant=invariant)

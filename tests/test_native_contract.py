@@ -136,7 +136,7 @@ def test_an_extra_attribute_is_refused(tmp_path):
 
 # ---- the table of kinds (jax_symm/_kinds.py) against C++ ----
 
-from jax_symm import _checks, _dispatch, _host, _kinds  # noqa: E402
+from jax_symm import _dispatch, _eligibility, _host, _kinds  # noqa: E402
 
 
 def test_kind_layouts_come_from_cpp():
@@ -174,8 +174,9 @@ def test_summable_dtypes_come_from_cpp():
     NCCL's own (no 16-bit integers), the host's has every integer width."""
     host = {np.dtype(jnp.dtype(n)) for n in ext.host_sum_dtypes()}
     nccl = {np.dtype(jnp.dtype(n)) for n in ext.nccl_sum_dtypes()}
-    assert _checks._SUMMABLE == host | nccl
+    assert _kinds.SUMMABLE == host | nccl
     assert _nccl._SUMMABLE == nccl
     assert host - nccl == {np.dtype(np.int16), np.dtype(np.uint16)}
     assert np.dtype(jnp.bfloat16) in nccl and np.dtype(np.bool_) not in host | nccl
-    assert not _checks.summable(jnp.zeros(2, jnp.float8_e4m3fn))
+    assert not _eligibility.summable(jnp.zeros(2, jnp.float8_e4m3fn))
+    assert _eligibility.summable(jnp.zeros(2, jnp.int16))

@@ -4,13 +4,22 @@ jax_symm's primitives need pieces of ``jax._src`` (the varying-axes type
 system, axis environment, batching tables, replica groups) that move between
 releases. Keeping them here means a JAX release breaks this file, not every op.
 Supported: jax 0.10.1 to 0.12 (see check_jax_version).
+
+A private name is used directly, so that a jax release that moves it fails at
+import or at its first use, never by skipping what it did; a name that only
+some supported releases have is reached through `since` (an explicit version
+branch). Where jax_symm changes JAX's own objects is listed in `PATCHES` (and
+by `jax_symm.info()`). tests/test_compat.py checks every private name used
+here against the installed jax.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
-from typing import Any, Sequence
+import threading
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -23,6 +32,18 @@ MIN_JAX = (0, 10, 1)
 MAX_JAX_EXCLUSIVE = (0, 13)
 
 
+def version_tuple(version: str) -> tuple[int, ...]:
+    """(major, minor, patch) of a jax version string ('0.12.0.1' -> (0, 12, 0))."""
+    parts = []
+    for p in version.split(".")[:3]:
+        digits = re.match(r"\d+", p)
+        parts.append(int(digits.group()) if digits else 0)
+    return tuple(parts)
+
+
+JAX_VERSION = version_tuple(jax.__version__)
+
+
 def check_jax_version(version: str | None = None) -> None:
     """Raises ImportError, saying what to install, for a jax jax_symm does not support.
 
@@ -33,11 +54,7 @@ def check_jax_version(version: str | None = None) -> None:
         if os.environ.get("JAX_SYMM_SKIP_VERSION_CHECK", "0") not in ("", "0"):
             return
         version = jax.__version__
-    parts = []
-    for p in version.split(".")[:3]:
-        digits = re.match(r"\d+", p)
-        parts.append(int(digits.group()) if digits else 0)
-    found = tuple(parts)
+    found = version_tuple(version)
     if found < MIN_JAX or found[:2] >= MAX_JAX_EXCLUSIVE:
         lo = ".".join(map(str, MIN_JAX))
         hi = ".".join(map(str, MAX_JAX_EXCLUSIVE))
@@ -110,6 +127,67 @@ class _FunctionCache(dict):
             super().__setitem__(key, value)
 
 
+# ---- patches: the places where jax_symm changes JAX's own objects ----
+
+
+@dataclasses.dataclass
+class Patch:
+    """One change jax_symm makes to JAX, applied where `needed_on` says."""
+
+    what: str
+    needed_on: tuple = (MIN_JAX, MAX_JAX_EXCLUSIVE)  # [first, last) jax versions
+    applied: bool = False
+
+    @property
+    def needed(self) -> bool:
+        first, last = self.needed_on
+        return first <= JAX_VERSION[:len(first)] and JAX_VERSION[:len(last)] < last
+
+
+PATCHES: dict[str, Patch] = {
+    "lax_collective_binds": Patch(
+        "use_symmetric_memory(), on first use: the bind of lax's all_gather, "
+        "all_gather_invariant, reduce_scatter, psum and psum_invariant primitives is "
+        "wrapped, so that calls traced inside the scope bind jax_symm's primitives "
+        "(jax has no hook for this)"),
+    "module_function_cache": Patch(
+        "a module that lowers a jax_symm call gets a ModuleContext."
+        "cached_primitive_lowerings that does not keep functions holding jax_symm calls "
+        "(so that each use of such a function gets call sites of its own)"),
+}
+_patch_lock = threading.Lock()
+
+
+def patches() -> dict[str, dict]:
+    """What jax_symm patches in JAX, and whether it did so in this process."""
+    return {name: {"what": p.what, "needed": p.needed, "applied": p.applied}
+            for name, p in PATCHES.items()}
+
+
+def reroute_lax_binds(reroutes: dict[str, Callable], active: Callable[[], bool],
+                      passed: object) -> None:
+    """Patch 'lax_collective_binds' (once): while `active()`, a one-operand
+    bind of lax's primitive `name` calls `reroutes[name]`, and lax's own bind
+    where that returns `passed`."""
+    patch = PATCHES["lax_collective_binds"]
+    with _patch_lock:
+        if patch.applied or not patch.needed:
+            return
+        for name, reroute in reroutes.items():
+            prim = lax_primitive(name)
+            original = prim.bind
+
+            def bind(*args, _original=original, _reroute=reroute, **params):
+                if active() and len(args) == 1:
+                    out = _reroute(*args, **params)
+                    if out is not passed:
+                        return out
+                return _original(*args, **params)
+
+            prim.bind = bind
+        patch.applied = True
+
+
 def call_ordinal(ctx) -> int:
     """The number of this jax_symm call among those lowered into the same
     module so far (1, 2, ...). Every process lowering a program lowers its
@@ -118,9 +196,10 @@ def call_ordinal(ctx) -> int:
     meanwhile or in which order."""
     module_ctx = ctx.module_context
     cache = module_ctx.cached_primitive_lowerings
-    if not isinstance(cache, _FunctionCache):
+    if not isinstance(cache, _FunctionCache):  # patch 'module_function_cache'
         cache = _FunctionCache(cache)
         module_ctx.cached_primitive_lowerings = cache
+        PATCHES["module_function_cache"].applied = True
     cache.calls += 1
     return cache.calls
 
@@ -262,10 +341,30 @@ def check_axis_names(axes: tuple, api_name: str) -> None:
     lax_parallel._check_axis_names(axes, api_name)
 
 
+# lax's check that a collective's arguments are not unreduced: in jax's main
+# branch (read 2026-12), in no release up to 0.12.0.1 (0.10.2, 0.11.2 and
+# 0.12.0.1 read), so expected from the next.
+_UNREDUCED_CHECK_SINCE = (0, 13)
+
+
+def since(version: tuple, module, name: str):
+    """`module.name` on jax >= `version`, None before. On a jax that should
+    have it and has not, AttributeError: a moved name fails loudly, never
+    silently drops what it did."""
+    if JAX_VERSION < version:
+        return None
+    if not hasattr(module, name):
+        raise AttributeError(
+            f"jax_symm: jax {jax.__version__} has no {module.__name__}.{name}, which "
+            f"jax_symm expects from jax {'.'.join(map(str, version))} on; jax_symm/_compat.py "
+            "needs updating for this jax.")
+    return getattr(module, name)
+
+
 def check_unreduced(avals, axes: tuple, api_name: str) -> None:
-    fn = getattr(lax_parallel, "check_unreduced_args", None)
-    if fn is not None:
-        fn(avals, axes, api_name)
+    check = since(_UNREDUCED_CHECK_SINCE, lax_parallel, "check_unreduced_args")
+    if check is not None:
+        check(avals, axes, api_name)
 
 
 def axes_bound(axes: tuple) -> bool:
@@ -302,14 +401,12 @@ def axis_size(axes: tuple) -> int:
 
 def skip_one_sized_axes(axes: tuple) -> tuple:
     """lax.psum_scatter drops axes of size one before binding."""
-    fn = getattr(lax_parallel, "_maybe_skip_one_sized_axes", None)
-    return tuple(fn(axes)) if fn is not None else axes
+    return tuple(lax_parallel._maybe_skip_one_sized_axes(axes))
 
 
 def input_kind(aval, axes: tuple, api_name: str) -> str:
     """'varying', 'unreduced', 'reduced' or 'invarying' for `aval` over `axes`."""
-    fn = getattr(lax_parallel, "_get_from", None)
-    return fn(aval, axes, api_name) if fn is not None else "varying"
+    return lax_parallel._get_from(aval, axes, api_name)
 
 
 def register_collective_batcher(prim, rule) -> None:
@@ -347,17 +444,18 @@ def lax_lowering(prim, platform: str | None = None):
     """The lowering rule that lax registered for `prim` (for fallbacks)."""
     rules = mlir._platform_specific_lowerings.get(platform) if platform else None
     entry = rules[prim] if rules is not None and prim in rules else mlir._lowerings[prim]
-    return getattr(entry, "rule", entry)  # a LoweringRuleEntry since jax 0.5
+    return entry.rule  # a LoweringRuleEntry (since jax 0.5)
+
+
+# lax's collective primitives jax_symm lowers to or reroutes (every supported jax has all).
+_LAX_PRIMITIVES = {p.name: p for p in (
+    lax_parallel.all_gather_p, lax_parallel.all_gather_invariant_p,
+    lax_parallel.reduce_scatter_p, lax_parallel.psum_p, lax_parallel.psum_invariant_p)}
 
 
 def lax_primitive(name: str):
-    """lax's collective primitive `<name>_p`, or None if this jax has none."""
-    return getattr(lax_parallel, f"{name}_p", None)
-
-
-all_gather_p = lax_parallel.all_gather_p
-reduce_scatter_p = lax_parallel.reduce_scatter_p
-psum_p = lax_parallel.psum_p
+    """lax's collective primitive of that name ('all_gather', 'psum', ...)."""
+    return _LAX_PRIMITIVES[name]
 
 
 def distributed_client():

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-OPS = ("all_gather", "reduce_scatter", "all_reduce")
+from ._kinds import KINDS
+
+OPS = tuple(KINDS)
 
 
 def nccl_available() -> tuple[bool, str]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import threading
 from typing import Iterator
 
 
@@ -79,28 +78,16 @@ _REROUTES = {
     "psum": functools.partial(_psum, invariant=False),
 }
 
-_install_lock = threading.Lock()
 
 
-@functools.cache
+def _active() -> bool:
+    return bool(settings.use_symmetric_memory.value and not settings.disable.value)
+
+
 def _install() -> None:
-    """Wraps the lax primitives' bind once; the wrappers consult the scope."""
-    with _install_lock:
-        for name, reroute in _REROUTES.items():
-            prim = _compat.lax_primitive(name)
-            if prim is None:
-                continue
-            original = prim.bind
-
-            def bind(*args, _original=original, _reroute=reroute, **params):
-                if (settings.use_symmetric_memory.value and not settings.disable.value
-                        and len(args) == 1):
-                    out = _reroute(*args, **params)
-                    if out is not _PASS:
-                        return out
-                return _original(*args, **params)
-
-            prim.bind = bind
+    """Wraps the lax primitives' bind once (a patch of JAX's, listed by
+    jax_symm.info(): `_compat.PATCHES`); the wrappers consult the scope."""
+    _compat.reroute_lax_binds(_REROUTES, _active, _PASS)
 
 
 @contextlib.contextmanager

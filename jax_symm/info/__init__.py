@@ -17,7 +17,7 @@ import jax
 
 def info() -> dict[str, Any]:
     """A snapshot of jax_symm's state in this process (plain data)."""
-    from .. import _dispatch, _nccl, __version__, settings
+    from .. import _compat, _dispatch, _kinds, _nccl, __version__, settings
     from .._native import ext
 
     out: dict[str, Any] = {
@@ -32,8 +32,10 @@ def info() -> dict[str, Any]:
         "crossover_bytes": {
             "setting": int(settings.crossover_bytes.value),
             "by_op_for_8_ranks": {k: _dispatch.crossover_bytes(k, 8)
-                                  for k in ("all_gather", "reduce_scatter", "all_reduce")},
+                                  for k in _kinds.KINDS},
         },
+        # Where jax_symm changes JAX's own objects, and whether it has here.
+        "jax_patches": _compat.patches(),
     }
     if jax.default_backend() == "gpu":
         try:

@@ -11,10 +11,12 @@ namespace jax_symm {
 namespace {
 
 // NCCL's type and element size for a numpy dtype name, from the handlers'
-// list of sums (nccl_types.h): the timer runs what the handlers can.
+// list of sums (nccl_types.h): the timer runs NCCL's own element types, so
+// not complex numbers (pairs of NCCL elements).
 ErrorOr<std::pair<int, size_t>> NcclTypeByName(const std::string& dtype) {
   std::string known;
   for (const NcclSumTypeEntry& t : kNcclSumTypes) {
+    if (t.lanes != 1) continue;
     if (dtype == t.name) return std::pair<int, size_t>(t.nccl_type, t.nccl_bytes);
     known += (known.empty() ? "" : ", ") + std::string(t.name);
   }

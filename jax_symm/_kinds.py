@@ -62,10 +62,9 @@ class Kind:
         """Whether the output holds every rank's chunk (so the relayout gathers)."""
         return self.chunks_out == WORLD
 
-    def chunk_bytes(self, in_bytes: int, out_bytes: int) -> int:
-        """The chunk of a call (bytes one rank contributes): the size of a side
-        that holds one chunk."""
-        return out_bytes if self.chunks_in == WORLD else in_bytes
+    def chunk_bytes(self, in_bytes: int, world: int) -> int:
+        """The chunk of a call: its input's bytes over its input's chunks."""
+        return in_bytes // self.in_chunks(world)
 
 
 KINDS: dict[str, Kind] = {k.name: k for k in (

@@ -29,11 +29,10 @@ class Route(NamedTuple):
     warn: bool = False
 
 
-def chunk_bytes(kind: Kind, ctx) -> int:
-    """Bytes one rank contributes (the call's chunk), from its types."""
-    nbytes = [int(math.prod(a.shape)) * a.dtype.itemsize
-              for a in (ctx.avals_in[0], ctx.avals_out[0])]
-    return kind.chunk_bytes(*nbytes)
+def chunk_bytes(kind: Kind, ctx, world: int) -> int:
+    """Bytes per rank and chunk of the call, from its input's type."""
+    aval = ctx.avals_in[0]
+    return kind.chunk_bytes(int(math.prod(aval.shape)) * aval.dtype.itemsize, world)
 
 
 def route(kind: Kind, transport: Transport, ctx, axes: tuple, axis_size: int) -> Route:
@@ -51,7 +50,7 @@ def route(kind: Kind, transport: Transport, ctx, axes: tuple, axis_size: int) ->
     if manual is not None and set(manual) != set(mesh.axis_names):
         return Route(None, _eligibility.partially_manual(kind), warn=True)
     call = Call(kind, np.dtype(ctx.avals_in[0].dtype), _compat.replica_groups(axis_ctx, axes),
-                chunk_bytes(kind, ctx))
+                chunk_bytes(kind, ctx, axis_size))
     refusal = transport.refusal(call)
     if refusal is not None:
         return Route(None, refusal.why, refusal.warn)

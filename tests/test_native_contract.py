@@ -180,3 +180,10 @@ def test_summable_dtypes_come_from_cpp():
     assert np.dtype(jnp.bfloat16) in nccl and np.dtype(np.bool_) not in host | nccl
     assert not _eligibility.summable(jnp.zeros(2, jnp.float8_e4m3fn))
     assert _eligibility.summable(jnp.zeros(2, jnp.int16))
+
+
+def test_chunk_of_a_call():
+    """A call's chunk is its input over its input's chunks: one rank's share."""
+    assert _kinds.kind("all_gather").chunk_bytes(96, 4) == 96
+    assert _kinds.kind("reduce_scatter").chunk_bytes(384, 4) == 96
+    assert _kinds.kind("all_reduce").chunk_bytes(96, 4) == 96

@@ -1,5 +1,9 @@
 // The Python extension `jax_symm._jax_symm`: FFI handler capsules and the
 // set-up calls that lowering makes outside any handler.
+#include <initializer_list>
+#include <stdexcept>
+#include <utility>
+
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
@@ -57,13 +61,17 @@ T Value(jax_symm::ErrorOr<T> v) {
 // made here, next to the handlers they name; Python registers what it gets
 // and emits custom calls with these names.
 template <typename Fn>
-nb::dict Targets(const char* prefix, Fn* all_gather, Fn* reduce_scatter, Fn* all_reduce) {
+nb::dict Targets(const char* prefix,
+                 std::initializer_list<std::pair<jax_symm::CollectiveKind, Fn*>> handlers) {
   nb::dict d;
   for (jax_symm::CollectiveKind kind : jax_symm::kCollectiveKinds) {
-    Fn* fn = kind == jax_symm::CollectiveKind::kAllGather       ? all_gather
-             : kind == jax_symm::CollectiveKind::kReduceScatter ? reduce_scatter
-                                                                : all_reduce;
+    Fn* fn = nullptr;
+    for (const auto& [k, handler] : handlers) {
+      if (k == kind) fn = handler;
+    }
     const char* op = jax_symm::CollectiveKindName(kind);
+    // A kind without a handler is a build mistake: refuse it at import.
+    if (fn == nullptr) throw std::logic_error(std::string(prefix) + op + " has no handler");
     d[op] = nb::make_tuple(std::string(prefix) + op, Capsule(fn));
   }
   return d;
@@ -101,12 +109,18 @@ NB_MODULE(_jax_symm, m) {
     return nb::tuple(out);
   }, "numpy names of the element types the NCCL transport sums.");
   m.def("host_targets", []() {
-    return Targets("jax_symm_host_", jax_symm::HostAllGather, jax_symm::HostReduceScatter,
-                   jax_symm::HostAllReduce);
+    using K = jax_symm::CollectiveKind;
+    return Targets<XLA_FFI_Error*(XLA_FFI_CallFrame*)>(
+        "jax_symm_host_", {{K::kAllGather, jax_symm::HostAllGather},
+                           {K::kReduceScatter, jax_symm::HostReduceScatter},
+                           {K::kAllReduce, jax_symm::HostAllReduce}});
   }, "{op: (FFI target name, handler capsule)} of the host transport (XLA:CPU).");
   m.def("nccl_targets", []() {
-    return Targets("jax_symm_nccl_", jax_symm::NcclAllGather, jax_symm::NcclReduceScatter,
-                   jax_symm::NcclAllReduce);
+    using K = jax_symm::CollectiveKind;
+    return Targets<XLA_FFI_Error*(XLA_FFI_CallFrame*)>(
+        "jax_symm_nccl_", {{K::kAllGather, jax_symm::NcclAllGather},
+                           {K::kReduceScatter, jax_symm::NcclReduceScatter},
+                           {K::kAllReduce, jax_symm::NcclAllReduce}});
   }, "{op: (FFI target name, handler capsule)} of the NCCL transport (XLA:GPU).");
 
   m.def(

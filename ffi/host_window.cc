@@ -13,6 +13,7 @@
 #include <mutex>
 #include <thread>
 
+#include "host_copy.h"
 #include "host_liveness.h"
 #include "host_reduce.h"
 
@@ -187,6 +188,7 @@ Error HostWindow::Prepare(const WindowSpec& spec) {
   window->timeout_s_ = config.timeout_s;
   window->poll_s_ = config.poll_s;
   window->patience_s_ = config.patience_s;
+  window->local_ranks_ = spec.local_ranks.size();
   Header* h = window->header_;
   // Whatever fails from here leaves nothing behind: a segment we created is
   // unlinked; one we only opened is left to its creator.
@@ -484,9 +486,18 @@ Error HostWindow::Exchange(int64_t rank, int64_t run_id, const void* in, size_t 
 Error HostWindow::AllGather(const CallLayout& layout, int64_t run_id, const void* in,
                             void* out, Meeting& meeting) {
   const size_t chunk = layout.chunk_bytes();
+  // What this process's ranks read and write in one call: the world's
+  // inputs, and world chunks out per local rank.
+  const size_t touched = (local_ranks_ + 1) * layout.world * chunk;
+  const bool stream = touched > kCacheBytes;
   return Exchange(layout.rank, run_id, in, chunk, meeting, [&](const std::vector<const char*>& src) {
+    char* dst = static_cast<char*>(out);
     for (int64_t q = 0; q < layout.world; ++q) {
-      std::memcpy(static_cast<char*>(out) + q * chunk, src[q], chunk);
+      if (stream) {
+        CopyStreaming(dst + q * chunk, src[q], chunk);
+      } else {
+        std::memcpy(dst + q * chunk, src[q], chunk);
+      }
     }
     return Error::Success();
   });

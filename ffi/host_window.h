@@ -34,7 +34,10 @@ struct HostConfig {
   double open_timeout_s = 120.0;  // longest wait for a peer to create a window
   bool single_process = false;    // no other process will open our segments
   int spins = -1;                 // busy-waits before sleeping; -1: by core count
-  double patience_s = 1e-3;       // longest wait on XLA's thread (Meeting::patience_s)
+  // Longest wait for peers on XLA's thread (Meeting::patience_s): about one
+  // scheduler time slice of a busy Linux machine, so that a peer that lost
+  // its core for one slice is still met without the pool's hand-off.
+  double patience_s = 5e-3;
 };
 void SetHostConfig(const HostConfig& config);
 
@@ -152,7 +155,8 @@ class HostWindow {
   bool direct_ = false;
   int spins_ = 0;
   std::unique_ptr<std::atomic<bool>[]> busy_;  // per rank, in this process
-  double timeout_s_ = 300.0, poll_s_ = 0.05, patience_s_ = 1e-3;
+  double timeout_s_ = 300.0, poll_s_ = 0.05, patience_s_ = 5e-3;
+  size_t local_ranks_ = 0;  // ranks this process serves
 };
 
 }  // namespace jax_symm

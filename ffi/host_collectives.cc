@@ -2,15 +2,20 @@
 // that lowering prepared for (call site, group).
 //
 // The handlers are asynchronous (they return an ffi::Future), so that a call
-// whose peers have not arrived yet never holds one of XLA's threads: XLA:CPU
-// runs independent operations concurrently and in any order, and a device
-// thread blocked at a barrier could otherwise starve the very peers it waits
-// for. A call that finds every peer already waiting runs at once on XLA's
-// thread (the rest of it waits only on peers already inside the call); any
-// other call waits on a thread of jax_symm's own pool, which grows whenever
-// no thread is idle, so a waiting call can always be served. Calls therefore
-// pair by call site, whatever order the devices meet them in, and no order
-// between calls is needed.
+// whose peers have not arrived yet never holds one of XLA's threads for long:
+// XLA:CPU runs independent operations concurrently and in any order, and a
+// device thread blocked at a barrier could otherwise starve the very peers it
+// waits for. A call arrives at its first barrier on XLA's thread and waits
+// there briefly (HostConfig::patience_s, a futex wait, no spinning): peers
+// usually come within that, and then the whole call runs on XLA's thread (the
+// rest of it waits only on peers already inside the call). Only a call whose
+// peers are later than that hands its wait to a thread of jax_symm's own
+// pool, which grows whenever no thread is idle, so a waiting call can always
+// be served. The hand-off costs about 50-150 us on a busy 2-core machine
+// (a queue, a wake-up, and XLA resuming the device's program on the pool
+// thread), which is why it is the exception. Calls pair by call site,
+// whatever order the devices meet them in, and no order between calls is
+// needed.
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -118,7 +123,9 @@ struct HostCall {
   const void* in;
   void* out;
 
-  Error Run() const {
+  // Runs the call as `meeting` asks; with meeting.pending set on return, the
+  // rank stays busy until the resumed call (Finish) is done.
+  Error Start(Meeting& meeting) const {
     if (!window->Enter(layout.rank)) {
       return Internal("one call site of group " + GroupToString(window->members()) +
                       " was entered twice at once by rank " + std::to_string(layout.rank) +
@@ -126,19 +133,27 @@ struct HostCall {
                       "(from several threads, or one cached function called at independent "
                       "points); run such programs from one thread at a time");
     }
-    Error err = Exchange();
+    Error err = Exchange(meeting);
+    if (!meeting.pending) window->Leave(layout.rank);
+    return err;
+  }
+
+  Error Finish() const {
+    Meeting meeting;
+    meeting.resume = true;
+    Error err = Exchange(meeting);
     window->Leave(layout.rank);
     return err;
   }
 
-  Error Exchange() const {
+  Error Exchange(Meeting& meeting) const {
     switch (kind) {
       case CollectiveKind::kAllGather:
-        return window->AllGather(layout, run_id, in, out);
+        return window->AllGather(layout, run_id, in, out, meeting);
       case CollectiveKind::kReduceScatter:
-        return window->ReduceScatter(layout, run_id, dtype, in, out);
+        return window->ReduceScatter(layout, run_id, dtype, in, out, meeting);
       case CollectiveKind::kAllReduce:
-        return window->AllReduce(layout, run_id, dtype, in, out);
+        return window->AllReduce(layout, run_id, dtype, in, out, meeting);
     }
     return Internal("unknown collective kind");
   }
@@ -169,11 +184,14 @@ ffi::Future HostCollective(CollectiveKind kind, int64_t run_id, int32_t ordinal,
   if (window.has_error()) return Done(window.error());
   const HostCall call{kind, *window, layout, run_id, in.element_type(),
                       in.untyped_data(), out.untyped_data()};
-  if ((*window)->LastToArrive(layout.rank)) return Done(call.Run());
+  Meeting meeting;
+  meeting.patience_s = (*window)->patience_s();
+  Error started = call.Start(meeting);
+  if (!meeting.pending) return Done(started);
   ffi::Promise promise;
   ffi::Future future(promise);
   WaitPool::Get().Run([call, promise]() mutable {
-    Error err = call.Run();
+    Error err = call.Finish();
     if (err.failure()) {
       promise.SetError(std::move(err));
     } else {

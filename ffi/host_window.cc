@@ -13,6 +13,7 @@
 #include <mutex>
 #include <thread>
 
+#include "host_copy.h"
 #include "host_liveness.h"
 #include "host_reduce.h"
 
@@ -186,6 +187,8 @@ Error HostWindow::Prepare(const WindowSpec& spec) {
   for (size_t r = 0; r < world; ++r) window->busy_[r].store(false);
   window->timeout_s_ = config.timeout_s;
   window->poll_s_ = config.poll_s;
+  window->patience_s_ = config.patience_s;
+  window->local_ranks_ = spec.local_ranks.size();
   Header* h = window->header_;
   // Whatever fails from here leaves nothing behind: a segment we created is
   // unlinked; one we only opened is left to its creator.
@@ -299,18 +302,56 @@ std::string HostWindow::FailureReason() const {
 }
 
 Error HostWindow::Barrier(int64_t rank, uint64_t epoch) {
+  if (Arrive(rank, epoch)) return Error::Success();
+  return Await(rank, epoch);
+}
+
+bool HostWindow::Arrive(int64_t rank, uint64_t epoch) {
   Header* h = header_;
-  const uint64_t world = members_.size();
   h->ranks[rank].epoch.store(epoch, std::memory_order_release);
   const uint64_t arrived = h->arrived.fetch_add(1, std::memory_order_acq_rel) + 1;
-  if (arrived == epoch * world) {  // last to arrive releases everyone
-    h->generation.store(static_cast<uint32_t>(epoch), std::memory_order_release);
-    FutexWakeAll(&h->generation);
-    return Error::Success();
+  if (arrived != epoch * members_.size()) return false;
+  // The last to arrive releases everyone.
+  h->generation.store(static_cast<uint32_t>(epoch), std::memory_order_release);
+  FutexWakeAll(&h->generation);
+  return true;
+}
+
+namespace {
+bool Passed(uint32_t generation, uint64_t epoch) {
+  return static_cast<int32_t>(generation - static_cast<uint32_t>(epoch)) >= 0;
+}
+}  // namespace
+
+Error HostWindow::FirstMeeting(int64_t rank, uint64_t epoch, Meeting& meeting) {
+  if (!meeting.resume) {
+    if (Arrive(rank, epoch)) return Error::Success();
+    if (meeting.patience_s >= 0) {
+      // A short futex wait, no spinning: with more ranks than cores the
+      // peers being waited for need this core.
+      const auto until = std::chrono::steady_clock::now() +
+                         std::chrono::duration<double>(meeting.patience_s);
+      while (true) {
+        const uint32_t gen = header_->generation.load(std::memory_order_acquire);
+        if (Passed(gen, epoch) || header_->failed.load(std::memory_order_acquire) != 0) break;
+        const double left =
+            std::chrono::duration<double>(until - std::chrono::steady_clock::now()).count();
+        if (left <= 0) {
+          meeting.pending = true;
+          return Error::Success();
+        }
+        FutexWait(&header_->generation, gen, left);
+      }
+    }
   }
-  auto done = [&](uint32_t gen) {
-    return static_cast<int32_t>(gen - static_cast<uint32_t>(epoch)) >= 0;
-  };
+  return Await(rank, epoch);
+}
+
+Error HostWindow::Await(int64_t rank, uint64_t epoch) {
+  Header* h = header_;
+  const uint64_t world = members_.size();
+  auto done = [&](uint32_t gen) { return Passed(gen, epoch); };
+  if (done(h->generation.load(std::memory_order_acquire))) return Error::Success();
   // A short spin catches peers that are a few microseconds behind.
   for (int i = 0; i < spins_; ++i) {
     if (done(h->generation.load(std::memory_order_acquire))) return Error::Success();
@@ -373,11 +414,6 @@ Error HostWindow::Barrier(int64_t rank, uint64_t epoch) {
   }
 }
 
-bool HostWindow::LastToArrive(int64_t rank) const {
-  const uint64_t epoch = header_->ranks[rank].epoch.load(std::memory_order_relaxed) + 1;
-  return header_->arrived.load(std::memory_order_acquire) + 1 == epoch * members_.size();
-}
-
 bool HostWindow::Enter(int64_t rank) {
   return !busy_[rank].exchange(true, std::memory_order_acquire);
 }
@@ -418,46 +454,61 @@ Error HostWindow::DifferentExecutions() const {
 
 template <typename Consume>
 Error HostWindow::Exchange(int64_t rank, int64_t run_id, const void* in, size_t in_bytes,
-                           Consume consume) {
-  JAX_SYMM_RETURN_IF_ERROR(Admit(in_bytes));
+                           Meeting& meeting, Consume consume) {
   auto& me = header_->ranks[rank];
-  const uint64_t epoch = me.epoch.load(std::memory_order_relaxed) + 1;
+  // A resumed call has arrived at its first barrier (its epoch) already.
+  const uint64_t epoch = me.epoch.load(std::memory_order_relaxed) + (meeting.resume ? 0 : 1);
+  if (!meeting.resume) JAX_SYMM_RETURN_IF_ERROR(Admit(in_bytes));
   const size_t world = members_.size();
   std::vector<const char*> sources(world);
   if (direct_) {
     // All ranks share this address space: read each other's inputs in place,
     // then wait until everyone is done before any input can be released.
-    me.input.store(reinterpret_cast<uint64_t>(in), std::memory_order_relaxed);
-    me.run_id.store(run_id, std::memory_order_relaxed);
-    JAX_SYMM_RETURN_IF_ERROR(Barrier(rank, epoch));
+    if (!meeting.resume) {
+      me.input.store(reinterpret_cast<uint64_t>(in), std::memory_order_relaxed);
+      me.run_id.store(run_id, std::memory_order_relaxed);
+    }
+    JAX_SYMM_RETURN_IF_ERROR(FirstMeeting(rank, epoch, meeting));
+    if (meeting.pending) return Error::Success();
     Error consumed = PublishedInputs(run_id, 0, sources) ? consume(sources)
                                                          : DifferentExecutions();
     Error left = Barrier(rank, epoch + 1);
     return consumed.failure() ? consumed : left;
   }
   char* buffer = data_ + (epoch & 1) * world * slot_bytes_;
-  std::memcpy(Slot(buffer, rank), in, in_bytes);
-  JAX_SYMM_RETURN_IF_ERROR(Barrier(rank, epoch));
+  if (!meeting.resume) std::memcpy(Slot(buffer, rank), in, in_bytes);
+  JAX_SYMM_RETURN_IF_ERROR(FirstMeeting(rank, epoch, meeting));
+  if (meeting.pending) return Error::Success();
   for (size_t q = 0; q < world; ++q) sources[q] = Slot(buffer, q);
   return consume(sources);
 }
 
 Error HostWindow::AllGather(const CallLayout& layout, int64_t run_id, const void* in,
-                            void* out) {
+                            void* out, Meeting& meeting) {
   const size_t chunk = layout.chunk_bytes();
-  return Exchange(layout.rank, run_id, in, chunk, [&](const std::vector<const char*>& src) {
+  // What this process's ranks read and write in one call: the world's
+  // inputs, and world chunks out per local rank.
+  const size_t touched = (local_ranks_ + 1) * layout.world * chunk;
+  const bool stream = touched > kCacheBytes;
+  return Exchange(layout.rank, run_id, in, chunk, meeting, [&](const std::vector<const char*>& src) {
+    char* dst = static_cast<char*>(out);
     for (int64_t q = 0; q < layout.world; ++q) {
-      std::memcpy(static_cast<char*>(out) + q * chunk, src[q], chunk);
+      if (stream) {
+        CopyStreaming(dst + q * chunk, src[q], chunk);
+      } else {
+        std::memcpy(dst + q * chunk, src[q], chunk);
+      }
     }
     return Error::Success();
   });
 }
 
 Error HostWindow::ReduceScatter(const CallLayout& layout, int64_t run_id,
-                                ffi::DataType dtype, const void* in, void* out) {
+                                ffi::DataType dtype, const void* in, void* out,
+                                Meeting& meeting) {
   const size_t chunk = layout.chunk_bytes();
   // Rank r keeps chunk r of the sum: it reads chunk r of every rank's input.
-  return Exchange(layout.rank, run_id, in, chunk * layout.world,
+  return Exchange(layout.rank, run_id, in, chunk * layout.world, meeting,
                   [&](const std::vector<const char*>& src) {
                     std::vector<const char*> rows(layout.world);
                     for (int64_t q = 0; q < layout.world; ++q) rows[q] = src[q] + layout.rank * chunk;
@@ -474,21 +525,23 @@ Error HostWindow::ReduceScatter(const CallLayout& layout, int64_t run_id,
 constexpr size_t kPartitionedSumBytes = 8 << 10;
 
 Error HostWindow::AllReduce(const CallLayout& layout, int64_t run_id, ffi::DataType dtype,
-                            const void* in, void* out) {
+                            const void* in, void* out, Meeting& meeting) {
   const size_t bytes = layout.chunk_bytes();
   const size_t elem = ffi::ByteWidth(dtype);
   if (bytes < kPartitionedSumBytes || elem == 0) {
-    return Exchange(layout.rank, run_id, in, bytes, [&](const std::vector<const char*>& src) {
+    return Exchange(layout.rank, run_id, in, bytes, meeting, [&](const std::vector<const char*>& src) {
       return host_reduce::Sum(dtype, out, src, bytes / elem);
     });
   }
-  return PartitionedAllReduce(layout.rank, run_id, dtype, in, out, bytes / elem, elem);
+  return PartitionedAllReduce(layout.rank, run_id, dtype, in, out, bytes / elem, elem,
+                              meeting);
 }
 
 Error HostWindow::PartitionedAllReduce(int64_t rank, int64_t run_id, ffi::DataType dtype,
-                                       const void* in, void* out, size_t count, size_t elem) {
+                                       const void* in, void* out, size_t count, size_t elem,
+                                       Meeting& meeting) {
   const size_t world = members_.size(), bytes = count * elem;
-  JAX_SYMM_RETURN_IF_ERROR(Admit(bytes));
+  if (!meeting.resume) JAX_SYMM_RETURN_IF_ERROR(Admit(bytes));
   // Rank q owns elements [share(q), share(q + 1)), in whole cache lines.
   const size_t per = (count + world - 1) / world;
   const size_t line = std::max<size_t>(1, 64 / elem);
@@ -496,17 +549,21 @@ Error HostWindow::PartitionedAllReduce(int64_t rank, int64_t run_id, ffi::DataTy
   auto share = [&](size_t q) { return std::min(count, q * step); };
   const size_t lo = share(rank), n = share(rank + 1) - lo;
   auto& me = header_->ranks[rank];
-  const uint64_t epoch = me.epoch.load(std::memory_order_relaxed) + 1;
+  // A resumed call has arrived at its first barrier (its epoch) already.
+  const uint64_t epoch = me.epoch.load(std::memory_order_relaxed) + (meeting.resume ? 0 : 1);
   std::vector<const char*> sources(world);
   char* dst = static_cast<char*>(out);
 
   if (direct_) {
     // Two meetings: inputs and outputs published; every share summed straight
     // into every rank's output (then inputs and outputs may be released).
-    me.input.store(reinterpret_cast<uint64_t>(in), std::memory_order_relaxed);
-    me.output.store(reinterpret_cast<uint64_t>(out), std::memory_order_relaxed);
-    me.run_id.store(run_id, std::memory_order_relaxed);
-    JAX_SYMM_RETURN_IF_ERROR(Barrier(rank, epoch));
+    if (!meeting.resume) {
+      me.input.store(reinterpret_cast<uint64_t>(in), std::memory_order_relaxed);
+      me.output.store(reinterpret_cast<uint64_t>(out), std::memory_order_relaxed);
+      me.run_id.store(run_id, std::memory_order_relaxed);
+    }
+    JAX_SYMM_RETURN_IF_ERROR(FirstMeeting(rank, epoch, meeting));
+    if (meeting.pending) return Error::Success();
     Error summed = Error::Success();
     if (!PublishedInputs(run_id, lo * elem, sources)) {
       summed = DifferentExecutions();
@@ -527,8 +584,9 @@ Error HostWindow::PartitionedAllReduce(int64_t rank, int64_t run_id, ffi::DataTy
   // barriers a call, so buffers alternate by call, not by barrier.
   const uint64_t call = (epoch - 1) / 2;
   char* buffer = data_ + (call & 1) * world * slot_bytes_;
-  std::memcpy(Slot(buffer, rank), in, bytes);
-  JAX_SYMM_RETURN_IF_ERROR(Barrier(rank, epoch));
+  if (!meeting.resume) std::memcpy(Slot(buffer, rank), in, bytes);
+  JAX_SYMM_RETURN_IF_ERROR(FirstMeeting(rank, epoch, meeting));
+  if (meeting.pending) return Error::Success();
   for (size_t q = 0; q < world; ++q) sources[q] = Slot(buffer, q) + lo * elem;
   char* mine = Slot(buffer, rank) + lo * elem;
   if (n) JAX_SYMM_RETURN_IF_ERROR(host_reduce::Sum(dtype, mine, sources, n));

@@ -34,10 +34,26 @@ struct HostConfig {
   double open_timeout_s = 120.0;  // longest wait for a peer to create a window
   bool single_process = false;    // no other process will open our segments
   int spins = -1;                 // busy-waits before sleeping; -1: by core count
+  // Longest wait for peers on XLA's thread (Meeting::patience_s): about one
+  // scheduler time slice of a busy Linux machine, so that a peer that lost
+  // its core for one slice is still met without the pool's hand-off.
+  double patience_s = 5e-3;
 };
 void SetHostConfig(const HostConfig& config);
 
 // Everything lowering decides about one call site's window.
+// How a call meets its peers at its first barrier, the one where a peer may
+// still be outside the call (after it, every peer is inside, and what is left
+// waits only on work already under way).
+struct Meeting {
+  // < 0: wait there as long as it takes. >= 0: wait at most this long, then
+  // return with `pending` set (the arrival stays counted) for the caller to
+  // finish the call with `resume` on a thread that may wait.
+  double patience_s = -1;
+  bool resume = false;   // in: this call arrived earlier and returned pending
+  bool pending = false;  // out: the call is not finished; resume it
+};
+
 struct WindowSpec {
   int64_t site = -1;              // unique per lowered call site in this process
   CollectiveKind kind = CollectiveKind::kAllGather;
@@ -61,11 +77,6 @@ class HostWindow {
   static bool Acquire(int64_t site, const std::vector<int64_t>& members);
   static void Release(int64_t site, const std::vector<int64_t>& members);
 
-  // Whether `rank`'s next call here would find every peer already waiting
-  // (it is the last to arrive): only then may a handler run the call on
-  // XLA's thread, since the rest of the call waits only on peers that are
-  // already inside it. Exact: peers cannot pass a barrier without `rank`.
-  bool LastToArrive(int64_t rank) const;
   // A rank serves one call of a call site at a time: the calls of one site
   // cannot be told apart, so a second one while the first is under way (one
   // lowered function called at independent points and run concurrently) is
@@ -74,16 +85,20 @@ class HostWindow {
   void Leave(int64_t rank);
 
   // `run_id` names the execution (XLA's RunId); within one process every
-  // rank of a call must be serving the same execution.
-  Error AllGather(const CallLayout& layout, int64_t run_id, const void* in, void* out);
+  // rank of a call must be serving the same execution. `meeting` says how
+  // long the first barrier may wait (see Meeting).
+  Error AllGather(const CallLayout& layout, int64_t run_id, const void* in, void* out,
+                  Meeting& meeting);
   Error ReduceScatter(const CallLayout& layout, int64_t run_id, ffi::DataType dtype,
-                      const void* in, void* out);
+                      const void* in, void* out, Meeting& meeting);
   Error AllReduce(const CallLayout& layout, int64_t run_id, ffi::DataType dtype,
-                  const void* in, void* out);
+                  const void* in, void* out, Meeting& meeting);
 
   // Unlinks every segment this process opened (mappings stay valid until
   // exit, so a handler still running on another thread cannot fault).
   const std::vector<int64_t>& members() const { return members_; }
+  // How long a call may wait for its peers on XLA's thread (HostConfig).
+  double patience_s() const { return patience_s_; }
 
   static void UnlinkAll();
   // (name, bytes) of every segment this process has mapped.
@@ -97,9 +112,17 @@ class HostWindow {
                  const std::function<Error()>& abandon) const;
   // Publishes this rank's arrival at barrier `epoch` and waits for the others.
   Error Barrier(int64_t rank, uint64_t epoch);
+  // Barrier's halves: Arrive publishes the arrival (true: it was the last, so
+  // the barrier is released); Await waits for the release, checking that
+  // peers live and giving up after the timeout.
+  bool Arrive(int64_t rank, uint64_t epoch);
+  Error Await(int64_t rank, uint64_t epoch);
+  // A call's first barrier, as `meeting` asks (it may leave it pending).
+  Error FirstMeeting(int64_t rank, uint64_t epoch, Meeting& meeting);
   // All-reduce of `count` elements of `elem` bytes, each rank summing a share.
   Error PartitionedAllReduce(int64_t rank, int64_t run_id, ffi::DataType dtype,
-                             const void* in, void* out, size_t count, size_t elem);
+                             const void* in, void* out, size_t count, size_t elem,
+                             Meeting& meeting);
   // Before a call: a failed call site stays failed; a call must fit its slot.
   Error Admit(size_t bytes) const;
   // Direct mode: every rank's published input (+ offset) into `sources`;
@@ -113,7 +136,7 @@ class HostWindow {
   // consume(sources), sources[q] pointing at rank q's input.
   template <typename Consume>
   Error Exchange(int64_t rank, int64_t run_id, const void* in, size_t in_bytes,
-                 Consume consume);
+                 Meeting& meeting, Consume consume);
   char* Slot(char* buffer, int64_t rank) const {
     return buffer + static_cast<size_t>(rank) * slot_bytes_;
   }
@@ -132,7 +155,8 @@ class HostWindow {
   bool direct_ = false;
   int spins_ = 0;
   std::unique_ptr<std::atomic<bool>[]> busy_;  // per rank, in this process
-  double timeout_s_ = 300.0, poll_s_ = 0.05;
+  double timeout_s_ = 300.0, poll_s_ = 0.05, patience_s_ = 5e-3;
+  size_t local_ranks_ = 0;  // ranks this process serves
 };
 
 }  // namespace jax_symm

@@ -137,11 +137,12 @@ NB_MODULE(_jax_symm, m) {
   m.def(
       "set_host_config",
       [](double timeout_s, double poll_s, double open_timeout_s, bool single_process,
-         int spins) {
-        jax_symm::SetHostConfig({timeout_s, poll_s, open_timeout_s, single_process, spins});
+         int spins, double patience_s) {
+        jax_symm::SetHostConfig(
+            {timeout_s, poll_s, open_timeout_s, single_process, spins, patience_s});
       },
       nb::arg("timeout_s"), nb::arg("poll_s"), nb::arg("open_timeout_s"),
-      nb::arg("single_process"), nb::arg("spins"));
+      nb::arg("single_process"), nb::arg("spins"), nb::arg("patience_s") = jax_symm::HostConfig{}.patience_s);
   m.def(
       "host_prepare",
       [](int64_t site, const std::string& kind, std::vector<int64_t> members,

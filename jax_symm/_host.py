@@ -61,7 +61,7 @@ def setup() -> None:
         multi = _compat.process_count() > 1
         _secret = _job_secret(_bootstrap.agree_on("host_secret", lambda: secrets.token_hex(32)))
         ext.set_host_config(settings.timeout_s(), 0.05, settings.bootstrap_timeout_s(),
-                            not multi, settings.spins())
+                            not multi, settings.spins(), settings.patience_s())
         if multi:
             # Who takes part: one record for the job, one lock per process.
             _liveness.join("/jax_symm-" + _digest("job liveness record", 16).hex())

@@ -22,6 +22,7 @@ it), passed to the C++ core explicitly:
 | ``JAX_SYMM_TIMEOUT_S`` | 300 | longest wait for a live peer at a CPU barrier |
 | ``JAX_SYMM_BOOTSTRAP_TIMEOUT_S`` | 120 | longest wait for a value from another process (key-value store), or for a peer to create a window |
 | ``JAX_SYMM_SPINS`` | by core count | busy-wait iterations before a CPU barrier sleeps (2000, or 0 when a group has more ranks than the machine has cores) |
+| ``JAX_SYMM_PATIENCE_US`` | 5000 | longest wait for peers on XLA's own thread before a CPU call's wait moves to jax_symm's thread pool (0: move at once) |
 | ``JAX_SYMM_ARENA_MB`` | 64 | smallest symmetric arena per NCCL communicator (GPU) |
 
 ``JAX_SYMM_SKIP_VERSION_CHECK=1`` lets ``import jax_symm`` proceed on an
@@ -86,6 +87,14 @@ def bootstrap_timeout_s() -> float:
 def spins() -> int:
     """JAX_SYMM_SPINS: busy-waits before a CPU barrier sleeps (-1: by core count)."""
     return int(_number("JAX_SYMM_SPINS", -1))
+
+
+def patience_s() -> float:
+    """JAX_SYMM_PATIENCE_US: the longest wait for peers on XLA's thread (seconds)."""
+    value = _number("JAX_SYMM_PATIENCE_US", 5000.0)
+    if value < 0:
+        raise ValueError(f"jax_symm: JAX_SYMM_PATIENCE_US must be >= 0, not {value:g}")
+    return value * 1e-6
 
 
 def arena_bytes() -> int:

@@ -196,3 +196,64 @@ def test_concurrent_first_lowerings():
                            env={"JAX_SYMM_TIMEOUT_S": "20"})
     for p in out:
         assert p["errors"] == [] and p["wrong"] == 0, out
+
+
+# --- where a waiting call waits (issue 21) -----------------------------------
+
+_SCANNED_OPS = """
+import numpy as np, jax
+from jax.sharding import PartitionSpec as P, NamedSharding
+import jax_symm
+from jax_symm import _compat
+mesh = jax.make_mesh((8,), ("x",))
+ops = {
+    "all_gather": (lambda a: jax_symm.all_gather(a, "x", tiled=True)[-a.shape[0]:],
+                   lambda a: jax.lax.all_gather(a, "x", tiled=True)[-a.shape[0]:]),
+    "psum_scatter": (lambda a: jax.numpy.tile(jax_symm.psum_scatter(a, "x", tiled=True), 8) / 8,
+                     lambda a: jax.numpy.tile(jax.lax.psum_scatter(a, "x", tiled=True), 8) / 8),
+    "psum": (lambda a: _compat.pvary(jax_symm.psum(a, "x"), ("x",)) / 8,
+             lambda a: _compat.pvary(jax.lax.psum(a, "x"), ("x",)) / 8),
+}
+rng = np.random.default_rng()
+for n in (16, 64 << 10):  # elements per rank: the small and the partitioned all-reduce
+    x = jax.device_put(rng.standard_normal(8 * n).astype(np.float32), NamedSharding(mesh, P("x")))
+    for name, (symm, ref) in ops.items():
+        def looped(op):
+            step = lambda a, _: (op(a) + 1e-3 * a, None)
+            return jax.jit(jax.shard_map(lambda a: jax.lax.scan(step, a, None, length=12)[0],
+                                         mesh=mesh, in_specs=P("x"), out_specs=P("x")))
+        f = looped(symm)
+        assert "jax_symm" in f.lower(x).as_text(), name
+        np.testing.assert_allclose(np.asarray(f(x)), np.asarray(looped(ref)(x)), rtol=1e-4,
+                                   atol=1e-5, err_msg=f"{name} {n}")
+    # Independent same-shape calls, which XLA may run in any order on each device.
+    def many(gather):
+        return jax.jit(jax.shard_map(
+            lambda a: sum(gather(a * (i + 1), "x", tiled=True) for i in range(6)),
+            mesh=mesh, in_specs=P("x"), out_specs=P("x")))
+    np.testing.assert_array_equal(np.asarray(many(jax_symm.all_gather)(x)),
+                                  np.asarray(many(jax.lax.all_gather)(x)))
+print("SAME")
+"""
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("patience_us", ["0", "5000"])
+def test_waits_on_xla_thread_or_in_the_pool_match_lax(patience_us):
+    # 0: every call but the last to arrive moves its wait to jax_symm's pool
+    # and is resumed there; 5000 (the default): calls mostly wait on XLA's
+    # thread. Both must give lax's results, in a scan and in independent calls.
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_SYMM_TIMEOUT_S="20", JAX_SYMM_PATIENCE_US=patience_us, PYTHONPATH=HERE)
+    done = subprocess.run([sys.executable, "-c", _SCANNED_OPS], env=env, capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 0 and "SAME" in done.stdout, done.stderr[-3000:]
+
+
+def test_patience_must_not_be_negative(monkeypatch):
+    from jax_symm import settings
+    monkeypatch.setenv("JAX_SYMM_PATIENCE_US", "-1")
+    with pytest.raises(ValueError, match="JAX_SYMM_PATIENCE_US"):
+        settings.patience_s()
+    monkeypatch.setenv("JAX_SYMM_PATIENCE_US", "250")
+    assert settings.patience_s() == pytest.approx(250e-6)

@@ -1,0 +1,153 @@
+// Host transport, part 2 of HostWindow: the barrier every call meets its
+// peers at (Arrive/Await, the first meeting with its patience on XLA's
+// thread), and the diagnosis of a failed one: which peer is gone or late,
+// recorded once in the segment for every rank's error.
+#include "host_window.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <thread>
+
+#include "host_liveness.h"
+#include "host_window_layout.h"
+
+namespace jax_symm {
+
+using host_window_detail::FutexWait;
+using host_window_detail::FutexWakeAll;
+using host_window_detail::Seconds;
+
+void HostWindow::RecordFailure(const std::string& why) {
+  Header* h = header_;
+  uint32_t expected = 0;
+  if (h->failure_claimed.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) {
+    std::strncpy(h->failure, why.c_str(), sizeof(h->failure) - 1);
+    h->failure[sizeof(h->failure) - 1] = '\0';
+  }
+  h->failed.store(1, std::memory_order_release);
+  FutexWakeAll(&h->generation);
+}
+
+std::string HostWindow::FailureReason() const {
+  // Written by a peer of this job, but read with a bound all the same.
+  char copy[sizeof(header_->failure)];
+  std::memcpy(copy, header_->failure, sizeof(copy));
+  copy[sizeof(copy) - 1] = '\0';
+  return copy[0] ? std::string(copy) : std::string("(no reason recorded yet)");
+}
+
+Error HostWindow::Barrier(int64_t rank, uint64_t epoch) {
+  if (Arrive(rank, epoch)) return Error::Success();
+  return Await(rank, epoch);
+}
+
+bool HostWindow::Arrive(int64_t rank, uint64_t epoch) {
+  Header* h = header_;
+  h->ranks[rank].epoch.store(epoch, std::memory_order_release);
+  const uint64_t arrived = h->arrived.fetch_add(1, std::memory_order_acq_rel) + 1;
+  if (arrived != epoch * members_.size()) return false;
+  // The last to arrive releases everyone.
+  h->generation.store(static_cast<uint32_t>(epoch), std::memory_order_release);
+  FutexWakeAll(&h->generation);
+  return true;
+}
+
+namespace {
+bool Passed(uint32_t generation, uint64_t epoch) {
+  return static_cast<int32_t>(generation - static_cast<uint32_t>(epoch)) >= 0;
+}
+}  // namespace
+
+Error HostWindow::FirstMeeting(int64_t rank, uint64_t epoch, Meeting& meeting) {
+  if (!meeting.resume) {
+    if (Arrive(rank, epoch)) return Error::Success();
+    if (meeting.patience_s >= 0) {
+      // A short futex wait, no spinning: with more ranks than cores the
+      // peers being waited for need this core.
+      const auto until = std::chrono::steady_clock::now() +
+                         std::chrono::duration<double>(meeting.patience_s);
+      while (true) {
+        const uint32_t gen = header_->generation.load(std::memory_order_acquire);
+        if (Passed(gen, epoch) || header_->failed.load(std::memory_order_acquire) != 0) break;
+        const double left =
+            std::chrono::duration<double>(until - std::chrono::steady_clock::now()).count();
+        if (left <= 0) {
+          meeting.pending = true;
+          return Error::Success();
+        }
+        FutexWait(&header_->generation, gen, left);
+      }
+    }
+  }
+  return Await(rank, epoch);
+}
+
+Error HostWindow::Await(int64_t rank, uint64_t epoch) {
+  Header* h = header_;
+  const uint64_t world = members_.size();
+  auto done = [&](uint32_t gen) { return Passed(gen, epoch); };
+  if (done(h->generation.load(std::memory_order_acquire))) return Error::Success();
+  // A short spin catches peers that are a few microseconds behind.
+  for (int i = 0; i < spins_; ++i) {
+    if (done(h->generation.load(std::memory_order_acquire))) return Error::Success();
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#endif
+  }
+  const auto start = std::chrono::steady_clock::now();
+  const std::string where = "group " + GroupToString(members_) + " (rank " +
+                            std::to_string(rank) + ", device " +
+                            std::to_string(members_[rank]) + ", call " +
+                            std::to_string(epoch) + " of call site " + std::to_string(site_) +
+                            ", " + CollectiveKindName(kind_) + ")";
+  while (true) {
+    const uint32_t gen = h->generation.load(std::memory_order_acquire);
+    if (done(gen)) return Error::Success();
+    if (h->failed.load(std::memory_order_acquire) == 0) FutexWait(&h->generation, gen, poll_s_);
+    if (done(h->generation.load(std::memory_order_acquire))) return Error::Success();
+
+    // Still waiting: name the ranks that have not arrived, and give up at
+    // once if the process serving one of them is gone (its lock is free).
+    std::string missing;
+    bool peer_gone = false;
+    for (uint64_t r = 0; r < world; ++r) {
+      if (h->ranks[r].epoch.load(std::memory_order_acquire) >= epoch) continue;
+      // The job record knows every process, including one that never
+      // lowered this program (so never claimed its ranks here).
+      const std::string gone = direct_ ? "" : ProcessGone(ProcessOfDevice(members_[r]));
+      const int32_t pid = h->ranks[r].pid.load(std::memory_order_relaxed);
+      peer_gone |= !gone.empty();
+      missing += (missing.empty() ? "" : ", ") + std::string("rank ") + std::to_string(r) +
+                 " (device " + std::to_string(members_[r]) +
+                 (pid > 0 && gone.empty() ? ", pid " + std::to_string(pid) : std::string()) +
+                 (gone.empty() ? "" : ", " + gone) + ")";
+    }
+    const double waited =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (h->failed.load(std::memory_order_acquire) != 0) {
+      // Our arrival stays counted, so this call site is out of step for good.
+      return Internal("a collective on " + where + " gave up because another rank failed: " +
+                      FailureReason() + " The group is out of step; restart the job.");
+    }
+    if (peer_gone || waited > timeout_s_) {
+      // The call site stays failed (Admit), so the text says so itself.
+      const std::string why =
+          (peer_gone
+               ? "a peer process is gone: on " + where + ", waited " + Seconds(waited) +
+                     " for " + missing + "."
+               : "timed out after " + Seconds(waited) + " on " + where + " waiting for " +
+                     missing + ". Peers that are alive are elsewhere: devices that took "
+                     "different branches of a lax.cond / lax.switch with collectives "
+                     "inside, or processes running programs in a different order (a "
+                     "process runs the programs on its devices one at a time, so every "
+                     "process must run them in the same order, e.g. not from several "
+                     "threads at once); raise JAX_SYMM_TIMEOUT_S if they are merely slow.") +
+          " Every later call at this call site fails with this same error; restart the job.";
+      RecordFailure(why);
+      return DeadlineExceeded(why);
+    }
+  }
+}
+
+}  // namespace jax_symm

@@ -21,8 +21,9 @@ import time
 import numpy as np
 
 from _mp_util import (check_gather_scatter as _check_gather_scatter, gather_scatter_fn as _gather_scatter_fn,
-                      global_array as _global_array, mesh_1d as _mesh_1d, rss_bytes as _rss_bytes,
-                      write_json as _write_json)
+                      global_array as _global_array,
+                      keep_windows_until_every_process_looked, mesh_1d as _mesh_1d,
+                      rss_bytes as _rss_bytes, write_json as _write_json)
 
 
 def _my_shm_segments() -> list[str]:
@@ -206,7 +207,7 @@ def long_run(n_calls: int, warmup: int, sizes: tuple, check_every: int) -> dict:
     out = dict(calls=n_calls, checked=checked, rss_warm=rss_warm, rss_end=rss_end,
                seg_warm=seg_warm, seg_end=len(_my_shm_segments()),
                segments=_my_shm_segments(), windows=[w for w, _ in ext.host_windows()])
-    client.wait_at_barrier("reliability/long_run_counted", 60_000)
+    keep_windows_until_every_process_looked("reliability/long_run_counted")
     return out
 
 

@@ -340,6 +340,26 @@ def peer_gone_before_new_program(report_dir: str, how: str) -> dict:
     return {}
 
 
+def peer_leaves_before_first_use(report_dir: str, how: str, who: int) -> dict:
+    """Items 5-6 before set-up: process `who` leaves the job `how` before its
+    first jax_symm call, so it never joins the liveness record nor publishes
+    its part of the set-up (the window secret and the record from process 0,
+    every process's host name); the other process lowers and runs a program,
+    whose set-up waits for that part in the key-value store, and must fail."""
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as in peer_gone_before_new_program
+    if jax.process_index() == who:
+        _leave(report_dir, how)
+    mesh = _mesh_1d()
+    n = mesh.shape["x"]
+    f = _gather_scatter_fn(mesh)
+    x = _global_array(np.arange(n * n * 16, dtype=np.int32), mesh, P("x"))
+    _survivor_report(report_dir, lambda: jax.block_until_ready(f(x)))
+    return {}
+
+
 def creator_fails_setup(report_dir: str) -> dict:
     """Item 7: after a first program, process 0 (which makes every window:
     it serves rank 0) lowers a second program with no file descriptor left,

@@ -20,6 +20,7 @@ import threading
 import time
 
 from . import _compat
+from ._native import ext
 
 PREFIX = "jax_symm/"
 _LEFT = "left/"  # + process index: why that process left the job
@@ -65,8 +66,6 @@ def fetch(key: str, publisher: int = 0, what: str | None = None) -> str:
 def departure(process: int) -> str:
     """Why `process` left the job ("process 1 (pid 42) raised an uncaught
     ValueError: ... and is exiting"), or "" while it may still take part."""
-    from ._native import ext
-
     why = ext.host_process_gone(process)  # the liveness record, once joined
     if why:
         return why

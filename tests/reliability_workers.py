@@ -248,7 +248,11 @@ def _leave(report_dir: str, how: str) -> None:
         _interpreter_exit(report_dir)
     try:
         if how == "sigint":
-            os.kill(os.getpid(), signal.SIGINT)  # Python raises KeyboardInterrupt here
+            # Python's Ctrl-C handler, which a process started with SIGINT
+            # ignored (a job run in the background by a shell, nohup) lacks;
+            # raised in this thread, so that the main thread handles it at once.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.raise_signal(signal.SIGINT)  # Python raises KeyboardInterrupt here
             time.sleep(5)
         raise ValueError("boom in process 1")
     except BaseException:  # noqa: BLE001  (what an uncaught exception would reach)

@@ -456,7 +456,8 @@ def single_process_long_run(n_calls: int) -> dict:
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
     import jax_symm
-    from _mp_util import rss_bytes, shm_names
+    from jax_symm._native import ext
+    from _mp_util import rss_bytes
 
     mesh = Mesh(np.array(jax.devices()), ("x",))
     n = mesh.shape["x"]
@@ -466,7 +467,6 @@ def single_process_long_run(n_calls: int) -> dict:
                    jax_symm.psum_scatter(a, "x", tiled=True)),
         mesh=mesh, in_specs=P("x"), out_specs=(P("x"), P("x")))) for _ in sizes]
     rng = np.random.default_rng(7)
-    shm_before = shm_names()
     warmup, rss, checked = n_calls // 4, [], 0
     t0 = time.monotonic()
     for i in range(n_calls):
@@ -483,5 +483,8 @@ def single_process_long_run(n_calls: int) -> dict:
     jax.block_until_ready((g, s))
     rss_warm = max(r for i, r in rss if warmup // 2 <= i < warmup)
     growth = (max(r for i, r in rss if i >= n_calls - warmup) - rss_warm) / 2**20
+    # Only this process's own windows: other jobs on the host come and go in
+    # /dev/shm meanwhile (a listing before and after counted theirs).
     return dict(calls=n_calls, seconds=time.monotonic() - t0, checked=checked,
-                growth_mib=growth, shm_left=sorted(shm_names() - shm_before))
+                growth_mib=growth, windows=len(ext.host_windows()),
+                shm_left=_my_shm_segments())

@@ -273,6 +273,7 @@ def test_long_run_single_process_memory():
                               devices_per_process=8, args=(N_CALLS,), timeout_s=240)
     print(f"\nsingle process: {out['calls']} calls in {out['seconds']:.1f} s, "
           f"{out['checked']} checked, RSS growth after warm-up {out['growth_mib']:+.1f} MiB")
+    assert out["windows"] == 6, out  # 3 programs x 2 call sites, none in /dev/shm
     assert out["shm_left"] == [], out
     assert out["growth_mib"] < 20, out
 

@@ -22,6 +22,12 @@ from ._compat import check_jax_version
 check_jax_version()
 
 from . import _native  # noqa: E402,F401
+from . import _liveness  # noqa: E402
+
+# Before anything can fail: a process that leaves the job (an uncaught
+# exception, Ctrl-C, the end of its main program) tells its peers why, even
+# before its first jax_symm call.
+_liveness.install_exit_hooks()
 
 from .all_gather import all_gather  # noqa: E402
 from .all_reduce import all_reduce, psum  # noqa: E402

@@ -465,5 +465,17 @@ def distributed_client():
     return distributed.global_state.client
 
 
+def distributed_process() -> tuple[int, int] | None:
+    """(this process's index, the job's process count) while jax.distributed
+    is up, else None. Read from its state, not from jax.process_index(), which
+    may start a backend: this is asked on the interpreter's way out."""
+    from jax._src import distributed
+
+    state = distributed.global_state
+    if state.client is None:
+        return None
+    return int(state.process_id), int(state.num_processes)
+
+
 def process_count() -> int:
     return jax.process_count()

@@ -59,7 +59,8 @@ def setup() -> None:
         publish_local_devices("cpu")
         ext.host_reap_stale()  # segments of earlier jobs that died
         multi = _compat.process_count() > 1
-        _secret = _job_secret(_bootstrap.agree_on("host_secret", lambda: secrets.token_hex(32)))
+        _secret = _job_secret(_bootstrap.agree_on("host_secret", lambda: secrets.token_hex(32),
+                                                   "the job's window-name secret"))
         ext.set_host_config(settings.timeout_s(), 0.05, settings.bootstrap_timeout_s(),
                             not multi, settings.spins(), settings.patience_s())
         if multi:

@@ -21,6 +21,12 @@ and fail at once, naming the process and the cause. The record is one shared
 memory segment of the job, as trusted as its windows (same secret name and
 checks); its creation outcome travels through the key-value store, so that a
 failure in process 0 reaches the others at once too.
+
+The hooks are installed when jax_symm is imported, not at set-up: a process
+that fails before its first jax_symm call never joins the record, while its
+peers may already wait for its part of the set-up in the key-value store. So a
+departure is also announced there (_bootstrap.announce_departure), where those
+waiters look.
 """
 
 from __future__ import annotations
@@ -54,21 +60,22 @@ def join(name: str) -> None:
             raise
         _bootstrap.publish(_KEY, lambda: "ok")
     else:
-        status = _bootstrap.fetch(_KEY)
+        status = _bootstrap.fetch(_KEY, 0, "the outcome of its set-up of the job's record")
         if status != "ok":
             raise RuntimeError(
                 f"jax_symm: process 0 could not set up the job's shared memory, so no "
                 f"jax_symm collective can run on CPU: {status.removeprefix('failed: ')}")
         ext.host_join(name, me, n, False, timeout)
-    _install_exit_hooks()
 
 
 def leave(why: str) -> None:
-    """Marks this process as leaving the job (the first reason stays)."""
+    """Marks this process as leaving the job (the first reason stays): in the
+    job's record (at once, shared memory) and in the key-value store."""
     try:
         ext.host_leave(why)
     except Exception:  # noqa: BLE001  (on the way out: never mask the real error)
         pass
+    _bootstrap.announce_departure(why)
 
 
 def describe(exc_type, exc) -> str:
@@ -81,7 +88,8 @@ def describe(exc_type, exc) -> str:
     return f"raised an uncaught {name}{': ' + first if first else ''} and is exiting"
 
 
-def _install_exit_hooks() -> None:
+def install_exit_hooks() -> None:
+    """Once, at import: they do nothing unless this is a multi-process job."""
     global _hooked
     if _hooked:
         return

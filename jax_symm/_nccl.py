@@ -119,14 +119,15 @@ def shutdown() -> None:
     _ready_groups.clear()
 
 
-def _unique_id(members: tuple[int, ...], owner_is_local: bool) -> bytes:
+def _unique_id(members: tuple[int, ...], owner: int, me: int) -> bytes:
+    """The group's NCCL id, made by `owner` (the process of its rank 0)."""
     if _compat.process_count() == 1:
         return ext.nccl_unique_id()
     key = "nccl_id/" + "-".join(map(str, members))
     make = lambda: base64.b64encode(ext.nccl_unique_id()).decode()
-    if owner_is_local:
+    if owner == me:
         return base64.b64decode(_bootstrap.publish(key, make))
-    return base64.b64decode(_bootstrap.fetch(key))
+    return base64.b64decode(_bootstrap.fetch(key, owner, "the group's NCCL unique id"))
 
 
 def _local_rows(groups: np.ndarray) -> list[int]:
@@ -158,7 +159,7 @@ def _ensure_groups_locked(groups: np.ndarray, me: int, by_id: dict) -> None:
             continue
         local = [(gid, by_id[gid].local_hardware_id, rank)
                  for rank, gid in enumerate(members) if by_id[gid].process_index == me]
-        uid = _unique_id(members, owner_is_local=by_id[members[0]].process_index == me)
+        uid = _unique_id(members, by_id[members[0]].process_index, me)
         ext.nccl_init_group(list(members), local, uid)
         _ready_groups.add(members)
 
@@ -266,7 +267,8 @@ def process_nccl_hosts() -> dict[int, str]:
     global _identities
     with _identity_lock:
         if _identities is None:
-            _identities = _bootstrap.per_process("nccl_host", nccl_host_identity())
+            _identities = _bootstrap.per_process("nccl_host", nccl_host_identity(),
+                                                  "NCCL host identity")
         return _identities
 
 

@@ -82,10 +82,11 @@ def start(devices_of: dict[int, list[int]]) -> None:
         import jax
 
         me, n = jax.process_index(), _compat.process_count()
-        token = _bootstrap.agree_on("peer_watch_token", lambda: secrets.token_hex(16))
+        token = _bootstrap.agree_on("peer_watch_token", lambda: secrets.token_hex(16),
+                                     "the peer watch's token")
         server = socket.create_server(("0.0.0.0", 0), backlog=n)
         address = f"{_local_address()}:{server.getsockname()[1]}"
-        addresses = _bootstrap.per_process("peer_watch", address)
+        addresses = _bootstrap.per_process("peer_watch", address, "peer-watch address")
         for p in range(me):  # connect to the lower indices, accept the higher ones
             host, port = addresses[p].rsplit(":", 1)
             conn = socket.create_connection((host, int(port)),

@@ -66,6 +66,17 @@ def check_gather_scatter(out, data: np.ndarray, n: int) -> None:
         np.testing.assert_array_equal(np.asarray(s.data), total[s.index])
 
 
+def keep_windows_until_every_process_looked(tag: str, timeout_ms: int = 60_000) -> None:
+    """Waits at a job-wide barrier named `tag`. Windows go with their
+    executables, and the process that made a window removes its name from
+    /dev/shm when it frees them (at the latest when its worker returns), so a
+    worker that inspects window files must keep its programs alive until every
+    peer has looked too: call this after looking, before returning."""
+    from jax_symm import _compat
+
+    _compat.distributed_client().wait_at_barrier(tag, timeout_ms)
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -30,7 +30,9 @@ import time
 import numpy as np
 
 from _mp_util import (check_gather_scatter as _check_gather_scatter, gather_scatter_fn as _gather_scatter_fn,
-                      global_array as _global_array, mesh_1d as _mesh_1d, write_json as _write_json)
+                      global_array as _global_array,
+                      keep_windows_until_every_process_looked as _keep_windows_until_all_looked,
+                      mesh_1d as _mesh_1d, write_json as _write_json)
 
 GROUP = "[0,1,2048,2049]"  # the 4 global devices of a 2 x 2 job, as handlers print them
 NAME_RE = re.compile(r"^/jax_symm-[0-9a-f]{32}$")
@@ -115,7 +117,7 @@ def names_sizes_and_setup(concurrent_setup: bool) -> dict:
                          rs.randint(-1000, 1000, size=(n * n * 8,)).astype(np.int32)),
     }
     windows: dict[str, list] = {}
-    alive = []  # windows live as long as their executables: keep them to the end
+    alive = []  # windows live as long as their executables: kept until every process looked
     for key, (fn, data) in programs.items():
         before = set(_windows())
         x = _global_array(data, mesh, spec)
@@ -139,6 +141,7 @@ def names_sizes_and_setup(concurrent_setup: bool) -> dict:
             for s in out[1].addressable_shards:
                 np.testing.assert_array_equal(np.asarray(s.data), psum)
     files = {name: _file_facts(name) for name, _ in _windows()}
+    _keep_windows_until_all_looked("host_security/names_sizes_looked")
     return dict(process=me, pid=os.getpid(), euid=os.geteuid(), setup_errors=setup_errors,
                 setup_hung=setup_hung, windows=windows, all_windows=_windows(), files=files)
 
@@ -194,6 +197,7 @@ def live_until_flag(report_dir: str, max_s: float) -> dict:
         if total.pop() > 0:
             break
     after = {name: _file_facts(name).get("ino") for name in inodes}
+    _keep_windows_until_all_looked("host_security/live_until_flag_looked")
     return dict(process=me, pid=os.getpid(), calls=calls, windows=sorted(inodes),
                 missing=sorted(k for k, v in after.items() if v is None),
                 replaced=sorted(k for k, v in after.items() if v is not None and v != inodes[k]),

@@ -21,8 +21,9 @@ import time
 import numpy as np
 
 from _mp_util import (check_gather_scatter as _check_gather_scatter, gather_scatter_fn as _gather_scatter_fn,
-                      global_array as _global_array, mesh_1d as _mesh_1d, rss_bytes as _rss_bytes,
-                      write_json as _write_json)
+                      global_array as _global_array,
+                      keep_windows_until_every_process_looked, mesh_1d as _mesh_1d,
+                      rss_bytes as _rss_bytes, write_json as _write_json)
 
 
 def _my_shm_segments() -> list[str]:
@@ -206,7 +207,7 @@ def long_run(n_calls: int, warmup: int, sizes: tuple, check_every: int) -> dict:
     out = dict(calls=n_calls, checked=checked, rss_warm=rss_warm, rss_end=rss_end,
                seg_warm=seg_warm, seg_end=len(_my_shm_segments()),
                segments=_my_shm_segments(), windows=[w for w, _ in ext.host_windows()])
-    client.wait_at_barrier("reliability/long_run_counted", 60_000)
+    keep_windows_until_every_process_looked("reliability/long_run_counted")
     return out
 
 
@@ -247,7 +248,11 @@ def _leave(report_dir: str, how: str) -> None:
         _interpreter_exit(report_dir)
     try:
         if how == "sigint":
-            os.kill(os.getpid(), signal.SIGINT)  # Python raises KeyboardInterrupt here
+            # Python's Ctrl-C handler, which a process started with SIGINT
+            # ignored (a job run in the background by a shell, nohup) lacks;
+            # raised in this thread, so that the main thread handles it at once.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.raise_signal(signal.SIGINT)  # Python raises KeyboardInterrupt here
             time.sleep(5)
         raise ValueError("boom in process 1")
     except BaseException:  # noqa: BLE001  (what an uncaught exception would reach)
@@ -336,6 +341,26 @@ def peer_gone_before_new_program(report_dir: str, how: str) -> dict:
         time.sleep(0.01)
     time.sleep(0.2)  # process 1 is gone (or stuck on its way out) by now
     _survivor_report(report_dir, lambda: jax.block_until_ready(g(bigger)))
+    return {}
+
+
+def peer_leaves_before_first_use(report_dir: str, how: str, who: int) -> dict:
+    """Items 5-6 before set-up: process `who` leaves the job `how` before its
+    first jax_symm call, so it never joins the liveness record nor publishes
+    its part of the set-up (the window secret and the record from process 0,
+    every process's host name); the other process lowers and runs a program,
+    whose set-up waits for that part in the key-value store, and must fail."""
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as in peer_gone_before_new_program
+    if jax.process_index() == who:
+        _leave(report_dir, how)
+    mesh = _mesh_1d()
+    n = mesh.shape["x"]
+    f = _gather_scatter_fn(mesh)
+    x = _global_array(np.arange(n * n * 16, dtype=np.int32), mesh, P("x"))
+    _survivor_report(report_dir, lambda: jax.block_until_ready(f(x)))
     return {}
 
 
@@ -431,7 +456,8 @@ def single_process_long_run(n_calls: int) -> dict:
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
     import jax_symm
-    from _mp_util import rss_bytes, shm_names
+    from jax_symm._native import ext
+    from _mp_util import rss_bytes
 
     mesh = Mesh(np.array(jax.devices()), ("x",))
     n = mesh.shape["x"]
@@ -441,7 +467,6 @@ def single_process_long_run(n_calls: int) -> dict:
                    jax_symm.psum_scatter(a, "x", tiled=True)),
         mesh=mesh, in_specs=P("x"), out_specs=(P("x"), P("x")))) for _ in sizes]
     rng = np.random.default_rng(7)
-    shm_before = shm_names()
     warmup, rss, checked = n_calls // 4, [], 0
     t0 = time.monotonic()
     for i in range(n_calls):
@@ -458,5 +483,8 @@ def single_process_long_run(n_calls: int) -> dict:
     jax.block_until_ready((g, s))
     rss_warm = max(r for i, r in rss if warmup // 2 <= i < warmup)
     growth = (max(r for i, r in rss if i >= n_calls - warmup) - rss_warm) / 2**20
+    # Only this process's own windows: other jobs on the host come and go in
+    # /dev/shm meanwhile (a listing before and after counted theirs).
     return dict(calls=n_calls, seconds=time.monotonic() - t0, checked=checked,
-                growth_mib=growth, shm_left=sorted(shm_names() - shm_before))
+                growth_mib=growth, windows=len(ext.host_windows()),
+                shm_left=_my_shm_segments())

@@ -293,10 +293,6 @@ def two_jobs():
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(strict=False, reason=(
-    "in a whole-suite run on 2026-12-01 (after windows began to live only as long as their "
-    "executables) a live job's window file was seen missing from /dev/shm; passes alone; "
-    "not yet explained"))
 def test_window_names_are_secret_per_site_and_shared_by_the_job(two_jobs):
     """Finding 1 (squatting), names: every window is /jax_symm-<32 hex>, each
     call site (even two same-shape gathers in one body) has its own, both
@@ -344,10 +340,6 @@ def test_setup_from_two_threads_at_once(two_jobs):
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(strict=False, reason=(
-    "in a whole-suite run on 2026-12-01 (after windows began to live only as long as their "
-    "executables) a live job's window file was seen missing from /dev/shm; passes alone; "
-    "not yet explained"))
 def test_slot_is_sized_to_the_call_not_a_power_of_two(two_jobs):
     """Finding 6b: a 2 x 2 job all-gathering 4,160 bytes per device maps a
     window of exactly the header plus 2 buffers x 4 ranks x 4,160 bytes, and

@@ -273,6 +273,7 @@ def test_long_run_single_process_memory():
                               devices_per_process=8, args=(N_CALLS,), timeout_s=240)
     print(f"\nsingle process: {out['calls']} calls in {out['seconds']:.1f} s, "
           f"{out['checked']} checked, RSS growth after warm-up {out['growth_mib']:+.1f} MiB")
+    assert out["windows"] == 6, out  # 3 programs x 2 call sites, none in /dev/shm
     assert out["shm_left"] == [], out
     assert out["growth_mib"] < 20, out
 
@@ -445,10 +446,11 @@ _LEFT_BECAUSE = {
 }
 
 
-def _survivor(tmp_path, worker, how):
-    """Runs `worker` (process 1 leaves `how`); returns (survivor report, exit report)."""
-    with pytest.raises(MultiProcessError) as info:  # process 1 ends killed
-        run_multiprocess(worker, args=(str(tmp_path), how), timeout_s=100, env=_SLOW_WAITS)
+def _survivor(tmp_path, worker, how, *more):
+    """Runs `worker` (a process leaves `how`); returns (survivor report, exit report)."""
+    with pytest.raises(MultiProcessError) as info:  # the leaver ends killed
+        run_multiprocess(worker, args=(str(tmp_path), how, *more), timeout_s=100,
+                         env=_SLOW_WAITS)
     err = info.value
     assert not err.timed_out, str(err)
     assert (tmp_path / "survivor.json").exists(), f"process 0 reported nothing:\n{err}"
@@ -489,6 +491,50 @@ def test_peer_gone_before_a_new_program_is_noticed(tmp_path, how):
     naming process 1 and why."""
     report, exited = _survivor(tmp_path, rw.peer_gone_before_new_program, how)
     _assert_names_the_departure(report, exited, how)
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("who,how", [(1, "exception"), (1, "return"), (0, "exception"),
+                                     (0, "sigint")])
+def test_peer_leaving_before_its_first_call_is_noticed(tmp_path, who, how):
+    """Items 5-6, before set-up: process `who` leaves `how` before its first
+    jax_symm call, so it never joined the job's liveness record; the other
+    process's first lowering waits for its part of the set-up in the
+    key-value store (process 0's window secret, process 1's host name) and
+    fails at once (not after JAX_SYMM_BOOTSTRAP_TIMEOUT_S), naming the
+    process, its pid and why it left."""
+    report, exited = _survivor(tmp_path, rw.peer_leaves_before_first_use, how, who)
+    assert report["type"] is not None, f"the call completed without its peer: {report}"
+    msg = report["message"]
+    took = report["t_raised"] - max(report["t_call"], exited["t_exit"])
+    print(f"\nprocess {who}, {how}: error {took:.2f} s after the call and the exit: {msg}")
+    assert f"process {who} (pid {exited['pid']})" in msg, msg
+    assert _LEFT_BECAUSE[how] in msg, msg
+    assert "waited 40" not in msg and "TimeoutError" not in report["type"], msg
+    assert took < 5, f"{took:.1f} s: {msg}"
+
+
+@pytest.mark.timeout(90)
+def test_peer_killed_before_its_first_call_is_named_when_the_wait_ends(tmp_path):
+    """The limit of the above: process 1 is SIGKILLed before its first
+    jax_symm call, so it never held a liveness lock and announced nothing
+    (jax.distributed itself notices only after its heartbeat timeout, 100 s by
+    default). Process 0's set-up waits JAX_SYMM_BOOTSTRAP_TIMEOUT_S (3 s
+    here) for process 1's host name, then raises a TimeoutError that names
+    process 1, what it waited for, and the setting."""
+    with pytest.raises(MultiProcessError) as info:  # process 1 is killed
+        run_multiprocess(rw.peer_leaves_before_first_use, args=(str(tmp_path), "kill", 1),
+                         timeout_s=60, failure_grace_s=20,
+                         env={"JAX_SYMM_BOOTSTRAP_TIMEOUT_S": "3"})
+    assert not info.value.timed_out, str(info.value)
+    report = json.loads((tmp_path / "survivor.json").read_text())
+    msg = report["message"]
+    print(f"\nkilled before its first call: {report['type']} after "
+          f"{report['t_raised'] - report['t_call']:.2f} s: {msg}")
+    assert report["type"] == "TimeoutError", report
+    assert "process 1's host name 'jax_symm/host/1'" in msg, msg
+    assert "JAX_SYMM_BOOTSTRAP_TIMEOUT_S" in msg, msg
+    assert 3.0 <= report["t_raised"] - report["t_call"] < 10.0, report
 
 
 @pytest.mark.timeout(150)

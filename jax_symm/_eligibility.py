@@ -129,7 +129,7 @@ def trace_time_reason(kind: Kind, x: Any, axes: tuple, groups: Any) -> Reason | 
     """The first reason jax_symm cannot serve this call, as the scope sees it
     at trace time (the ops raise on the same reasons, `_frontend`), or None."""
     name = kind.name
-    return (axis_index_groups(groups, name) or positional_axes(axes, name, kind.lax_twin)
+    return (axis_index_groups(groups, name) or positional_axes(axes, name, kind.lax_function)
             or unsupported_dtype(kind, x, name))
 
 

@@ -20,18 +20,24 @@ from . import _compat, _eligibility, _kinds
 class Op:
     """A public op as its front end sees it.
 
-    kind:      its collective (`_kinds.KINDS`)
-    name:      jax_symm's name, in messages about the data ("all_reduce")
-    lax_name:  lax's twin function, in messages about the axes ("psum")
+    kind:      its collective (`_kinds.KINDS`), which names it: `name`, jax_symm's
+               name, in messages about the data ("all_reduce"), and `lax_name`,
+               lax's twin function, in messages about the axes ("psum")
     skips_one_sized_axes: drops axes of size one first, as its lax twin does
     accepts_axis_list: takes a list of axis names too, as lax.psum does
     """
 
     kind: _kinds.Kind
-    name: str
-    lax_name: str
     skips_one_sized_axes: bool = False
     accepts_axis_list: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.kind.name
+
+    @property
+    def lax_name(self) -> str:
+        return self.kind.lax_function
 
 
 def axes(op: Op, axis_name: Any, axis_index_groups: Any) -> tuple:

@@ -34,6 +34,8 @@ class Kind:
     sums:       whether it adds (so needs a sum for the dtype)
     lax_twin:   the name of lax's primitive that serves it on XLA's path (`<name>_p`)
     dimension:  the parameter naming the gathered / scattered dimension, if any
+    lax_function_name: lax's public function that jax_symm's op mirrors, where
+                its name is not the primitive's (`lax_function`)
     """
 
     name: str
@@ -42,6 +44,12 @@ class Kind:
     sums: bool
     lax_twin: str
     dimension: str | None = None
+    lax_function_name: str | None = None
+
+    @property
+    def lax_function(self) -> str:
+        """`jax.lax.<lax_function>`: the function users call ("psum_scatter")."""
+        return self.lax_function_name or self.lax_twin
 
     def in_chunks(self, world: int) -> int:
         return world if self.chunks_in == WORLD else 1
@@ -71,7 +79,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("all_gather", ONE, WORLD, sums=False, lax_twin="all_gather",
          dimension="all_gather_dimension"),
     Kind("reduce_scatter", WORLD, ONE, sums=True, lax_twin="reduce_scatter",
-         dimension="scatter_dimension"),
+         dimension="scatter_dimension", lax_function_name="psum_scatter"),
     Kind("all_reduce", ONE, ONE, sums=True, lax_twin="psum"),
 )}
 

@@ -11,7 +11,7 @@ from . import _compat, _eligibility, _frontend, _kinds, _lowering, settings
 from ._primitives import all_gather_p, reduce_scatter_p
 
 
-_OP = _frontend.Op(_kinds.kind("all_gather"), "all_gather", "all_gather")
+_OP = _frontend.Op(_kinds.kind("all_gather"))
 
 
 def all_gather(x: Any, axis_name: Any, *, axis: int = 0, tiled: bool = False,

@@ -13,8 +13,8 @@ from . import _compat, _frontend, _kinds, _lowering
 from ._primitives import all_reduce_p
 
 
-_OP = _frontend.Op(_kinds.kind("all_reduce"), "all_reduce", "psum",
-                   skips_one_sized_axes=True, accepts_axis_list=True)
+_OP = _frontend.Op(_kinds.kind("all_reduce"), skips_one_sized_axes=True,
+                   accepts_axis_list=True)
 
 
 def all_reduce(x: Any, axis_name: Any, *, axis_index_groups: Any = None) -> Any:

@@ -12,8 +12,7 @@ from . import _compat, _frontend, _kinds, _lowering
 from ._primitives import all_gather_p, reduce_scatter_p
 
 
-_OP = _frontend.Op(_kinds.kind("reduce_scatter"), "reduce_scatter", "psum_scatter",
-                   skips_one_sized_axes=True)
+_OP = _frontend.Op(_kinds.kind("reduce_scatter"), skips_one_sized_axes=True)
 
 
 def reduce_scatter(x: Any, axis_name: Any, *, scatter_dimension: int = 0,

@@ -54,7 +54,6 @@ import faulthandler
 import importlib
 import os
 import pickle
-import re
 import signal
 import socket
 import subprocess
@@ -66,13 +65,14 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
+from . import _child_environment
+
 __all__ = ["GpuPlan", "MultiProcessError", "MultiProcessResults", "free_port", "gpu_plan",
            "run_multiprocess"]
 
 _TAIL_LINES = 60
 _TERM_GRACE_S = 2.0
 _POLL_S = 0.05
-_DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 _LOG_LIMIT = 1 << 20  # bytes of each worker's output kept on success
 _MAIN_ALIAS = "__mp_main__"  # a __main__ script's name in the workers
 _FILE_SEP = "@file:"  # "module:qualname@file:/path/to/module.py"
@@ -159,22 +159,18 @@ def _child_env(env: Mapping[str, str] | None, platform: str, devices: int) -> di
     """The environment every worker starts from (per-process parts: `GpuPlan`)."""
     out = dict(os.environ)
     out.update(env or {})
-    # Workers import the same jax_symm as the parent (not whichever copy comes
-    # first on their own path).
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out["PYTHONPATH"] = os.pathsep.join(
-        [root] + [p for p in out.get("PYTHONPATH", "").split(os.pathsep) if p])
+    out.update(_child_environment.changes(out, platform=platform))
+    # Ours only: workers write to a log file, read back after a crash or a
+    # timeout, which must hold their last lines.
     out["PYTHONUNBUFFERED"] = "1"
-    if platform == "gpu":
-        out["JAX_PLATFORMS"] = "cuda"
-        return out
-    out["JAX_PLATFORMS"] = "cpu"
-    # A device count inherited through XLA_FLAGS (e.g. from a test conftest)
-    # would fight jax_num_cpu_devices; the worker sets the count itself.
-    flags = re.sub(_DEVICE_COUNT_FLAG + r"=\S*", "", out.get("XLA_FLAGS", "")).strip()
-    if not _has_num_cpu_devices_option():
-        flags = f"{flags} {_DEVICE_COUNT_FLAG}={devices}".strip()
-    out["XLA_FLAGS"] = flags
+    if platform == "cpu":
+        # Ours only: the worker sets its device count itself (jax_num_cpu_devices),
+        # so a count inherited through XLA_FLAGS (e.g. from a test conftest)
+        # would fight it; the flag stays only for a jax without that option.
+        flags = _child_environment.without_device_count(out.get("XLA_FLAGS", ""))
+        if not _has_num_cpu_devices_option():
+            flags = _child_environment.with_device_count(flags, devices)
+        out["XLA_FLAGS"] = flags
     return out
 
 
@@ -578,7 +574,7 @@ def _worker_main(argv: Sequence[str]) -> None:
     for p in reversed(a.path):
         if p not in sys.path:
             sys.path.insert(0, p)
-    os.environ["JAX_PLATFORMS"] = "cuda" if a.platform == "gpu" else "cpu"
+    os.environ["JAX_PLATFORMS"] = _child_environment.jax_platforms(a.platform)
 
     try:
         import jax  # backends are created lazily: the config below still applies

@@ -12,11 +12,9 @@ import sys
 import numpy as np
 import pytest
 
-import jax_symm
-
-# Where the jax_symm under test was imported from (the installed package in
-# CI, not necessarily the source tree, which holds no compiled extension).
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(jax_symm.__file__)))
+# Children import the jax_symm under test (the installed package in CI, not
+# necessarily the source tree, which holds no compiled extension).
+from jax_symm import _child_environment
 
 pytest.importorskip("tqdm")
 pytest.importorskip("tabulate")
@@ -24,8 +22,7 @@ pytest.importorskip("matplotlib")
 
 
 def _bench(tmp_path, *extra, timeout=110):
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, **_child_environment.changes(os.environ, platform="cpu"))
     cmd = [sys.executable, "-m", "jax_symm.bench", *extra, "--out", str(tmp_path)]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True,
                           timeout=timeout)
@@ -133,6 +130,53 @@ def test_help_names_all_three_ops(capsys):
         cli.parse(["--help"])
     out = capsys.readouterr().out
     assert "all-gather, reduce-scatter and all-reduce" in " ".join(out.split())
+
+
+def test_bench_ops_are_exactly_the_kinds():
+    from jax_symm import _kinds
+    from jax_symm.bench import ops
+    assert list(ops.OPS) == list(_kinds.KINDS)
+    for name, op in ops.OPS.items():
+        kind = _kinds.KINDS[name]
+        assert op.name == name and op.kind is kind and op.exact == (not kind.sums)
+        assert op.in_elems(3, 4) == 3 * kind.in_chunks(4)
+    # nccl-tests' conventions, written out: algbw counts the larger side.
+    assert [ops.OPS[k].algbw_bytes(10, 4) for k in ("all_gather", "reduce_scatter",
+                                                    "all_reduce")] == [40, 40, 10]
+    assert [ops.OPS[k].busbw_factor(4) for k in ("all_gather", "reduce_scatter",
+                                                 "all_reduce")] == [0.75, 0.75, 1.5]
+
+
+def test_a_kind_without_bench_facts_fails_at_import(monkeypatch):
+    import dataclasses
+
+    from jax_symm import _kinds
+    from jax_symm.bench import ops
+    extra = dataclasses.replace(_kinds.KINDS["all_gather"], name="all_to_all")
+    monkeypatch.setattr(_kinds, "KINDS", {**_kinds.KINDS, "all_to_all": extra})
+    with pytest.raises(ImportError, match=r"missing \['all_to_all'\]"):
+        ops._ops()
+
+
+@pytest.mark.parametrize("name", ["all_gather", "reduce_scatter", "all_reduce"])
+def test_bench_op_calls_jax_symm_and_its_lax_twin(name):
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    from jax_symm.bench import ops
+    op, world, n = ops.OPS[name], 8, 6
+    mesh = Mesh(np.array(jax.devices()[:world]), ("x",))
+    x_global = np.random.default_rng().standard_normal(world * op.in_elems(n, world))
+    x = jax.device_put(x_global.astype(np.float32), NamedSharding(mesh, P("x")))
+    out = {}
+    for impl, fn in (("jax_symm", op.symm), ("lax", op.lax)):
+        f = jax.jit(jax.shard_map(lambda a, fn=fn: fn(a, "x"), mesh=mesh, in_specs=P("x"),
+                                  out_specs=P("x")))
+        assert (f"jax_symm_host_{name}" in f.lower(x).as_text()) == (impl == "jax_symm")
+        out[impl] = np.asarray(f(x))
+    expected = op.reference(x_global.astype(np.float32).astype(np.float64), world)
+    np.testing.assert_allclose(out["lax"], expected, rtol=1e-5, atol=1e-5 * world)
+    np.testing.assert_allclose(out["jax_symm"], out["lax"], rtol=1e-5, atol=1e-5 * world)
 
 
 def test_units_and_methods():
@@ -371,8 +415,7 @@ def test_gpu_device_time_and_raw_nccl():
 @pytest.mark.parametrize("sub,needs", [("overhead", "needs a GPU"),
                                        ("nccl-log", "needs NVIDIA GPUs")])
 def test_gpu_subcommands_on_cpu_say_what_they_need(tmp_path, sub, needs):
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, **_child_environment.changes(os.environ, platform="cpu"))
     proc = subprocess.run([sys.executable, "-m", "jax_symm.bench", sub], env=env,
                           cwd=tmp_path, capture_output=True, text=True, timeout=110)
     assert proc.returncode != 0, proc.stdout[-2000:]

@@ -9,9 +9,7 @@ import sys
 
 import pytest
 
-import jax_symm
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(jax_symm.__file__)))
+from jax_symm import _child_environment  # children import the jax_symm under test
 
 _ROW = re.compile(
     r"^(all_gather|reduce_scatter|all_reduce)\s+(float32|bfloat16)\s+(\d+ (?:KiB|MiB|B))/rank "
@@ -57,8 +55,7 @@ def _check_rows(out: str, devices: int) -> dict:
 
 @pytest.mark.timeout(120)
 def test_demo_output_states_measurement_and_verdicts(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, **_child_environment.changes(os.environ, platform="cpu"))
     env.pop("XLA_FLAGS", None)  # the demo picks its own device count
     proc = subprocess.run([sys.executable, "-m", "jax_symm.demo", "--devices", "4"],
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=110)

@@ -14,7 +14,7 @@ import textwrap
 import pytest
 
 import jax_symm
-from jax_symm import _compat
+from jax_symm import _child_environment, _compat
 
 _PKG = os.path.dirname(os.path.abspath(jax_symm.__file__))
 
@@ -49,9 +49,8 @@ def test_pyproject_pins_match_the_version_check():
 
 @pytest.mark.timeout(150)
 def test_python_m_info_prints_json_without_warnings(tmp_path):
-    root = os.path.dirname(_PKG)  # the jax_symm under test (installed in CI)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONWARNINGS="error::RuntimeWarning",
-               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONWARNINGS="error::RuntimeWarning",  # the jax_symm under test
+               **_child_environment.changes(os.environ, platform="cpu"))
     proc = subprocess.run([sys.executable, "-m", "jax_symm.info"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

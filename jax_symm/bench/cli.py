@@ -56,14 +56,13 @@ import sys
 import tempfile
 import time
 
+from .. import _child_environment
 from . import deps, envinfo, methods as methods_mod, report, units
 from .ops import DTYPES, OPS
 
-_DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 _COLLECTIVE_MEM = "XLA_PYTHON_CLIENT_COLLECTIVE_MEM_SIZE_MB"
 # Subcommands: name -> module of this package with main(argv).
 SUBCOMMANDS = {"overhead": "overhead", "nccl-log": "nccl_log"}
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _csv_list(text: str) -> list[str]:
@@ -154,23 +153,25 @@ def _child_env(args, group: list, world: int | None, max_bytes: int | None) -> t
     """(the worker's environment, what differs from ours)."""
     env = dict(os.environ)
     changes: dict[str, str] = {}
+    # Ours only: a device count the user set in XLA_FLAGS is kept (--devices
+    # then picks a subset); the launcher of --processes replaces it with its own.
     flags = env.get("XLA_FLAGS", "")
-    if _DEVICE_COUNT_FLAG not in flags:
-        flags += f" {_DEVICE_COUNT_FLAG}={args.devices or 8}"
+    if not _child_environment.has_device_count(flags):
+        flags = _child_environment.with_device_count(flags, args.devices or 8)
+    # Ours only: the method group's XLA flags and settings, the reason it has a worker.
     for flag in group[0].xla_flags:
         flags += f" {flag}"
     changes["XLA_FLAGS"] = flags.strip()
     changes.update(dict(group[0].env))
-    if args.platform != "auto":
-        changes["JAX_PLATFORMS"] = {"cpu": "cpu", "gpu": "cuda"}[args.platform]
     if group[0].collective_mem:
         need = 256
         if world and max_bytes:
             need = max(need, math.ceil(4 * world * max_bytes / (1 << 20)) + 64)
         mb = args.collective_mem_mb or max(need, int(env.get(_COLLECTIVE_MEM, "0") or 0))
         changes[_COLLECTIVE_MEM] = str(mb)
-    changes["PYTHONPATH"] = os.pathsep.join(
-        [_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    # Last: what every child needs wins over a method group's settings.
+    platform = None if args.platform == "auto" else args.platform
+    changes.update(_child_environment.changes(env, platform=platform))
     env.update(changes)
     return env, changes
 

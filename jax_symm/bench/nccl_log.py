@@ -11,6 +11,7 @@ registers the window.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
@@ -36,17 +37,15 @@ def main(argv: list[str] | None = None) -> None:
 
     mesh = Mesh(np.array(jax.devices()), ("x",))
     n = mesh.size
-    ops = {
-        "all_gather": lambda a: jax_symm.all_gather(a, "x", tiled=True),
-        "reduce_scatter": lambda a: jax_symm.psum_scatter(a, "x", tiled=True),
-        "all_reduce": lambda a: jax_symm.psum(a, "x"),
-    }
+    from .ops import OPS  # every kind, called as the bench calls it
+
     rng = np.random.default_rng(0)
-    for name, op in ops.items():
+    for name, op in OPS.items():
         for per_rank in (1 << 12, 1 << 20, 1 << 24):
             x = jax.device_put(jnp.asarray(rng.standard_normal(n * per_rank // 2), jnp.bfloat16),
                                NamedSharding(mesh, P("x")))
-            f = jax.jit(jax.shard_map(op, mesh=mesh, in_specs=P("x"), out_specs=P("x")))
+            f = jax.jit(jax.shard_map(functools.partial(op.symm, axis_name="x"), mesh=mesh,
+                                      in_specs=P("x"), out_specs=P("x")))
             print(f"=== {name} {per_rank} bytes per rank: out "
                   f"{f(x).block_until_ready().shape}", flush=True)
     print(jax_symm.info()["nccl"])

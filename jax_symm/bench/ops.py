@@ -1,4 +1,10 @@
-"""The collectives the bench measures. Adding one is one entry in OPS.
+"""The collectives the bench measures: one per kind of `jax_symm._kinds.KINDS`.
+
+What a kind is (its name, its lax twin, whether it sums, how many chunks it
+reads and writes) comes from that table; what is the bench's own (how to call
+it, the chain's data dependence, the numpy reference, nccl-tests' bus
+bandwidth) is one entry of `_MEASURE` per kind, so a new kind without one
+fails here, at import.
 
 Sizes are PER RANK: `bytes_per_rank` is the all-gather's input shard and the
 reduce-scatter's output shard (nccl-tests' convention). Bandwidths follow
@@ -7,34 +13,70 @@ nccl-tests: algbw = algbw_bytes / time, busbw = algbw * busbw_factor(world).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
+from .. import _kinds
+
+
+@dataclass(frozen=True)
+class Measure:
+    """The bench's own facts about one kind."""
+
+    call: Callable           # (f, x, axis_name) -> f(x, axis_name, ...): how the bench calls
+    #                          the op, f being jax_symm's or lax's function
+    feedback: Callable       # (a, y, world) -> next input, a's shape: the chain's data dependence
+    reference: Callable      # numpy (x_global, world) -> expected global output (out_specs P(axis))
+    busbw_factor: Callable   # world -> busbw / algbw (nccl-tests)
+
 
 @dataclass(frozen=True)
 class Op:
-    name: str
-    symm: Callable          # (x, axis_name) -> y with jax_symm, inside shard_map
-    lax: Callable           # the same with jax.lax
-    in_elems: Callable      # (n, world) -> per-rank input elements, n = elements per rank
-    feedback: Callable      # (a, y, world) -> next input, a's shape: the chain's data dependence
-    reference: Callable     # numpy (x_global, world) -> expected global output (out_specs P(axis))
-    algbw_bytes: Callable   # (bytes_per_rank, world) -> bytes for algbw
-    busbw_factor: Callable  # world -> busbw / algbw
-    exact: bool             # data movement only: results must match bit for bit
-    raw_nccl: bool = True   # timed by jax_symm.diagnostics.nccl_raw_time (op by name)
+    kind: _kinds.Kind
+    measure: Measure = field(repr=False)
 
+    @property
+    def name(self) -> str:
+        return self.kind.name
 
-def _jax_symm():
-    import jax_symm
-    return jax_symm
+    def symm(self, x, axis_name):
+        """The op with jax_symm (its function is named as the kind), inside shard_map."""
+        import jax_symm
+        return self.measure.call(getattr(jax_symm, self.kind.name), x, axis_name)
 
+    def lax(self, x, axis_name):
+        """The same with jax.lax (the kind's lax twin)."""
+        from jax import lax
+        return self.measure.call(getattr(lax, self.kind.lax_function), x, axis_name)
 
-def _lax():
-    from jax import lax
-    return lax
+    def in_elems(self, n: int, world: int) -> int:
+        """Per-rank input elements, n = elements per rank (the kind's input chunks)."""
+        return n * self.kind.in_chunks(world)
+
+    def algbw_bytes(self, bytes_per_rank: int, world: int) -> int:
+        """Bytes for algbw, as nccl-tests: the larger side (all-gather: its output,
+        reduce-scatter: its input, all-reduce: its size)."""
+        return bytes_per_rank * self.kind.staged_chunks(world)
+
+    def busbw_factor(self, world: int) -> float:
+        return self.measure.busbw_factor(world)
+
+    def feedback(self, a, y, world):
+        return self.measure.feedback(a, y, world)
+
+    def reference(self, x, world):
+        return self.measure.reference(x, world)
+
+    @property
+    def exact(self) -> bool:
+        """Data movement only (no sum): results must match bit for bit."""
+        return not self.kind.sums
+
+    # Every kind is timed raw too (jax_symm.diagnostics.nccl_raw_time, op by
+    # name; its ops are the kinds).
+    raw_nccl = True
 
 
 def _ag_feedback(a, y, world):
@@ -68,41 +110,38 @@ def _rs_reference(x, world):
     return x.astype(np.float64).reshape(world, -1).sum(axis=0)
 
 
-OPS: dict[str, Op] = {
-    "all_gather": Op(
-        name="all_gather",
-        symm=lambda x, ax: _jax_symm().all_gather(x, ax, tiled=True),
-        lax=lambda x, ax: _lax().all_gather(x, ax, tiled=True),
-        in_elems=lambda n, world: n,
+_MEASURE: dict[str, Measure] = {
+    "all_gather": Measure(
+        call=lambda f, x, ax: f(x, ax, tiled=True),
         feedback=_ag_feedback,
         reference=_ag_reference,
-        algbw_bytes=lambda b, world: b * world,
         busbw_factor=lambda world: (world - 1) / world,
-        exact=True,
     ),
-    "reduce_scatter": Op(
-        name="reduce_scatter",
-        symm=lambda x, ax: _jax_symm().psum_scatter(x, ax, scatter_dimension=0, tiled=True),
-        lax=lambda x, ax: _lax().psum_scatter(x, ax, scatter_dimension=0, tiled=True),
-        in_elems=lambda n, world: n * world,
+    "reduce_scatter": Measure(
+        call=lambda f, x, ax: f(x, ax, scatter_dimension=0, tiled=True),
         feedback=_rs_feedback,
         reference=_rs_reference,
-        algbw_bytes=lambda b, world: b * world,
         busbw_factor=lambda world: (world - 1) / world,
-        exact=False,
     ),
-    "all_reduce": Op(
-        name="all_reduce",
-        symm=lambda x, ax: _jax_symm().psum(x, ax),
-        lax=lambda x, ax: _lax().psum(x, ax),
-        in_elems=lambda n, world: n,
+    "all_reduce": Measure(
+        call=lambda f, x, ax: f(x, ax),
         feedback=_ar_feedback,
         reference=_ar_reference,
-        algbw_bytes=lambda b, world: b,
         busbw_factor=lambda world: 2 * (world - 1) / world,
-        exact=False,
     ),
 }
+
+
+def _ops() -> dict[str, Op]:
+    missing = [k for k in _kinds.KINDS if k not in _MEASURE]
+    extra = [k for k in _MEASURE if k not in _kinds.KINDS]
+    if missing or extra:
+        raise ImportError(f"jax_symm.bench.ops: _MEASURE must have one entry per kind of "
+                          f"_kinds.KINDS; missing {missing}, not kinds {extra}")
+    return {name: Op(kind, _MEASURE[name]) for name, kind in _kinds.KINDS.items()}
+
+
+OPS: dict[str, Op] = _ops()
 
 DTYPES = ("bfloat16", "float32")
 

@@ -207,7 +207,6 @@ NB_MODULE(_jax_symm, m) {
         d["gather_sends_in_place"] = api->gather_sends_in_place();
         d["pdl_fixed_version"] = jax_symm::kPdlFixedVersion;
         d["revoke"] = api->ncclCommRevoke != nullptr;
-        d["beacon_entry_points"] = api->beacon_entry_points();
         return d;
       },
       nb::arg("nccl_hint"),

@@ -100,7 +100,8 @@ ErrorOr<const NcclApi*> LoadNcclApi(const std::string& nccl_hint) {
     delete api;
     return Internal("libnccl.so.2 lacks a required entry point");
   }
-  // Optional: newer NCCLs only.
+  // Optional: the progress beacon's driver entry points (without them no
+  // stall bound), then what newer NCCLs only have.
   Resolve(cuda, "cuMemHostAlloc", &api->cuMemHostAlloc);
   Resolve(cuda, "cuMemHostGetDevicePointer_v2", &api->cuMemHostGetDevicePointer);
   Resolve(cuda, "cuStreamWriteValue32_v2", &api->cuStreamWriteValue32);

@@ -129,7 +129,6 @@ struct NcclApi {
   bool scatter_receives_in_place() const { return ScatterReceivesInPlace(nccl_version); }
 };
 
-
 // Resolves the API once. `nccl_hint` is the wheel's libnccl.so.2, used only
 // when no libnccl.so.2 is loaded in the process yet.
 ErrorOr<const NcclApi*> LoadNcclApi(const std::string& nccl_hint);

@@ -263,7 +263,7 @@ std::string StallOf(LocalRank& r, std::chrono::steady_clock::time_point now) {
   const double waited = std::chrono::duration<double>(now - f.busy_since).count();
   if (waited <= bound) return "";
   char text[96];
-  std::snprintf(text, sizeof(text), "%.0f", bound);
+  std::snprintf(text, sizeof(text), "%g", bound);
   return "a collective made no progress for more than " + std::string(text) +
          " s (JAX_SYMM_GPU_TIMEOUT_S): a peer process is stuck, or the processes run "
          "different programs, or raise JAX_SYMM_GPU_TIMEOUT_S if a step can really wait "

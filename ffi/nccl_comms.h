@@ -67,7 +67,7 @@ void NcclSetAbortNotifier(AbortNotifier fn);
 int NcclAbortGroupsWith(const std::vector<int64_t>& global_ids, const std::string& cause);
 
 // The longest a collective may run without progress before the watchdog
-// aborts its communicator (JAX_SYMM_TIMEOUT_S); 0 or less: no bound, and
+// aborts its communicator (JAX_SYMM_GPU_TIMEOUT_S); 0 or less: no bound, and
 // communicators created meanwhile get no progress beacon at all.
 void NcclSetStallTimeout(double seconds);
 

@@ -27,6 +27,9 @@ _LEFT = "left/"  # + process index: why that process left the job
 # How long one blocking read lasts before the waiter checks on the publisher:
 # the bound on how late a departure is noticed.
 _POLL_S = 0.1
+# A peer's announcement only ever goes into an error message; the store is
+# reachable by whoever reaches the coordinator, so never quote more than this.
+_MAX_WHY_CHARS = 1000
 
 _announce_lock = threading.Lock()
 _announced = False
@@ -73,7 +76,7 @@ def departure(process: int) -> str:
     if client is None:
         return ""
     try:
-        return client.key_value_try_get(f"{PREFIX}{_LEFT}{process}")
+        return client.key_value_try_get(f"{PREFIX}{_LEFT}{process}")[:_MAX_WHY_CHARS]
     except Exception:  # noqa: BLE001  (NOT_FOUND: it has announced nothing)
         return ""
 

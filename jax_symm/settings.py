@@ -20,6 +20,7 @@ it), passed to the C++ core explicitly:
 | environment variable | default | meaning |
 | --- | --- | --- |
 | ``JAX_SYMM_TIMEOUT_S`` | 300 | longest wait for a live peer at a CPU barrier |
+| ``JAX_SYMM_GPU_TIMEOUT_S`` | 0 (no bound) | GPU: a collective that makes no progress this long has its communicator aborted; costs GPU time per call |
 | ``JAX_SYMM_BOOTSTRAP_TIMEOUT_S`` | 120 | longest wait for a value from another process (key-value store), or for a peer to create a window |
 | ``JAX_SYMM_SPINS`` | by core count | busy-wait iterations before a CPU barrier sleeps (2000, or 0 when a group has more ranks than the machine has cores) |
 | ``JAX_SYMM_PATIENCE_US`` | 5000 | longest wait for peers on XLA's own thread before a CPU call's wait moves to jax_symm's thread pool (0: move at once) |

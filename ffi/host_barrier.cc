@@ -47,7 +47,9 @@ bool HostWindow::Arrive(int64_t rank, uint64_t epoch) {
   h->ranks[rank].epoch.store(epoch, std::memory_order_release);
   const uint64_t arrived = h->arrived.fetch_add(1, std::memory_order_acq_rel) + 1;
   if (arrived != epoch * members_.size()) return false;
-  // The last to arrive releases everyone.
+  // The last to arrive releases everyone. No rank takes a task between the
+  // barriers of two calls, so the next call's tasks can start from 0 here.
+  h->next_task.store(0, std::memory_order_relaxed);
   h->generation.store(static_cast<uint32_t>(epoch), std::memory_order_release);
   FutexWakeAll(&h->generation);
   return true;

@@ -27,13 +27,16 @@ Error HostWindow::Admit(size_t bytes) const {
   return Error::Success();
 }
 
-bool HostWindow::PublishedInputs(int64_t run_id, size_t offset,
-                                 std::vector<const char*>& sources) const {
+bool HostWindow::Published(int64_t run_id, Peers& peers) const {
+  const size_t world = members_.size();
+  peers.in.resize(world);
+  peers.out.resize(world);
   bool same_run = true;
-  for (size_t q = 0; q < members_.size(); ++q) {
-    sources[q] = reinterpret_cast<const char*>(
-                     header_->ranks[q].input.load(std::memory_order_relaxed)) + offset;
-    same_run &= header_->ranks[q].run_id.load(std::memory_order_relaxed) == run_id;
+  for (size_t q = 0; q < world; ++q) {
+    const auto& rank = header_->ranks[q];
+    peers.in[q] = reinterpret_cast<const char*>(rank.input.load(std::memory_order_relaxed));
+    peers.out[q] = reinterpret_cast<char*>(rank.output.load(std::memory_order_relaxed));
+    same_run &= rank.run_id.load(std::memory_order_relaxed) == run_id;
   }
   return same_run;
 }
@@ -55,20 +58,6 @@ Error HostWindow::Exchange(int64_t rank, int64_t run_id, const void* in, size_t 
   if (!meeting.resume) JAX_SYMM_RETURN_IF_ERROR(Admit(in_bytes));
   const size_t world = members_.size();
   std::vector<const char*> sources(world);
-  if (direct_) {
-    // All ranks share this address space: read each other's inputs in place,
-    // then wait until everyone is done before any input can be released.
-    if (!meeting.resume) {
-      me.input.store(reinterpret_cast<uint64_t>(in), std::memory_order_relaxed);
-      me.run_id.store(run_id, std::memory_order_relaxed);
-    }
-    JAX_SYMM_RETURN_IF_ERROR(FirstMeeting(rank, epoch, meeting));
-    if (meeting.pending) return Error::Success();
-    Error consumed = PublishedInputs(run_id, 0, sources) ? consume(sources)
-                                                         : DifferentExecutions();
-    Error left = Barrier(rank, epoch + 1);
-    return consumed.failure() ? consumed : left;
-  }
   char* buffer = data_ + (epoch & 1) * world * slot_bytes_;
   if (!meeting.resume) std::memcpy(Slot(buffer, rank), in, in_bytes);
   JAX_SYMM_RETURN_IF_ERROR(FirstMeeting(rank, epoch, meeting));
@@ -77,22 +66,105 @@ Error HostWindow::Exchange(int64_t rank, int64_t run_id, const void* in, size_t 
   return consume(sources);
 }
 
+template <typename Task>
+Error HostWindow::SharedWork(int64_t rank, int64_t run_id, const void* in, void* out,
+                             size_t in_bytes, Meeting& meeting, size_t tasks, Task task) {
+  auto& me = header_->ranks[rank];
+  // A resumed call has arrived at its first barrier (its epoch) already.
+  const uint64_t epoch = me.epoch.load(std::memory_order_relaxed) + (meeting.resume ? 0 : 1);
+  if (!meeting.resume) {
+    JAX_SYMM_RETURN_IF_ERROR(Admit(in_bytes));
+    me.input.store(reinterpret_cast<uint64_t>(in), std::memory_order_relaxed);
+    me.output.store(reinterpret_cast<uint64_t>(out), std::memory_order_relaxed);
+    me.run_id.store(run_id, std::memory_order_relaxed);
+  }
+  JAX_SYMM_RETURN_IF_ERROR(FirstMeeting(rank, epoch, meeting));
+  if (meeting.pending) return Error::Success();
+  // Every rank sees the same published run ids, so either all of them work
+  // or none does.
+  Peers peers;
+  Error worked = Published(run_id, peers) ? Error::Success() : DifferentExecutions();
+  while (worked.success()) {
+    const uint64_t i = header_->next_task.fetch_add(1, std::memory_order_relaxed);
+    if (i >= tasks) break;
+    worked = task(i, peers);
+    // Another rank's output may be this task's: its rank must not return
+    // success over it.
+    if (worked.failure()) RecordFailure(worked.message());
+  }
+  // Inputs and outputs stay published until every task is done.
+  Error left = Barrier(rank, epoch + 1);
+  if (worked.failure()) return worked;
+  JAX_SYMM_RETURN_IF_ERROR(left);
+  if (header_->failed.load(std::memory_order_acquire) != 0) {
+    return Internal("a task of this call failed on another rank: " + FailureReason());
+  }
+  return Error::Success();
+}
+
+namespace {
+
+// The data one shared task reads (direct mode): enough to amortise taking it
+// from the counter and to let the prefetchers ramp up, small enough that the
+// ranks that run share out the call evenly.
+constexpr size_t kTaskBytes = size_t{256} << 10;
+
+// Elements per task when a task reads `sources` rows of `elem`-byte
+// elements: whole cache lines, at least one.
+size_t TaskElements(size_t sources, size_t elem) {
+  const size_t line = std::max<size_t>(1, 64 / elem);
+  const size_t n = std::max<size_t>(line, kTaskBytes / (sources * elem));
+  return n / line * line;
+}
+
+size_t Blocks(size_t count, size_t per) { return count == 0 ? 0 : (count + per - 1) / per; }
+
+// An element type without a width has no sum (the Python layer refuses it at
+// trace time; this is the last line of defence before a division by it).
+Error NoSum(ffi::DataType dtype) {
+  return InvalidArgument("no host sum for element type " +
+                         std::to_string(static_cast<int>(dtype)));
+}
+
+}  // namespace
+
 Error HostWindow::AllGather(const CallLayout& layout, int64_t run_id, const void* in,
                             void* out, Meeting& meeting) {
   const size_t chunk = layout.chunk_bytes();
+  const size_t world = layout.world;
   // What this process's ranks read and write in one call: the world's
   // inputs, and world chunks out per local rank.
-  const size_t touched = (local_ranks_ + 1) * layout.world * chunk;
+  const size_t touched = (local_ranks_ + 1) * world * chunk;
   const bool stream = touched > kCacheBytes;
+  auto copy = [stream](char* dst, const char* src, size_t n) {
+    if (stream) {
+      CopyStreaming(dst, src, n);
+    } else {
+      std::memcpy(dst, src, n);
+    }
+  };
+  if (direct_) {
+    // A task is one range of one rank's output (world chunks, back to back);
+    // consecutive tasks are the same range of every output, so the sources
+    // they read are still in the shared cache.
+    const size_t total = world * chunk, per = std::max<size_t>(64, kTaskBytes / 64 * 64);
+    const size_t ranges = Blocks(total, per);
+    return SharedWork(layout.rank, run_id, in, out, chunk, meeting, ranges * world,
+                      [&](uint64_t i, const Peers& peers) {
+                        const size_t q = i % world, lo = (i / world) * per;
+                        const size_t hi = std::min(total, lo + per);
+                        for (size_t at = lo; at < hi;) {
+                          const size_t src = at / chunk, off = at % chunk;
+                          const size_t n = std::min(hi - at, chunk - off);
+                          copy(peers.out[q] + at, peers.in[src] + off, n);
+                          at += n;
+                        }
+                        return Error::Success();
+                      });
+  }
   return Exchange(layout.rank, run_id, in, chunk, meeting, [&](const std::vector<const char*>& src) {
     char* dst = static_cast<char*>(out);
-    for (int64_t q = 0; q < layout.world; ++q) {
-      if (stream) {
-        CopyStreaming(dst + q * chunk, src[q], chunk);
-      } else {
-        std::memcpy(dst + q * chunk, src[q], chunk);
-      }
-    }
+    for (size_t q = 0; q < world; ++q) copy(dst + q * chunk, src[q], chunk);
     return Error::Success();
   });
 }
@@ -101,18 +173,36 @@ Error HostWindow::ReduceScatter(const CallLayout& layout, int64_t run_id,
                                 ffi::DataType dtype, const void* in, void* out,
                                 Meeting& meeting) {
   const size_t chunk = layout.chunk_bytes();
+  const size_t world = layout.world;
+  const size_t elem = ffi::ByteWidth(dtype);
+  if (elem == 0) return NoSum(dtype);
+  if (direct_) {
+    // A task is one block of one rank's output: that block of the rank's
+    // chunk of every input, summed.
+    const size_t count = chunk / elem, per = TaskElements(world, elem);
+    const size_t blocks = Blocks(count, per);
+    return SharedWork(layout.rank, run_id, in, out, chunk * world, meeting, blocks * world,
+                      [&](uint64_t i, const Peers& peers) {
+                        const size_t q = i / blocks, lo = (i % blocks) * per;
+                        const size_t n = std::min(count - lo, per);
+                        std::vector<const char*> rows(world);
+                        for (size_t s = 0; s < world; ++s) {
+                          rows[s] = peers.in[s] + q * chunk + lo * elem;
+                        }
+                        return host_reduce::Sum(dtype, peers.out[q] + lo * elem, rows, n);
+                      });
+  }
   // Rank r keeps chunk r of the sum: it reads chunk r of every rank's input.
-  return Exchange(layout.rank, run_id, in, chunk * layout.world, meeting,
+  return Exchange(layout.rank, run_id, in, chunk * world, meeting,
                   [&](const std::vector<const char*>& src) {
-                    std::vector<const char*> rows(layout.world);
-                    for (int64_t q = 0; q < layout.world; ++q) rows[q] = src[q] + layout.rank * chunk;
-                    return host_reduce::Sum(dtype, out, rows, chunk / ffi::ByteWidth(dtype));
+                    std::vector<const char*> rows(world);
+                    for (size_t q = 0; q < world; ++q) rows[q] = src[q] + layout.rank * chunk;
+                    return host_reduce::Sum(dtype, out, rows, chunk / elem);
                   });
 }
 
-// From this size on, an all-reduce is split: each rank sums only its 1/world
-// share of the elements. In one process it writes that share straight into
-// every rank's output; across processes it leaves it in its slot and everyone
+// From this size on, an all-reduce across processes is split: each rank sums
+// only its 1/world share of the elements, leaves it in its slot and everyone
 // copies the shares out after one more barrier. That reads each input once in
 // all instead of once per rank -- world times less summing, which is what
 // matters with more ranks than cores.
@@ -122,7 +212,24 @@ Error HostWindow::AllReduce(const CallLayout& layout, int64_t run_id, ffi::DataT
                             const void* in, void* out, Meeting& meeting) {
   const size_t bytes = layout.chunk_bytes();
   const size_t elem = ffi::ByteWidth(dtype);
-  if (bytes < kPartitionedSumBytes || elem == 0) {
+  if (elem == 0) return NoSum(dtype);
+  if (direct_) {
+    // A task is one block of the sum, written into every rank's output while
+    // it is in cache: each input is read once in all.
+    const size_t count = bytes / elem, per = TaskElements(2 * layout.world, elem);
+    return SharedWork(layout.rank, run_id, in, out, bytes, meeting, Blocks(count, per),
+                      [&](uint64_t i, const Peers& peers) {
+                        const size_t lo = i * per, n = std::min(count - lo, per);
+                        std::vector<const char*> rows(layout.world);
+                        std::vector<char*> outs(layout.world);
+                        for (size_t q = 0; q < rows.size(); ++q) {
+                          rows[q] = peers.in[q] + lo * elem;
+                          outs[q] = peers.out[q] + lo * elem;
+                        }
+                        return host_reduce::Sum(dtype, outs, rows, n);
+                      });
+  }
+  if (bytes < kPartitionedSumBytes) {
     return Exchange(layout.rank, run_id, in, bytes, meeting, [&](const std::vector<const char*>& src) {
       return host_reduce::Sum(dtype, out, src, bytes / elem);
     });
@@ -147,31 +254,6 @@ Error HostWindow::PartitionedAllReduce(int64_t rank, int64_t run_id, ffi::DataTy
   const uint64_t epoch = me.epoch.load(std::memory_order_relaxed) + (meeting.resume ? 0 : 1);
   std::vector<const char*> sources(world);
   char* dst = static_cast<char*>(out);
-
-  if (direct_) {
-    // Two meetings: inputs and outputs published; every share summed straight
-    // into every rank's output (then inputs and outputs may be released).
-    if (!meeting.resume) {
-      me.input.store(reinterpret_cast<uint64_t>(in), std::memory_order_relaxed);
-      me.output.store(reinterpret_cast<uint64_t>(out), std::memory_order_relaxed);
-      me.run_id.store(run_id, std::memory_order_relaxed);
-    }
-    JAX_SYMM_RETURN_IF_ERROR(FirstMeeting(rank, epoch, meeting));
-    if (meeting.pending) return Error::Success();
-    Error summed = Error::Success();
-    if (!PublishedInputs(run_id, lo * elem, sources)) {
-      summed = DifferentExecutions();
-    } else if (n) {
-      std::vector<char*> outputs(world);
-      for (size_t q = 0; q < world; ++q) {
-        outputs[q] = reinterpret_cast<char*>(
-                         header_->ranks[q].output.load(std::memory_order_relaxed)) + lo * elem;
-      }
-      summed = host_reduce::Sum(dtype, outputs, sources, n);
-    }
-    Error left = Barrier(rank, epoch + 1);
-    return summed.failure() ? summed : left;
-  }
   // Across processes: inputs go through the slots; each rank writes its sum
   // over its share back into its own slot (no one else reads that share of
   // it), and after a second meeting everyone copies the shares out. Two

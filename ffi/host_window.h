@@ -6,8 +6,9 @@
 // alternate between consecutive calls, so one barrier per call is enough: a
 // rank can only overwrite a buffer after every rank has passed the barrier of
 // the call that follows the last read of that buffer. When the whole job is
-// one process, ranks instead read each other's inputs in place and meet a
-// second time before returning.
+// one process, ranks instead publish their inputs and outputs, share the
+// call's work out in tasks that read any rank's input and write any rank's
+// output (SharedWork), and meet a second time before returning.
 //
 // Windows are made at lowering (Prepare), where every process passes in step,
 // under a name Python derives from a per-job secret; handlers only look them
@@ -119,24 +120,40 @@ class HostWindow {
   Error Await(int64_t rank, uint64_t epoch);
   // A call's first barrier, as `meeting` asks (it may leave it pending).
   Error FirstMeeting(int64_t rank, uint64_t epoch, Meeting& meeting);
-  // All-reduce of `count` elements of `elem` bytes, each rank summing a share.
+  // Across processes, an all-reduce of `count` elements of `elem` bytes,
+  // each rank summing a share.
   Error PartitionedAllReduce(int64_t rank, int64_t run_id, ffi::DataType dtype,
                              const void* in, void* out, size_t count, size_t elem,
                              Meeting& meeting);
   // Before a call: a failed call site stays failed; a call must fit its slot.
   Error Admit(size_t bytes) const;
-  // Direct mode: every rank's published input (+ offset) into `sources`;
-  // false if some rank serves another execution.
-  bool PublishedInputs(int64_t run_id, size_t offset, std::vector<const char*>& sources) const;
+  // Direct mode: every rank's input and output, as published for one call.
+  struct Peers {
+    std::vector<const char*> in;
+    std::vector<char*> out;
+  };
+  // Direct mode: the published buffers into `peers`; false if some rank
+  // serves another execution.
+  bool Published(int64_t run_id, Peers& peers) const;
   Error DifferentExecutions() const;
   // Records why this call site failed, once, for every rank's error message.
   void RecordFailure(const std::string& why);
   std::string FailureReason() const;
-  // One call: makes every rank's input (in_bytes) readable by all, then runs
-  // consume(sources), sources[q] pointing at rank q's input.
+  // Across processes, one call: copies this rank's input (in_bytes) into its
+  // slot, meets the others, then runs consume(sources), sources[q] pointing
+  // at rank q's slot.
   template <typename Consume>
   Error Exchange(int64_t rank, int64_t run_id, const void* in, size_t in_bytes,
                  Meeting& meeting, Consume consume);
+  // In one process, one call: every rank publishes its input and output, and
+  // after the first meeting the ranks that are running take tasks 0..tasks-1
+  // from a shared counter, task(i, peers) reading any rank's input and
+  // writing any rank's output, until none is left; a second meeting ends the
+  // call. So the work of a rank whose thread is off its core (more ranks
+  // than cores) is done by one that runs, instead of being waited for.
+  template <typename Task>
+  Error SharedWork(int64_t rank, int64_t run_id, const void* in, void* out, size_t in_bytes,
+                   Meeting& meeting, size_t tasks, Task task);
   char* Slot(char* buffer, int64_t rank) const {
     return buffer + static_cast<size_t>(rank) * slot_bytes_;
   }

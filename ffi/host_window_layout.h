@@ -63,6 +63,9 @@ struct HostWindow::Header {
   uint64_t version, world, slot_bytes, fingerprint, kind;
   alignas(64) std::atomic<uint64_t> arrived;     // barrier arrivals, ever
   alignas(64) std::atomic<uint32_t> generation;  // last completed barrier (futex word)
+  // Direct mode: the next task of the call under way that no rank has taken
+  // yet (HostWindow::SharedWork). Reset by whoever releases a barrier.
+  alignas(64) std::atomic<uint64_t> next_task;
   // The first rank that gives up (a peer died or timed out) writes why into
   // `failure` and then sets `failed`: the group is out of step for good, every
   // later call fails at once, and every rank's error carries the cause.

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 import jax_symm
-from _util import (GATHER_DTYPES, SUM_DTYPES, assert_same, cpu_mesh, random_array,
+from _util import (shard, GATHER_DTYPES, SUM_DTYPES, assert_same, cpu_mesh, random_array,
                    run_sharded)
 
 SEED = np.random.SeedSequence().entropy  # fresh data every run, printed on failure
@@ -61,6 +61,25 @@ def _scatter_pair(dtype, rng, mesh, axes, shard_spec, local_shape, dim, tiled):
     ours = run_sharded(fn(jax_symm.reduce_scatter), x, mesh, shard_spec, shard_spec)
     ref = run_sharded(fn(jax.lax.psum_scatter), x, mesh, shard_spec, shard_spec)
     assert_same(ours, ref, dtype, world)
+
+
+@pytest.mark.parametrize("count", [65537, 300007])
+@pytest.mark.parametrize("dtype", [jnp.int8, jnp.float32, jnp.complex64], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("axes", [("a", "b"), ("b",)], ids=["world8", "groups_of_4"])
+def test_large_gather_split_into_tasks(axes, dtype, count, rng):
+    """In one process the ranks share a call's copies out in ranges of
+    256 KiB of one output (ffi/host_exchange.cc, SharedWork), ranges that
+    start and end inside a rank's chunk, at odd byte offsets for int8."""
+    mesh = cpu_mesh((2, 4), ("a", "b"))
+    spec = P(("a", "b"))
+    x = random_array(rng, (8 * count,), dtype)
+    fn = lambda op: (lambda a: op(a, axes, tiled=True))
+    f = jax.jit(jax.shard_map(fn(jax_symm.all_gather), mesh=mesh, in_specs=spec,
+                              out_specs=spec))
+    assert "custom_call @jax_symm_host_all_gather" in f.lower(shard(x, mesh, spec)).as_text()
+    ours = run_sharded(fn(jax_symm.all_gather), x, mesh, spec, spec)
+    ref = run_sharded(fn(jax.lax.all_gather), x, mesh, spec, spec)
+    np.testing.assert_array_equal(ours, ref)
 
 
 @pytest.mark.parametrize("dtype", SUM_DTYPES, ids=lambda d: np.dtype(d).name)

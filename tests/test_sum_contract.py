@@ -95,6 +95,29 @@ def test_large_all_reduce_split_into_shares_matches_lax(mesh, count, dtype):
     assert_same(got, want, dtype, world=N)
 
 
+@pytest.mark.parametrize("count", [3001, 65537, 300007])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.int32, jnp.complex64])
+def test_large_reduce_scatter_split_into_tasks_is_the_rank_order_sum(mesh, count, dtype):
+    """In one process the ranks share a call's work out in blocks of about
+    256 KiB read (ffi/host_exchange.cc, SharedWork): each output is summed by
+    whichever ranks run, block by block, with a short last block. Every block
+    must still be the rank-order sum, bit for bit, of its own elements."""
+    from _util import random_array
+
+    rows = random_array(np.random.default_rng(), (N, N * count), dtype)
+    scatter = lambda a: jax_symm.psum_scatter(a, "x", tiled=True)
+    f = jax.jit(jax.shard_map(scatter, mesh=mesh, in_specs=P("x"), out_specs=P("x")))
+    text = f.lower(shard(rows.reshape(-1), mesh, P("x"))).as_text()
+    assert "custom_call @jax_symm_host_reduce_scatter" in text
+    got = _run(mesh, scatter, rows.reshape(-1))
+    acc_type = {np.dtype(jnp.int32): np.int32, np.dtype(jnp.complex64): np.complex64}
+    acc = np.zeros(N * count, acc_type.get(np.dtype(dtype), np.float32))
+    for r in range(N):  # rank order, in float32 (or the integer type), rounded once
+        acc = acc + rows[r].astype(acc.dtype)
+    want = acc.astype(dtype)
+    assert np.array_equal(np.asarray(got).view(np.uint8), want.view(np.uint8))
+
+
 _MORE_RANKS_THAN_ONE_PASS = r'''
 import numpy as np, jax, jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P

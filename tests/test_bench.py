@@ -282,6 +282,40 @@ def test_estimator_single_k_and_shapes():
     assert timed[:3] == [1, 5, 10] and timed[3:6] == [5, 10, 1]
 
 
+def test_methods_are_timed_side_by_side():
+    """Every repeat runs every method's chains, the methods' order rotating,
+    so that a slow spell of the machine slows them alike (the ratios between
+    them come from the same moments)."""
+    from jax_symm.bench.timing import time_side_by_side
+    seen = []
+
+    class F:
+        def __init__(self, label, k):
+            self.label, self.k = label, k
+
+        def __call__(self, x):
+            seen.append((self.label, self.k))
+            return self
+
+        def block_until_ready(self):
+            return self
+
+    scale = {"a": 1.0, "b": 2.0, "c": 3.0}
+    methods = {m: {k: F(m, k) for k in (1, 4)} for m in scale}
+    ks, sec = time_side_by_side(methods, None, repeats=3, warmup=0,
+                                clock=lambda f, x: (f(x), scale[f.label] * f.k * 1e-6)[1])
+    assert ks == [1, 4] and set(sec) == set(scale)
+    for m, v in scale.items():
+        assert sec[m].shape == (3, 2) and np.allclose(sec[m] * 1e6, [[v, 4 * v]] * 3)
+    timed = seen[6:]  # after one warm-up round of 3 methods x 2 lengths
+    firsts = [timed[i][0] for i in range(0, 18, 6)]
+    assert firsts == ["a", "b", "c"]  # a different method leads each repeat
+    for r in range(3):  # each repeat holds every method's every chain once
+        assert sorted(timed[6 * r:6 * r + 6]) == sorted((m, k) for m in scale for k in (1, 4))
+    with pytest.raises(ValueError, match="chain lengths"):
+        time_side_by_side({"a": {1: F("a", 1)}, "b": {2: F("b", 2)}}, None, 1, 0)
+
+
 # ---------------------------------------------------------------- device time
 
 def test_device_spans_assigns_events_to_runs():

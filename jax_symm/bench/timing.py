@@ -15,7 +15,9 @@ after it: its slope is the cost of one iteration (op, feedback and the loop's
 own overhead).
 Each repeat times one run of every chain length in `chain_lengths(k)` (e.g.
 K = 1, k/2, k; wall clock around the call until the result is ready, the
-order rotating between repeats against drift). The time per op is the
+order rotating between repeats against drift), of every method being
+compared (`time_side_by_side`: methods side by side in each repeat, their
+order rotating too, so that drift slows them alike). The time per op is the
 least-squares slope of the median time at each K against K: dispatch, the
 program's launch and its output copy are the intercept and drop out; the
 slope includes the feedback step (a slice / an in-place update of one per-rank
@@ -147,17 +149,37 @@ def _once(f, x) -> float:
     return time.perf_counter() - t
 
 
+def time_side_by_side(methods: Mapping[str, Mapping[int, Callable]], x, repeats: int,
+                      warmup: int, clock: Callable = _once
+                      ) -> tuple[list[int], dict[str, np.ndarray]]:
+    """(ks, {method: seconds[repeat][j]}) for several methods' chains
+    (method -> chain length -> jitted fn), timed side by side: every repeat
+    runs every method's chains, the methods' order and the chain lengths'
+    order rotating between repeats. So a machine that slows down for a while
+    (another job, a neighbour's memory traffic) slows every method alike
+    instead of tilting the ratios between them."""
+    ks = sorted(next(iter(methods.values()))) if methods else []
+    labels = list(methods)
+    for label in labels:
+        if sorted(methods[label]) != ks:
+            raise ValueError(f"{label}: chain lengths {sorted(methods[label])}, expected {ks}")
+    for _ in range(max(warmup, 1)):
+        for label in labels:
+            for k in ks:
+                methods[label][k](x).block_until_ready()
+    out = {label: np.empty((repeats, len(ks))) for label in labels}
+    for r in range(repeats):
+        shift_m = r % len(labels) if labels else 0
+        shift_k = r % len(ks) if ks else 0
+        for label in labels[shift_m:] + labels[:shift_m]:
+            order = list(range(len(ks)))
+            for j in order[shift_k:] + order[:shift_k]:
+                out[label][r, j] = clock(methods[label][ks[j]], x)
+    return ks, out
+
+
 def time_chains(fns: Mapping[int, Callable], x, repeats: int, warmup: int,
                 clock: Callable = _once) -> tuple[list[int], np.ndarray]:
     """(ks, seconds[repeat][j]) for the chains `fns` (chain length -> jitted fn)."""
-    ks = sorted(fns)
-    for _ in range(max(warmup, 1)):
-        for k in ks:
-            fns[k](x).block_until_ready()
-    out = np.empty((repeats, len(ks)))
-    for r in range(repeats):
-        order = list(range(len(ks)))
-        shift = r % len(ks)  # rotate the order between repeats, against drift
-        for j in order[shift:] + order[:shift]:
-            out[r, j] = clock(fns[ks[j]], x)
-    return ks, out
+    ks, out = time_side_by_side({"": fns}, x, repeats, warmup, clock)
+    return ks, out[""]

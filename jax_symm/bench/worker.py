@@ -24,7 +24,7 @@ import numpy as np
 from . import deps, devtime, envinfo, hlo, units
 from .methods import form as method_form
 from .ops import OPS, tolerance
-from .timing import chain_fn, chain_lengths, estimate, time_chains
+from .timing import chain_fn, chain_lengths, estimate, time_side_by_side
 
 AXIS = "x"
 
@@ -176,7 +176,9 @@ class Sweep:
         return (math.isfinite(err) and err <= limit), f"numpy: max|diff|={err:.3g} (limit {limit:.3g})"
 
     # --- one (op, dtype, size, method) -------------------------------------
-    def run_jax(self, rec: dict, method: dict, op, dtype: str, nbytes: int, x, ref_box: dict):
+    def prepare_jax(self, rec: dict, method: dict, op, dtype: str, x, ref_box: dict):
+        """Checks the method's result once and returns its chains (chain
+        length -> jitted fn) to be timed, or None when the check failed."""
         cfg, world = self.cfg, self.world
         fn = op.symm if method["impl"] == "jax_symm" else op.lax
         form = method_form(method["label"])
@@ -202,7 +204,7 @@ class Sweep:
         rec["check"] = {True: "pass", False: "FAIL", None: "unchecked"}[ok]
         if ok is False:
             rec["status"], rec["error"] = "check_failed", msg
-            return
+            return None
         rec["error"] = "" if ok else msg
         fns = {k: f_1 if k == 1 else chain_fn(fn, op.feedback, k, self.mesh, AXIS, world, form)
                for k in chain_lengths(cfg["k"])}
@@ -213,18 +215,27 @@ class Sweep:
                 self.cmdbuf[method["label"]] = hlo.command_buffer_report(text, method["impl"])
             except Exception as e:  # optional report
                 self.cmdbuf[method["label"]] = {"error": repr(e)}
-        ks, seconds = time_chains(fns, x, cfg["repeats"], cfg["warmup"])
-        _fill_times(rec, estimate(ks, seconds, seed=cfg["seed"]), op, nbytes, world)
-        if cfg.get("device_time"):  # None (auto) was resolved in run()
-            # A separate pass: the profiler's own overhead stays out of the wall figures.
-            # Device spans vary far less than wall clock: a few repeats are enough,
-            # and each repeat costs profiler time.
-            dev, why = devtime.measure(fns, x, min(cfg["repeats"], DEVICE_TIME_REPEATS))
-            if dev is None:
-                _note(rec, why)
-                self.device_notes.add(why)
-            else:
-                _fill_device(rec, estimate(ks, dev, seed=cfg["seed"]))
+        return fns
+
+    def time_jax(self, prepared: dict, op, nbytes: int, x) -> None:
+        """Times the prepared methods of one case side by side and fills in
+        their records. `prepared`: label -> (record, chains)."""
+        cfg = self.cfg
+        ks, seconds = time_side_by_side({label: fns for label, (_, fns) in prepared.items()},
+                                        x, cfg["repeats"], cfg["warmup"])
+        for label, (rec, fns) in prepared.items():
+            _fill_times(rec, estimate(ks, seconds[label], seed=cfg["seed"]), op, nbytes,
+                        self.world)
+            if cfg.get("device_time"):  # None (auto) was resolved in run()
+                # A separate pass: the profiler's own overhead stays out of the wall figures.
+                # Device spans vary far less than wall clock: a few repeats are enough,
+                # and each repeat costs profiler time.
+                dev, why = devtime.measure(fns, x, min(cfg["repeats"], DEVICE_TIME_REPEATS))
+                if dev is None:
+                    _note(rec, why)
+                    self.device_notes.add(why)
+                else:
+                    _fill_device(rec, estimate(ks, dev, seed=cfg["seed"]))
 
     def run_raw(self, rec: dict, op, dtype: str, nbytes: int):
         from jax_symm import diagnostics
@@ -274,10 +285,23 @@ def run(spec: dict) -> dict:
         itemsize = jnp.dtype(dtype).itemsize
         n = nbytes // itemsize
         x, ref_box = None, {}
+        # The methods whose results checked out, timed together afterwards:
+        # label -> (record, chains).
+        prepared: dict = {}
+
+        def failed(rec: dict, e: Exception) -> None:  # recorded; the sweep goes on
+            rec["status"] = "error"
+            rec["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+            rec.update(time_us=math.nan, p10_us=math.nan, p90_us=math.nan,
+                       algbw_GBps=math.nan, busbw_GBps=math.nan)
+            if cfg.get("verbose"):
+                traceback.print_exc()
+
         for method in methods:
             progress.step(f"{op_name} {dtype} {units.format_bytes(nbytes)} {method['label']}",
                           (op_name, dtype))
             rec = _record(op_name, dtype, nbytes, world, method, cfg, processes)
+            records.append(rec)
             try:
                 if n * itemsize != nbytes or n == 0:
                     rec["status"], rec["error"] = "skipped", f"{nbytes} B is not whole {dtype} elements"
@@ -286,17 +310,24 @@ def run(spec: dict) -> dict:
                 else:
                     if x is None:
                         x = sweep.make_input(index, op.in_elems(n, world), dtype)
-                    sweep.run_jax(rec, method, op, dtype, nbytes, x, ref_box)
-            except Exception as e:  # recorded; the sweep goes on
-                rec["status"] = "error"
-                rec["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
-                rec.update(time_us=math.nan, p10_us=math.nan, p90_us=math.nan,
-                           algbw_GBps=math.nan, busbw_GBps=math.nan)
-                if cfg.get("verbose"):
-                    traceback.print_exc()
-            records.append(rec)
+                    fns = sweep.prepare_jax(rec, method, op, dtype, x, ref_box)
+                    if fns is not None:
+                        prepared[method["label"]] = (rec, fns)
+            except Exception as e:
+                failed(rec, e)
             progress.advance()
-        del x, ref_box
+        if prepared:
+            try:
+                sweep.time_jax(prepared, op, nbytes, x)
+            except Exception:
+                # One method failed while timing: time each alone, so that the
+                # others keep their figures and the failure its own record.
+                for label, (rec, fns) in prepared.items():
+                    try:
+                        sweep.time_jax({label: (rec, fns)}, op, nbytes, x)
+                    except Exception as e:
+                        failed(rec, e)
+        del x, ref_box, prepared
     progress.close()
     facts = envinfo.process_facts(devices)
     facts.update(processes=processes, devices_per_process=world // processes,

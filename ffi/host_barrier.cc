@@ -25,8 +25,17 @@ void HostWindow::RecordFailure(const std::string& why) {
     std::strncpy(h->failure, why.c_str(), sizeof(h->failure) - 1);
     h->failure[sizeof(h->failure) - 1] = '\0';
   }
-  h->failed.store(1, std::memory_order_release);
+  // seq_cst, as the other half of SharedWork's handshake on `working`.
+  h->failed.store(1, std::memory_order_seq_cst);
   FutexWakeAll(&h->generation);
+}
+
+Error HostWindow::Settled(Error err) const {
+  // seq_cst pairs with the working rank's increment and its read of
+  // `failed`: either that rank saw the failure and takes no task, or this
+  // read sees it working. A working rank stops after the task in hand.
+  while (header_->working.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
+  return err;
 }
 
 std::string HostWindow::FailureReason() const {

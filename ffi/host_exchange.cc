@@ -78,13 +78,19 @@ Error HostWindow::SharedWork(int64_t rank, int64_t run_id, const void* in, void*
     me.output.store(reinterpret_cast<uint64_t>(out), std::memory_order_relaxed);
     me.run_id.store(run_id, std::memory_order_relaxed);
   }
-  JAX_SYMM_RETURN_IF_ERROR(FirstMeeting(rank, epoch, meeting));
+  // Published: from here on peers may read `in` and write `out`, so a
+  // failed call returns only once they have stopped (Settled).
+  Error met = FirstMeeting(rank, epoch, meeting);
+  if (met.failure()) return Settled(std::move(met));
   if (meeting.pending) return Error::Success();
   // Every rank sees the same published run ids, so either all of them work
   // or none does.
   Peers peers;
   Error worked = Published(run_id, peers) ? Error::Success() : DifferentExecutions();
-  while (worked.success()) {
+  header_->working.fetch_add(1, std::memory_order_seq_cst);
+  // A rank that gave up may return at any time after setting `failed`: no
+  // task is taken after it is seen.
+  while (worked.success() && header_->failed.load(std::memory_order_seq_cst) == 0) {
     const uint64_t i = header_->next_task.fetch_add(1, std::memory_order_relaxed);
     if (i >= tasks) break;
     worked = task(i, peers);
@@ -92,12 +98,13 @@ Error HostWindow::SharedWork(int64_t rank, int64_t run_id, const void* in, void*
     // success over it.
     if (worked.failure()) RecordFailure(worked.message());
   }
+  header_->working.fetch_sub(1, std::memory_order_release);
   // Inputs and outputs stay published until every task is done.
   Error left = Barrier(rank, epoch + 1);
-  if (worked.failure()) return worked;
-  JAX_SYMM_RETURN_IF_ERROR(left);
+  if (worked.failure()) return Settled(std::move(worked));
+  if (left.failure()) return Settled(std::move(left));
   if (header_->failed.load(std::memory_order_acquire) != 0) {
-    return Internal("a task of this call failed on another rank: " + FailureReason());
+    return Settled(Internal("this call failed on another rank: " + FailureReason()));
   }
   return Error::Success();
 }

@@ -23,7 +23,7 @@ using host_window_detail::kPage;
 using host_window_detail::Seconds;
 
 constexpr uint64_t kMagic = 0x6a61785f73796d6dull;  // "jax_symm"
-constexpr uint64_t kVersion = 4;
+constexpr uint64_t kVersion = 5;
 // Far more ranks than any host has devices; bounds every size computation.
 constexpr size_t kMaxWorld = 1 << 16;
 
@@ -156,6 +156,7 @@ Error HostWindow::Prepare(const WindowSpec& spec) {
     h->arrived.store(0);
     h->generation.store(0);
     h->next_task.store(0);
+    h->working.store(0);
     h->failure_claimed.store(0);
     h->failed.store(0);
     std::memset(h->failure, 0, sizeof(h->failure));

@@ -138,6 +138,11 @@ class HostWindow {
   Error DifferentExecutions() const;
   // Records why this call site failed, once, for every rank's error message.
   void RecordFailure(const std::string& why);
+  // Direct mode: returns `err` once no rank is taking tasks, so that no peer
+  // still writes into this rank's output (or reads its input) after the call
+  // has returned and XLA has freed them. Only for a failed call: `failed` is
+  // set, so the working ranks stop after the task in hand.
+  Error Settled(Error err) const;
   std::string FailureReason() const;
   // Across processes, one call: copies this rank's input (in_bytes) into its
   // slot, meets the others, then runs consume(sources), sources[q] pointing

@@ -63,13 +63,17 @@ struct HostWindow::Header {
   uint64_t version, world, slot_bytes, fingerprint, kind;
   alignas(64) std::atomic<uint64_t> arrived;     // barrier arrivals, ever
   alignas(64) std::atomic<uint32_t> generation;  // last completed barrier (futex word)
-  // Direct mode: the next task of the call under way that no rank has taken
-  // yet (HostWindow::SharedWork). Reset by whoever releases a barrier.
+  // Direct mode, the call under way (HostWindow::SharedWork): the next task
+  // that no rank has taken yet, reset by whoever releases a barrier, and how
+  // many ranks are taking tasks now, which a rank giving up waits to see at
+  // zero before it returns.
   alignas(64) std::atomic<uint64_t> next_task;
+  std::atomic<uint32_t> working;
   // The first rank that gives up (a peer died or timed out) writes why into
   // `failure` and then sets `failed`: the group is out of step for good, every
-  // later call fails at once, and every rank's error carries the cause.
-  std::atomic<uint32_t> failure_claimed;
+  // later call fails at once, and every rank's error carries the cause. On
+  // its own line: every rank reads `failed` while the counters above change.
+  alignas(64) std::atomic<uint32_t> failure_claimed;
   std::atomic<uint32_t> failed;
   char failure[1024];  // room for the cause and its hints, also when quoted by another rank
   alignas(64) RankState ranks[1];  // `world` of them

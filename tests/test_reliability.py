@@ -38,6 +38,97 @@ N_CALLS = 10_000 if LONG_RUN else 1_000
 GROUP = "[0,1,2048,2049]"  # the 4 global devices of a 2 x 2 job, as the handlers print them
 
 
+# ---------------------------------------- 0. one process: a rank gives up mid-call
+
+_STARVED_CALLS = r"""
+import json, os, signal, subprocess, sys, time
+import numpy as np
+import jax, jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+import jax_symm
+
+cpu = min(os.sched_getaffinity(0))
+os.sched_setaffinity(0, {cpu})  # every thread of this job on one core
+mesh = jax.make_mesh((8,), ("x",))
+n = (4 << 20) // 4  # 4 MiB per rank: a call's tasks take tens of ms
+ops = {
+    "all_gather": lambda v: jax_symm.all_gather(v, "x", tiled=True),
+    "psum": lambda v: jax_symm.psum(v, "x"),
+}
+cases = []
+for name, op in ops.items():
+    f = jax.jit(jax.shard_map(op, mesh=mesh, in_specs=P("x"), out_specs=P("x")))
+    host = np.random.default_rng(len(cases)).standard_normal(8 * n).astype(np.float32)
+    x = jax.device_put(host, NamedSharding(mesh, P("x")))
+    assert "jax_symm" in f.lower(x).as_text(), "no jax_symm custom call in the program"
+    want = (np.tile(host, 8) if name == "all_gather"
+            else np.tile(host.reshape(8, n).sum(0, dtype=np.float32), 8))
+    cases.append((name, f.lower(x).compile(), x, want))
+# Busy loops on the same core, started once everything is compiled.
+# (Each pins itself: no preexec_fn, which is not safe in a threaded process.)
+hog = f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"
+hogs = [subprocess.Popen([sys.executable, "-c", hog]) for _ in range(12)]
+
+def hogs_run(run):  # the loops run only while a call does, not while it is checked
+    for h in hogs:
+        h.send_signal(signal.SIGCONT if run else signal.SIGSTOP)
+
+
+try:
+    for name, f, x, want in cases:
+        for i in range(10):
+            hogs_run(True)
+            try:
+                got = f(x).block_until_ready()
+            except Exception as e:  # the call site stays failed: later calls raise at once
+                hogs_run(False)
+                # The failed call's outputs are free now: memory allocated
+                # next may take their place. A peer still writing there would
+                # change it (or crash the process, if it was unmapped).
+                probes = [np.full(want.size // 8, 7.0, np.float32) for _ in range(8)]
+                time.sleep(0.2)
+                intact = all(bool((p == 7.0).all()) for p in probes)
+                print(json.dumps({"op": name, "raised": str(e)[:400], "intact": intact}),
+                      flush=True)
+                continue
+            finally:
+                hogs_run(False)
+            ok = bool(np.allclose(np.asarray(got), want, rtol=1e-5, atol=1e-4))
+            print(json.dumps({"op": name, "ok": ok}), flush=True)
+finally:
+    for h in hogs:
+        h.kill()
+print("DONE", flush=True)
+"""
+
+
+@pytest.mark.timeout(180)
+def test_rank_giving_up_mid_call_in_one_process_leaves_no_peer_writing(tmp_path):
+    """In one process the ranks share a call's work out, writing into each
+    other's outputs; a rank that gives up (here: JAX_SYMM_TIMEOUT_S=1 ms,
+    every thread of the job and 12 busy loops on one core, so ranks sit off
+    the core for longer than that) must not return while a peer still writes
+    into its output, which XLA frees once the call has failed. Every call either
+    returns the right result or raises jax_symm's timeout, and the process
+    ends normally."""
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("needs os.sched_setaffinity (Linux) to starve the ranks of cores")
+    env = dict(os.environ, JAX_SYMM_TIMEOUT_S="0.001", JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    out = subprocess.run([sys.executable, "-c", _STARVED_CALLS], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=150)
+    tail = (out.stdout[-3000:], out.stderr[-3000:])
+    assert out.returncode == 0 and "DONE" in out.stdout, tail
+    calls = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert len(calls) == 20, tail
+    assert all(c.get("ok", True) for c in calls), calls  # no wrong result
+    assert all(c.get("intact", True) for c in calls), calls  # no write after the return
+    raised = [c["raised"] for c in calls if "raised" in c]
+    assert raised, "no call timed out: the starvation did not reach the barrier's bound"
+    for why in raised:
+        assert "timed out after" in why, why
+
+
 # -------------------------------------------------------- 1. a peer killed mid-run
 
 

@@ -60,10 +60,11 @@ for name, op in ops.items():
     f = jax.jit(jax.shard_map(op, mesh=mesh, in_specs=P("x"), out_specs=P("x")))
     host = np.random.default_rng(len(cases)).standard_normal(8 * n).astype(np.float32)
     x = jax.device_put(host, NamedSharding(mesh, P("x")))
-    assert "jax_symm" in f.lower(x).as_text(), "no jax_symm custom call in the program"
+    lowered = f.lower(x)  # once: every lowering is a call site of its own
+    assert "jax_symm" in lowered.as_text(), "no jax_symm custom call in the program"
     want = (np.tile(host, 8) if name == "all_gather"
             else np.tile(host.reshape(8, n).sum(0, dtype=np.float32), 8))
-    cases.append((name, f.lower(x).compile(), x, want))
+    cases.append((name, lowered.compile(), x, want))
 # Busy loops on the same core, started once everything is compiled.
 # (Each pins itself: no preexec_fn, which is not safe in a threaded process.)
 hog = f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"
@@ -76,28 +77,34 @@ def hogs_run(run):  # the loops run only while a call does, not while it is chec
 
 try:
     for name, f, x, want in cases:
-        for i in range(10):
+        # Until the call site fails (a timeout), at most 60 calls: how soon a
+        # rank sits off the core long enough varies from run to run.
+        for i in range(60):
             hogs_run(True)
             try:
-                got = f(x).block_until_ready()
+                got, error = f(x).block_until_ready(), None
             except Exception as e:  # the call site stays failed: later calls raise at once
-                hogs_run(False)
-                # The failed call's outputs are free now: memory allocated
-                # next may take their place. A peer still writing there would
-                # change it (or crash the process, if it was unmapped).
-                probes = [np.full(want.size // 8, 7.0, np.float32) for _ in range(8)]
-                time.sleep(0.2)
-                intact = all(bool((p == 7.0).all()) for p in probes)
-                print(json.dumps({"op": name, "raised": str(e)[:400], "intact": intact}),
-                      flush=True)
-                continue
+                got, error = None, e
             finally:
                 hogs_run(False)
-            ok = bool(np.allclose(np.asarray(got), want, rtol=1e-5, atol=1e-4))
-            print(json.dumps({"op": name, "ok": ok}), flush=True)
+            if error is None:
+                ok = bool(np.allclose(np.asarray(got), want, rtol=1e-5, atol=1e-4))
+                print(json.dumps({"op": name, "ok": ok}), flush=True)
+                continue
+            # The failed call's outputs are free now: memory allocated next
+            # may take their place. A peer still writing there would change
+            # it (or crash the process, if it was unmapped).
+            probes = [np.full(want.size // 8, 7.0, np.float32) for _ in range(8)]
+            time.sleep(0.2)
+            intact = all(bool((p == 7.0).all()) for p in probes)
+            print(json.dumps({"op": name, "raised": str(error)[:400], "intact": intact}),
+                  flush=True)
+            break
 finally:
     for h in hogs:
         h.kill()
+    for h in hogs:
+        h.wait()
 print("DONE", flush=True)
 """
 
@@ -108,9 +115,10 @@ def test_rank_giving_up_mid_call_in_one_process_leaves_no_peer_writing(tmp_path)
     other's outputs; a rank that gives up (here: JAX_SYMM_TIMEOUT_S=1 ms,
     every thread of the job and 12 busy loops on one core, so ranks sit off
     the core for longer than that) must not return while a peer still writes
-    into its output, which XLA frees once the call has failed. Every call either
-    returns the right result or raises jax_symm's timeout, and the process
-    ends normally."""
+    into its output, which XLA frees once the call has failed. Each op is
+    called until a call times out: every call before returns the right
+    result, memory allocated right after the failed one is not written to,
+    and the process ends normally."""
     if not hasattr(os, "sched_setaffinity"):
         pytest.skip("needs os.sched_setaffinity (Linux) to starve the ranks of cores")
     env = dict(os.environ, JAX_SYMM_TIMEOUT_S="0.001", JAX_PLATFORMS="cpu",
@@ -120,13 +128,12 @@ def test_rank_giving_up_mid_call_in_one_process_leaves_no_peer_writing(tmp_path)
     tail = (out.stdout[-3000:], out.stderr[-3000:])
     assert out.returncode == 0 and "DONE" in out.stdout, tail
     calls = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    assert len(calls) == 20, tail
     assert all(c.get("ok", True) for c in calls), calls  # no wrong result
     assert all(c.get("intact", True) for c in calls), calls  # no write after the return
-    raised = [c["raised"] for c in calls if "raised" in c]
-    assert raised, "no call timed out: the starvation did not reach the barrier's bound"
-    for why in raised:
-        assert "timed out after" in why, why
+    for op in ("all_gather", "psum"):
+        raised = [c["raised"] for c in calls if c["op"] == op and "raised" in c]
+        assert raised, f"{op}: no call timed out in 60: the starvation did not reach the bound"
+        assert "timed out after" in raised[0], raised[0]
 
 
 # -------------------------------------------------------- 1. a peer killed mid-run

@@ -27,8 +27,8 @@ multi-process jobs run; process 0's timings are reported.
 Timing (jax_symm.bench.timing): jitted programs of K = 1, k/2, k dependent
 calls (--k); each repeat runs each once (wall clock until the result is
 ready), for every method of a worker group side by side, their order
-rotating, so drift slows them alike; the time per op is the least-squares slope of time against K, so
-dispatch and launch drop out; p10/p90 from a bootstrap over repeats. A case
+rotating, so drift slows them alike; the time per op is the least-squares
+slope of time against K, so dispatch and launch drop out; p10/p90 from a bootstrap over repeats. A case
 whose p10 is not above zero is "below resolution" (no figure). On GPU a
 second pass takes the device time the same way from JAX's profiler (kernel
 timestamps; --device-time), the "device" columns, as nccl-tests reports it.

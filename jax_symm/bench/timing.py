@@ -168,11 +168,11 @@ def time_side_by_side(methods: Mapping[str, Mapping[int, Callable]], x, repeats:
             for k in ks:
                 methods[label][k](x).block_until_ready()
     out = {label: np.empty((repeats, len(ks))) for label in labels}
+    order = list(range(len(ks)))
     for r in range(repeats):
         shift_m = r % len(labels) if labels else 0
         shift_k = r % len(ks) if ks else 0
         for label in labels[shift_m:] + labels[:shift_m]:
-            order = list(range(len(ks)))
             for j in order[shift_k:] + order[:shift_k]:
                 out[label][r, j] = clock(methods[label][ks[j]], x)
     return ks, out

@@ -2,6 +2,7 @@
 
     nox -s newest_jax      # newest jax pip gives the newest Python here (>= 3.12)
     nox -s jax_floor       # the oldest jax jax_symm supports (jax_symm._compat.MIN_JAX)
+    nox -s older_jax       # jax 0.11.2 installed first, then `pip install .` as the README says
     nox -s newest_jax -- -x tests/test_demo.py     # arguments after -- go to pytest
 
 Each session runs the README's test command, `pip install ".[test]" && pytest`,
@@ -116,6 +117,31 @@ def newest_jax(session):
     """The README's tests on the newest jax pip resolves (within pyproject's
     pin), under the newest Python >= 3.12 on this machine."""
     _readme_tests(session)
+
+
+# What the older_jax session runs, and why these: the user it stands for
+# already has an older jax, and pip's isolated build compiles against a jaxlib
+# of its own choosing. What can break there is whether XLA accepts the
+# handlers (every CPU custom call below registers them), whether the ops give
+# lax's results, and whether child processes import the same jax and
+# jax_symm as their parent. The whole suite runs on two other jax releases
+# (the default run and newest_jax); CI's 30 minutes leave room for this part.
+OLDER_JAX = "0.11.2"
+OLDER_JAX_TESTS = ["tests/test_build.py", "tests/test_parity.py",
+                   "tests/test_multiprocess.py", "tests/test_first_contact.py"]
+
+
+@nox.session(python=oldest_python(NEWEST_JAX_MIN_PYTHON) or
+             f"python{NEWEST_JAX_MIN_PYTHON[0]}.{NEWEST_JAX_MIN_PYTHON[1]}")
+def older_jax(session):
+    """A user with an older admitted jax: jax 0.11.2 installed first, then the
+    README's `pip install ".[test]"` exactly as written (build isolation), then
+    the tests above (arguments after -- replace them)."""
+    session.run("python", "-m", "pip", "install", f"jax=={OLDER_JAX}")
+    session.run("python", "-m", "pip", "install", ".[test]")
+    session.run("python", "-c", "import jax, sys; v = jax.__version__; print('jax', v); "
+                f"sys.exit(0 if v == {OLDER_JAX!r} else 'pip replaced jax {OLDER_JAX}: ' + v)")
+    session.run("pytest", *(session.posargs or OLDER_JAX_TESTS))
 
 
 @nox.session(python=oldest_python(FLOOR_MIN_PYTHON) or

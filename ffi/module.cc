@@ -82,6 +82,14 @@ nb::dict Targets(const char* prefix,
 NB_MODULE(_jax_symm, m) {
   m.doc() = "jax_symm native core: FFI handlers and transport set-up.";
 
+  m.def("build_info", []() {
+    nb::dict d;
+    d["ffi_headers"] = JAX_SYMM_FFI_HEADERS_FROM;
+    d["ffi_api"] = nb::make_tuple(XLA_FFI_API_MAJOR, XLA_FFI_API_MINOR);
+    return d;
+  }, "{'ffi_headers': the jaxlib whose XLA FFI headers the handlers were built "
+     "against, 'ffi_api': (major, minor) of that FFI API}: XLA refuses handlers "
+     "newer than itself.");
   m.def("collective_kinds", []() {
     nb::list out;
     for (jax_symm::CollectiveKind kind : jax_symm::kCollectiveKinds) {

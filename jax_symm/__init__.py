@@ -21,7 +21,11 @@ from ._compat import check_jax_version
 
 check_jax_version()
 
-from . import _native  # noqa: E402,F401
+from . import _native  # noqa: E402
+
+# A build whose handlers the running jaxlib would refuse fails here, saying
+# what to do, not with XLA's refusal at the first collective.
+_native.check_build()
 from . import _liveness  # noqa: E402
 
 # Before anything can fail: a process that leaves the job (an uncaught

@@ -24,7 +24,7 @@ import numpy as np
 import jax
 
 from . import _bootstrap, _compat, _kinds, _liveness, settings
-from ._native import ext, publish_local_devices
+from ._native import ext, publish_local_devices, register_ffi_target
 from ._transport import Call, Refusal
 
 _lock = threading.Lock()
@@ -43,7 +43,7 @@ def targets() -> dict[str, str]:
                               {"type_id": stages["type_id"], "type_info": stages["type_info"]},
                               platform="cpu")
     for op, (name, capsule) in ext.host_targets().items():
-        jax.ffi.register_ffi_target(
+        register_ffi_target(
             name, {"instantiate": stages["instantiate"], "execute": capsule}, platform="cpu")
         names[op] = name
     return names

@@ -7,6 +7,7 @@ import glob
 import importlib.machinery
 import importlib.util
 import os
+import re
 import sys
 
 import jax
@@ -80,6 +81,65 @@ def _load_extension():
 
 
 ext = _load_extension()  # re-exported for the other modules
+
+_API_LINE = re.compile(r"^#define XLA_FFI_API_(MAJOR|MINOR) (\d+)", re.M)
+
+
+def running_ffi_api() -> tuple[int, int] | None:
+    """(major, minor) of the XLA FFI API of the jaxlib that runs, read from the
+    headers it ships (they describe the runtime they come with), or None."""
+    try:
+        with open(os.path.join(jax.ffi.include_dir(), "xla", "ffi", "api", "c_api.h"),
+                  encoding="utf-8") as f:
+            found = dict(_API_LINE.findall(f.read()))
+        return int(found["MAJOR"]), int(found["MINOR"])
+    except (OSError, KeyError, AttributeError, ValueError):
+        return None
+
+
+def build_mismatch(running: tuple[int, int] | None = None) -> str | None:
+    """Why XLA will refuse this build's handlers, or None: XLA accepts handlers
+    built against an FFI API as old as its own or older, never newer."""
+    built = tuple(ext.build_info()["ffi_api"])
+    running = running_ffi_api() if running is None else running
+    if running is None or (built[0] == running[0] and built[1] <= running[1]):
+        return None
+    return _mismatch_message(built, running)
+
+
+def _mismatch_message(built, running) -> str:
+    import jaxlib
+
+    api = lambda v: ".".join(map(str, v)) if v else "unknown"  # noqa: E731
+    return (
+        f"jax_symm's handlers were built against the XLA FFI headers of "
+        f"{ext.build_info()['ffi_headers']} (FFI API {api(built)}), but the running "
+        f"jaxlib {jaxlib.__version__} has FFI API {api(running)} and refuses handlers "
+        "newer than itself. Rebuild jax_symm: `pip install --force-reinstall --no-deps .` "
+        "from its source (its build pins the oldest admitted jaxlib's headers), or "
+        "`pip install --no-build-isolation --force-reinstall --no-deps .` to build "
+        "against the jaxlib installed here.")
+
+
+def register_ffi_target(name: str, target, platform: str) -> None:
+    """jax.ffi.register_ffi_target, with XLA's refusal of a handler built for a
+    newer FFI API turned into an error that says what to do."""
+    try:
+        jax.ffi.register_ffi_target(name, target, platform=platform)
+    except Exception as err:
+        if "API version" not in str(err):
+            raise
+        raise ImportError(_mismatch_message(tuple(ext.build_info()["ffi_api"]),
+                                            running_ffi_api()) + f" (XLA: {err})") from err
+
+
+def check_build() -> None:
+    """Raises ImportError, saying what to do, if XLA would refuse the handlers:
+    at import, not at the first collective (registration itself is deferred
+    by JAX until its backends start, where a refusal would break every backend)."""
+    why = build_mismatch()
+    if why:
+        raise ImportError(why)
 
 @functools.cache
 def publish_local_devices(platform: str) -> None:

@@ -94,9 +94,10 @@ def concurrent_first_lowerings(k: int) -> dict:
     return dict(wrong=wrong, errors=errors)
 
 
-def cached_program(cache_dir: str) -> list:
+def cached_program(cache_dir: str, with_lax: bool = True) -> dict:
     """A jax_symm program through the persistent compilation cache: returns
-    its values next to lax's."""
+    its values (next to lax's, `with_lax`) and this process's part of the
+    cache key that names its devices (see test_persistent_cache_two_processes)."""
     import jax
     from jax.sharding import PartitionSpec as P
 
@@ -110,11 +111,25 @@ def cached_program(cache_dir: str) -> list:
     x = np.arange(n * 6, dtype=np.float32) - 7
     xs = _put(x, mesh, P("x"))
     outs = []
-    for ag, ps, rs in ((jax_symm.all_gather, jax_symm.psum, jax_symm.psum_scatter),
-                       (jax.lax.all_gather, jax.lax.psum, jax.lax.psum_scatter)):
+    ops = [(jax_symm.all_gather, jax_symm.psum, jax_symm.psum_scatter)]
+    if with_lax:
+        ops.append((jax.lax.all_gather, jax.lax.psum, jax.lax.psum_scatter))
+    for ag, ps, rs in ops:
         body = lambda a: (ag(a, "x", tiled=True), ps(a, "x"),
                           ag(rs(ag(a, "x", tiled=True), "x", tiled=True), "x", tiled=True))
         f = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=P("x"),
                                   out_specs=(P(None), P(None), P(None)), check_vma=False))
         outs.append([_local(o).tolist() for o in f(xs)])
-    return outs
+    return dict(outs=outs, devices_key=_devices_cache_key(mesh))
+
+
+def _devices_cache_key(mesh) -> str:
+    """The part of jax's persistent-cache key that names the devices, as this
+    process computes it (jax._src.cache_key, private: read by this test only)."""
+    import hashlib
+
+    from jax._src import cache_key
+
+    h = hashlib.sha256()
+    cache_key._hash_accelerator_config(h, mesh.devices)
+    return h.hexdigest()

@@ -20,8 +20,10 @@
 #include "nccl_comms.h"
 #include "nccl_timer.h"
 #include "nccl_types.h"
+#include "nccl_xla_collectives.h"
 
 namespace nb = nanobind;
+using namespace nb::literals;
 
 namespace {
 
@@ -130,6 +132,51 @@ NB_MODULE(_jax_symm, m) {
                            {K::kReduceScatter, jax_symm::NcclReduceScatter},
                            {K::kAllReduce, jax_symm::NcclAllReduce}});
   }, "{op: (FFI target name, handler capsule)} of the NCCL transport (XLA:GPU).");
+  m.def("nccl_version_floors", []() {
+    nb::dict d;
+    d["half_window"] = jax_symm::kHalfWindowVersion;
+    d["pdl_fixed"] = jax_symm::kPdlFixedVersion;
+    d["win_coll_symmetric"] = jax_symm::kNcclWinCollSymmetric;
+    return d;
+  }, "NCCL versions where its symmetric kernels' rules change (nccl_api.h: "
+     "'half_window', from which only the all-gather's receive and the "
+     "reduce-scatter's send buffer need a window; 'pdl_fixed', from which its "
+     "kernels wait for their input's producer), and NCCL_WIN_COLL_SYMMETRIC.");
+  m.def("nccl_xla_targets", [](bool captured) {
+    using K = jax_symm::CollectiveKind;
+    using Fn = XLA_FFI_Error*(XLA_FFI_CallFrame*);
+    struct Stages {
+      K kind;
+      Fn* prepare;
+      Fn* execute;
+      Fn* captured;
+    };
+    const Stages stages[] = {
+        {K::kAllGather, jax_symm::NcclXlaAllGatherPrepare, jax_symm::NcclXlaAllGather,
+         jax_symm::NcclXlaAllGatherCaptured},
+        {K::kReduceScatter, jax_symm::NcclXlaReduceScatterPrepare,
+         jax_symm::NcclXlaReduceScatter, jax_symm::NcclXlaReduceScatterCaptured},
+        {K::kAllReduce, jax_symm::NcclXlaAllReducePrepare, jax_symm::NcclXlaAllReduce,
+         jax_symm::NcclXlaAllReduceCaptured},
+    };
+    const std::string prefix = captured ? "jax_symm_nccl_xla_captured_" : "jax_symm_nccl_xla_";
+    nb::dict d;
+    for (K kind : jax_symm::kCollectiveKinds) {
+      const Stages* found = nullptr;
+      for (const Stages& s : stages) {
+        if (s.kind == kind) found = &s;
+      }
+      const char* op = jax_symm::CollectiveKindName(kind);
+      if (found == nullptr) throw std::logic_error(prefix + op + " has no handler");
+      nb::dict by_stage;
+      by_stage["prepare"] = Capsule(found->prepare);
+      by_stage["execute"] = Capsule(captured ? found->captured : found->execute);
+      d[op] = nb::make_tuple(prefix + op, by_stage);
+    }
+    return d;
+  }, "captured"_a, "{op: (FFI target name, {stage: handler capsule})} of the NCCL transport's "
+     "XLA path (XLA's communicator and collective memory); `captured`: the execute stage "
+     "is command-buffer compatible (captured into CUDA graphs).");
 
   m.def(
       "set_local_devices",

@@ -14,7 +14,7 @@
 
 #include "ffi_call.h"
 #include "nccl_comms.h"
-#include "nccl_types.h"
+#include "nccl_enqueue.h"
 
 namespace jax_symm {
 
@@ -90,40 +90,41 @@ Error NcclCollective(CollectiveKind kind, CUstream stream, int32_t ordinal,
   const bool send_in_place = api.gather_sends_in_place();
   const bool receive_in_place = api.scatter_receives_in_place();
 
+  // Where the NCCL call reads and writes: the arena, and XLA's buffers where
+  // the loaded NCCL lets a call skip a copy.
+  const char* send = nullptr;
+  char* recv = nullptr;
+  const char* result = nullptr;  // what is copied out to `dst` afterwards
+  size_t result_bytes = chunk;
   switch (kind) {
-    case CollectiveKind::kAllGather: {
-      const char* send = src;
+    case CollectiveKind::kAllGather:
+      send = send_in_place ? src : win + rank * chunk;
       if (!send_in_place) {
         JAX_SYMM_RETURN_IF_ERROR(Copy(api, win + rank * chunk, src, chunk, stream));
-        send = win + rank * chunk;
       }
-      JAX_SYMM_RETURN_IF_ERROR(Watched(r, stream, "ncclAllGather", [&] {
-        return api.ncclAllGather(send, win, chunk, kNcclInt8, comm, stream);
-      }));
-      return Copy(api, dst, win, chunk * world, stream);
-    }
-    case CollectiveKind::kReduceScatter: {
-      ErrorOr<std::pair<int, size_t>> type = NcclSumType(in.element_type(), chunk);
-      if (type.has_error()) return type.error();
+      recv = win;
+      result = win;
+      result_bytes = chunk * world;
+      break;
+    case CollectiveKind::kReduceScatter:
       JAX_SYMM_RETURN_IF_ERROR(Copy(api, win, src, chunk * world, stream));
-      char* recv = receive_in_place ? dst : win + rank * chunk;
-      JAX_SYMM_RETURN_IF_ERROR(Watched(r, stream, "ncclReduceScatter", [&] {
-        return api.ncclReduceScatter(win, recv, type->second, type->first, kNcclSum, comm,
-                                     stream);
-      }));
-      return Copy(api, dst, recv, chunk, stream);
-    }
-    case CollectiveKind::kAllReduce: {
-      ErrorOr<std::pair<int, size_t>> type = NcclSumType(in.element_type(), chunk);
-      if (type.has_error()) return type.error();
+      send = win;
+      recv = receive_in_place ? dst : win + rank * chunk;
+      result = recv;
+      break;
+    case CollectiveKind::kAllReduce:
       JAX_SYMM_RETURN_IF_ERROR(Copy(api, win, src, chunk, stream));
-      JAX_SYMM_RETURN_IF_ERROR(Watched(r, stream, "ncclAllReduce", [&] {
-        return api.ncclAllReduce(win, win, type->second, type->first, kNcclSum, comm, stream);
-      }));
-      return Copy(api, dst, win, chunk, stream);
-    }
+      send = win;
+      recv = win;
+      result = win;
+      break;
   }
-  return Internal("unknown collective kind");
+  ErrorOr<NcclCall> call = PlanNcclCall(kind, in.element_type(), send, recv, chunk);
+  if (call.has_error()) return call.error();
+  JAX_SYMM_RETURN_IF_ERROR(Watched(r, stream, NcclCallName(kind), [&] {
+    return EnqueueNcclCall(api, *call, comm, stream);
+  }));
+  return Copy(api, dst, result, result_bytes, stream);
 }
 
 template <CollectiveKind kKind>

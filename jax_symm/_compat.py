@@ -44,6 +44,14 @@ def version_tuple(version: str) -> tuple[int, ...]:
 JAX_VERSION = version_tuple(jax.__version__)
 
 
+# XLA:GPU's collective memory space (xla::gpu::MemorySpaceColor::kCollective,
+# ncclMemAlloc'd), as a custom call's `operands_memory_spaces` /
+# `results_memory_spaces` frontend attributes name it: 7 from jax 0.12 (jax's
+# own Mosaic GPU lowering spells it so); older XLA numbered it otherwise and
+# its collectives extension has no windows, so jax_symm uses it from 0.12 only.
+COLLECTIVE_MEMORY_SPACE = 7 if version_tuple(jax.__version__)[:2] >= (0, 12) else None
+
+
 def check_jax_version(version: str | None = None) -> None:
     """Raises ImportError, saying what to install, for a jax jax_symm does not support.
 
@@ -245,15 +253,28 @@ def preceding_ops(ctx) -> str:
 
 def config_state(name: str, default, help: str):
     """A JAX config option that keys jit's cache and the trace context; its
-    environment variable is NAME.upper(). Reuses one defined already (reload)."""
+    environment variable is NAME.upper(). `default`: a bool, an int, or
+    (default, *allowed strings). Reuses one defined already (reload)."""
     from jax._src import config as jax_config
 
-    make = jax_config.bool_state if isinstance(default, bool) else jax_config.int_state
     try:
+        if isinstance(default, tuple):  # (default, *allowed values): a string option
+            return jax_config.enum_state(name, list(default[1:]), default[0], help,
+                                         include_in_jit_key=True, include_in_trace_context=True)
+        make = jax_config.bool_state if isinstance(default, bool) else jax_config.int_state
         return make(name, default, help, include_in_jit_key=True,
                     include_in_trace_context=True)
     except Exception:  # defined already (the module was reloaded)
         return jax_config.config._value_holders[name]
+
+
+def frontend_attributes(values: dict[str, str]) -> dict:
+    """A custom call's `extra_attributes` holding XLA frontend attributes
+    (built while lowering: the MLIR context must be active)."""
+    from jax._src.lib.mlir import ir
+
+    return {"mhlo.frontend_attributes": ir.DictAttr.get(
+        {k: ir.StringAttr.get(v) for k, v in values.items()})}
 
 
 def register_lowering(prim, rule, platform=None) -> None:

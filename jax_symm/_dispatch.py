@@ -24,6 +24,10 @@ taking while the time the symmetric kernel saves exceeds the copies:
 On 8 GPUs this gives all-gather 1.6 MiB, reduce-scatter 1.2 MiB per rank. For
 all-reduce the copies (1.25 us per MiB) barely outgrow the assumed saving, so
 its crossover is capped at 8 MiB, the largest published size.
+
+The XLA path (`_nccl_path`: XLA's communicator and collective memory) copies
+nothing: the symmetric kernel's saving is all gain there, so it has no
+crossover (every size is served) unless the setting names one.
 """
 
 from __future__ import annotations
@@ -56,13 +60,19 @@ def model_crossover_bytes(kind: str, world: int) -> int:
     return min(int(mib * _MIB), _CAP_BYTES)
 
 
-def crossover_bytes(kind: str, world: int) -> int:
-    """The setting if given (jax_symm_crossover_bytes >= 0), else the model's."""
+NO_CROSSOVER = 1 << 62  # a path without copies serves every size
+
+
+def crossover_bytes(kind: str, world: int, copies: bool = True) -> int:
+    """The setting if given (jax_symm_crossover_bytes >= 0), else the model's
+    for a path that copies (`copies`), else none."""
     from . import settings
 
     value = int(settings.crossover_bytes.value)
-    return value if value >= 0 else model_crossover_bytes(kind, world)
+    if value >= 0:
+        return value
+    return model_crossover_bytes(kind, world) if copies else NO_CROSSOVER
 
 
-def use_window(kind: str, world: int, message_bytes: int) -> bool:
-    return message_bytes <= crossover_bytes(kind, world)
+def use_window(kind: str, world: int, message_bytes: int, copies: bool = True) -> bool:
+    return message_bytes <= crossover_bytes(kind, world, copies)

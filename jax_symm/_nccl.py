@@ -27,8 +27,8 @@ import warnings
 import numpy as np
 import jax
 
-from . import _bootstrap, _compat, _dispatch, _kinds, _peer_watch, settings
-from ._native import ext, publish_local_devices
+from . import _bootstrap, _compat, _dispatch, _kinds, _nccl_path, _peer_watch, settings
+from ._native import ext, publish_local_devices, register_ffi_target
 from ._transport import Call, Refusal
 
 # {op: FFI target name}, as the C++ module names its handlers.
@@ -51,12 +51,30 @@ def _wheel_nccl() -> str:
     return ""
 
 
+# The XLA path's clique: jax_symm's calls get a communicator of their own per
+# group, apart from the one XLA's own collectives use (communication id 0), so
+# that the two never interleave work on one communicator.
+XLA_COMMUNICATION_ID = 0x6A73
+
+
+@functools.cache
+def xla_targets() -> dict[str, str]:
+    """{op: FFI target name} of the XLA path, registered on first use."""
+    names = {}
+    for op, (name, stages) in ext.nccl_xla_targets(settings.nccl_xla_capture()).items():
+        register_ffi_target(name, dict(stages), platform="CUDA")
+        names[op] = name
+    return names
+
+
 @functools.cache
 def load() -> dict:
     """Loads NCCL (JAX's copy) and registers the GPU handlers; idempotent."""
     info = ext.nccl_load(_wheel_nccl())
     for name, capsule in ext.nccl_targets().values():
-        jax.ffi.register_ffi_target(name, capsule, platform="CUDA")
+        register_ffi_target(name, capsule, platform="CUDA")
+    if _nccl_path.choice().path == "xla":
+        xla_targets()
     publish_local_devices("gpu")
     ext.nccl_set_abort_callback(_on_abort)
     # Before any communicator exists: only those made under a bound get the
@@ -293,12 +311,14 @@ def window_reason(kind: str, dtype, groups: np.ndarray, message_bytes: int):
         return why, True
     if settings.force_window.value:
         return None, False
+    own = _nccl_path.current().path == "own"
     if groups_span_nccl_hosts(groups):
         return (f"jax_symm: a group of this jax_symm.{kind} has ranks on several NCCL hosts "
                 "(different hosts, or processes with their own NCCL_HOSTID), where NCCL runs "
-                "no symmetric kernels and the window's copies buy nothing; it uses XLA's own "
-                "collective (jax_symm_force_window=True takes the window path anyway)."), True
-    if not _dispatch.use_window(kind, int(groups.shape[1]), message_bytes):
+                "no symmetric kernels (and from NCCL 2.29 registers no window), so jax_symm "
+                "buys nothing; it uses XLA's own collective (jax_symm_force_window=True takes "
+                "jax_symm's path anyway, without windows on the XLA path)."), True
+    if not _dispatch.use_window(kind, int(groups.shape[1]), message_bytes, copies=own):
         return "above the crossover", False
     return None, False
 
@@ -317,6 +337,8 @@ def lower(kind: str, ctx, x, *, groups: np.ndarray, chunk_bytes: int) -> list:
     No side effect is declared: identical calls may be merged or dropped, on
     every device alike, and XLA stays free to capture them into CUDA graphs.
     """
+    if _nccl_path.current().path == "xla":
+        return lower_xla(kind, ctx, x, groups=groups, chunk_bytes=chunk_bytes)
     warn_if_concurrent_command_buffers()
     ensure_groups(groups)
     world = int(groups.shape[1])
@@ -329,6 +351,34 @@ def lower(kind: str, ctx, x, *, groups: np.ndarray, chunk_bytes: int) -> list:
         group_size=np.int64(world),
         chunk_bytes=np.int64(chunk_bytes),
         arena_bytes=arenas,
+    ))
+
+
+def lower_xla(kind: str, ctx, x, *, groups: np.ndarray, chunk_bytes: int) -> list:
+    """The XLA path's custom call: the buffers NCCL's symmetric kernels need
+    placed in XLA's collective memory (the all-reduce's one buffer aliased),
+    XLA's communicator and windows asked for in the handler's Prepare stage.
+    Nothing is set up here: XLA makes the communicator and the memory."""
+    version = load()["version"]
+    # Groups over several NCCL hosts reach here only when forced (window_reason):
+    # NCCL has no symmetric memory there, and from 2.29 XLA's registration of
+    # a window fails outright, so their buffers stay in default memory.
+    windows = 0 if groups_span_nccl_hosts(groups) else _nccl_path.window_buffers(kind, version)
+    attributes = _nccl_path.memory_space_attributes(windows)
+    rule = jax.ffi.ffi_lowering(
+        xla_targets()[kind],
+        operand_output_aliases={0: 0} if kind == "all_reduce" else None,
+        extra_attributes=_compat.frontend_attributes(attributes))
+    _compat.pass_order_token(ctx)  # one stream per device keeps program order
+    return list(rule(
+        ctx, x,
+        groups=np.ascontiguousarray(groups.reshape(-1), dtype=np.int64),
+        group_size=np.int64(groups.shape[1]),
+        chunk_bytes=np.int64(chunk_bytes),
+        windows=np.int64(windows),
+        communication_id=np.int64(XLA_COMMUNICATION_ID),
+        window_flags=np.int64(ext.nccl_version_floors()["win_coll_symmetric"]),
+        pdl_fence=np.int64(_nccl_path.needs_pdl_fence(version)),
     ))
 
 

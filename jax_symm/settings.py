@@ -12,6 +12,7 @@ jax_symm.settings.<state>(value):`` sets one for the current thread.
 | ``jax_symm_singleton_calls`` / ``JAX_SYMM_SINGLETON_CALLS`` | off | keep the custom call for groups of one device (testing, overhead measurement) |
 | ``jax_symm_crossover_bytes`` / ``JAX_SYMM_CROSSOVER_BYTES`` | -1 | GPU: messages (bytes per rank) above this use XLA's collective; -1: each op's default from the cost model in ``jax_symm/_dispatch.py`` |
 | ``jax_symm_force_window`` / ``JAX_SYMM_FORCE_WINDOW`` | off | GPU: every call NCCL can serve takes the window path, whatever the crossover, the NCCL version floor and whether the communicator has symmetric kernels (tests, benchmarks) |
+| ``jax_symm_program_nccl_path`` | process | GPU: ``xla`` or ``own`` for the programs lowered under it (side-by-side timing); ``process``: the process's path, ``JAX_SYMM_NCCL_PATH`` |
 | ``jax_symm_use_symmetric_memory`` | off | set per thread by the ``use_symmetric_memory`` scope |
 
 Settings read when a transport is set up (at the first lowering that uses
@@ -25,6 +26,8 @@ it), passed to the C++ core explicitly:
 | ``JAX_SYMM_SPINS`` | by core count | busy-wait iterations before a CPU barrier sleeps (2000, or 0 when a group has more ranks than the machine has cores) |
 | ``JAX_SYMM_PATIENCE_US`` | 5000 | longest wait for peers on XLA's own thread before a CPU call's wait moves to jax_symm's thread pool (0: move at once) |
 | ``JAX_SYMM_ARENA_MB`` | 64 | smallest symmetric arena per NCCL communicator (GPU) |
+| ``JAX_SYMM_NCCL_PATH`` | auto | GPU: ``xla`` runs NCCL on XLA's communicator and collective memory (no copies; needs jaxlib's collectives extension with windows, jaxlib >= 0.12.1), ``own`` on jax_symm's communicators and arenas; ``auto``: ``xla`` where the running jaxlib has it (``_nccl_path.py``) |
+| ``JAX_SYMM_NCCL_XLA_CAPTURE`` | 0 | GPU, XLA path: 1 declares its handlers command-buffer compatible (XLA captures them into CUDA graphs) |
 
 ``JAX_SYMM_SKIP_VERSION_CHECK=1`` lets ``import jax_symm`` proceed on an
 unsupported jax; it is read by ``_compat.check_jax_version``, which must run
@@ -50,6 +53,10 @@ crossover_bytes = _compat.config_state(
 force_window = _compat.config_state(
     "jax_symm_force_window", False,
     "GPU: take the window path for every call NCCL can serve (tests, benchmarks).")
+program_nccl_path = _compat.config_state(
+    "jax_symm_program_nccl_path", ("process", "process", "xla", "own"),
+    "GPU: the NCCL path ('xla' or 'own') of programs lowered under it; 'process': "
+    "the process's (JAX_SYMM_NCCL_PATH).")
 use_symmetric_memory = _compat.config_state(
     "jax_symm_use_symmetric_memory", False,
     "Reroute lax collectives traced now to jax_symm.")
@@ -101,3 +108,25 @@ def patience_s() -> float:
 def arena_bytes() -> int:
     """JAX_SYMM_ARENA_MB: the smallest arena registered per NCCL communicator."""
     return int(_number("JAX_SYMM_ARENA_MB", 64) * (1 << 20))
+
+
+NCCL_PATHS = ("auto", "xla", "own")
+
+
+def nccl_path() -> str:
+    """JAX_SYMM_NCCL_PATH: which communicators and memory NCCL runs on (GPU):
+    "xla" (XLA's), "own" (jax_symm's) or "auto"; read once per process."""
+    value = os.environ.get("JAX_SYMM_NCCL_PATH", "").strip().lower() or "auto"
+    if value not in NCCL_PATHS:
+        raise ValueError(f"jax_symm: JAX_SYMM_NCCL_PATH={value!r} is not one of "
+                         f"{', '.join(NCCL_PATHS)}")
+    return value
+
+
+def nccl_xla_capture() -> bool:
+    """JAX_SYMM_NCCL_XLA_CAPTURE: whether the XLA path's handlers are
+    declared command-buffer compatible (0 or 1)."""
+    value = os.environ.get("JAX_SYMM_NCCL_XLA_CAPTURE", "").strip() or "0"
+    if value not in ("0", "1"):
+        raise ValueError(f"jax_symm: JAX_SYMM_NCCL_XLA_CAPTURE={value!r} must be 0 or 1")
+    return value == "1"

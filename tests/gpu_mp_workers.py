@@ -290,6 +290,8 @@ def _run_special(name: str, world: int, rs: np.random.RandomState) -> dict:
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * n)
         return dict(calls=_custom_calls(text))
     if name == "arena-growth":
+        if jax_symm._nccl_path.choice().path == "xla":
+            return dict(calls=None, skipped="the XLA path has no arena of jax_symm's own")
         return _arena_growth(mesh, n, rs)
     if name == "captured-chain":
         with jax_symm.settings.force_window(True):
@@ -380,10 +382,14 @@ def suite(seed: int) -> dict:
         except Exception:  # noqa: BLE001
             out[name] = dict(error=traceback.format_exc()[-3000:])
     info = jax_symm.info()["nccl"]
-    out["_info"] = dict(version=info["version"], communicators=[
+    path = jax_symm._nccl_path.choice().path
+    everyone = np.asarray([[d.id for d in jax.devices()]], dtype=np.int64)
+    out["_info"] = dict(version=info["version"], path=path,
+                        spans_nccl_hosts=bool(jax_symm._nccl.groups_span_nccl_hosts(everyone)),
+                        communicators=[
         {k: c[k] for k in ("members", "arena_bytes", "symmetric_windows", "symmetric_kernels")}
         for c in info["communicators"]], aborted=info["aborted"],
-        crossover={k: jax_symm._dispatch.crossover_bytes(k, world)
+        crossover={k: jax_symm._dispatch.crossover_bytes(k, world, copies=path == "own")
                    for k in ("all_gather", "reduce_scatter", "all_reduce")})
     return out
 

@@ -9,6 +9,7 @@ failed to write cannot pass by holding an old right answer.
 """
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -17,11 +18,23 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
 import jax_symm
+from jax_symm import _nccl, _nccl_path
 from _mp_util import captured_chain
 from _util import GATHER_DTYPES, SUM_DTYPES, assert_same, random_array, shard
 
 pytestmark = pytest.mark.skipif(
     not any(d.platform == "gpu" for d in jax.devices()), reason="needs a GPU")
+
+
+# Which NCCL path this process takes (JAX_SYMM_NCCL_PATH; auto: XLA's where
+# the running jaxlib has windows): run the file once per path.
+PATH = _nccl_path.choice().path if any(d.platform == "gpu" for d in jax.devices()) else "own"
+own_path_only = pytest.mark.skipif(PATH != "own", reason="jax_symm's own arenas: the own path")
+
+
+def target(op: str) -> str:
+    """The custom call's target name for `op` on this process's path."""
+    return (_nccl.xla_targets() if PATH == "xla" else _nccl.NCCL_TARGETS)[op]
 
 
 @pytest.fixture(autouse=True)
@@ -57,10 +70,40 @@ def test_lowers_to_nccl_custom_calls(mesh, rng):
     f = jax.jit(jax.shard_map(lambda a: jax_symm.psum_scatter(
         jax_symm.all_gather(a, "x"), "x"), mesh=mesh, in_specs=P("x"), out_specs=P("x")))
     text = f.lower(x).as_text()
-    assert "jax_symm_nccl_all_gather" in text and "jax_symm_nccl_reduce_scatter" in text
+    assert target("all_gather") in text and target("reduce_scatter") in text
     info = jax_symm.info()["nccl"]
     assert info["symmetric_windows"], info
-    assert info["communicators"] and all(c["arena_bytes"] for c in info["communicators"])
+    assert info["nccl_path"] == PATH, info
+    if PATH == "own":
+        assert info["communicators"] and all(c["arena_bytes"] for c in info["communicators"])
+    else:  # XLA's communicators and memory: none of jax_symm's own
+        assert not info["communicators"], info
+        assert "results_memory_spaces" in text and "operands_memory_spaces" in text
+
+
+@pytest.mark.skipif(PATH != "xla", reason="the XLA path")
+def test_xla_path_adds_no_copies_per_call(mesh, rng):
+    """A chain whose collectives' operands are computed inside the step: the
+    XLA path's calls add no copy to the optimized program (the only copies
+    are at the program's edges, the same for 2 or 8 calls); the own path
+    copies inside its handlers, which the HLO does not show."""
+    x = shard(random_array(rng, (mesh.size * 4096,), np.float32), mesh, P("x"))
+
+    def chain(k):
+        def body(a):
+            for _ in range(k):
+                a = jax_symm.psum_scatter(jnp.tanh(jax_symm.all_gather(a, "x", tiled=True)),
+                                          "x", tiled=True)
+            return a
+        return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=P("x"), out_specs=P("x")))
+
+    def copies(f):
+        hlo = f.lower(x).compile().as_text()
+        return len(re.findall(r"= \S+ copy(-start)?\(", hlo))
+
+    short, long = copies(chain(1)), copies(chain(4))
+    print(f"\ncopies in the optimized HLO: 1 step {short}, 4 steps {long}")
+    assert long == short, (short, long)
 
 
 def test_info_reports_the_loaded_nccls_rules(mesh, rng):
@@ -105,6 +148,7 @@ def test_reduce_scatter_parity(dtype, mesh, rng):
         assert_same(ours, ref, dtype, n)
 
 
+@own_path_only
 def test_large_message_grows_the_arena(mesh, rng):
     # Above the size crossover jax_symm would hand the call to XLA: force the
     # window path so that the arena has to grow.
@@ -121,7 +165,7 @@ def test_large_message_above_the_crossover_uses_xla(mesh, rng):
     assert "jax_symm_nccl" not in text
     with jax_symm.settings.crossover_bytes(16 << 20):
         text = f.lower(x).as_text()
-    assert "custom_call @jax_symm_nccl_all_gather" in text
+    assert f"custom_call @{target('all_gather')}" in text
 
 
 def _grows_the_arena(mesh, rng):
@@ -189,6 +233,7 @@ def test_scope_reroutes_on_gpu(mesh, rng):
         assert_same(f(x), ref, np.float32, mesh.size)
 
 
+@own_path_only
 def test_nccl_failure_is_a_python_exception(tmp_path):
     """An arena NCCL cannot allocate fails the lowering with NCCL's message,
     not an abort (fresh process, so no arena exists yet)."""
@@ -205,7 +250,8 @@ def test_nccl_failure_is_a_python_exception(tmp_path):
         "    f(np.ones(mesh.size * 8, np.float32))\n"
         "except Exception as e:\n"
         "    print('RAISED', type(e).__name__, e)\n")
-    env = dict(os.environ, JAX_SYMM_SINGLETON_CALLS="1", JAX_SYMM_ARENA_MB=str(1 << 24))
+    env = dict(os.environ, JAX_SYMM_SINGLETON_CALLS="1", JAX_SYMM_ARENA_MB=str(1 << 24),
+               JAX_SYMM_NCCL_PATH="own")
     proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -62,7 +62,10 @@ def test_case(world, name):
         assert "error" not in got, f"process {p}:\n{got['error']}"
         calls = got.get("calls")
         if name in ("arena-growth",):
-            assert got["grown"] > got["before"] > 0, got
+            if summary["_info"]["path"] == "xla":
+                assert got.get("skipped"), got
+            else:
+                assert got["grown"] > got["before"] > 0, got
             continue
         expect = got.get("expect_calls", 1)
         if name == "eight-independent-gathers":
@@ -81,6 +84,8 @@ def test_case(world, name):
             op = name.split("-")[0]
             kind = {"psum_scatter": "reduce_scatter", "psum": "all_reduce"}.get(op, op)
             message = got["bytes_per_rank"] // (world if kind == "reduce_scatter" else 1)
+            if info["path"] == "xla":  # no communicators of jax_symm's to ask
+                symmetric = not info["spans_nccl_hosts"]
             expect = int(symmetric and message <= info["crossover"][kind])
         assert calls == expect, (got, summary["_info"])
 
@@ -94,7 +99,8 @@ def test_suite_report(world):
     print(f"\nworld {world}: NCCL {info['version']}; communicators "
           f"{json.dumps(info['communicators'])}")
     assert not info["aborted"], info
-    assert info["communicators"], info
+    print(f"path: {info['path']}")
+    assert bool(info["communicators"]) == (info["path"] == "own"), info
 
 
 # ------------------------------------------------------------- a peer that dies

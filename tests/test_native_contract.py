@@ -14,7 +14,7 @@ from jax.extend.core import Primitive
 from jax.interpreters import mlir
 
 import jax_symm  # noqa: F401  (loads the extension)
-from jax_symm import _nccl
+from jax_symm import _nccl, _nccl_path
 from jax_symm._native import ext
 
 
@@ -81,6 +81,7 @@ def test_nccl_handler_decodes_what_lower_emits(monkeypatch):
         targets[op] = "test_cpu_" + name
         jax.ffi.register_ffi_target(targets[op], capsule, platform="cpu")
     monkeypatch.setattr(_nccl, "NCCL_TARGETS", targets)
+    monkeypatch.setattr(_nccl_path, "current", lambda: _nccl_path.PathChoice("own", "test"))
     monkeypatch.setattr(_nccl, "ensure_groups", lambda groups: None)
     monkeypatch.setattr(_nccl, "ensure_arenas",
                         lambda groups, nbytes: np.full(groups.shape[0], nbytes, np.int64))

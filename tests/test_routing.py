@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
 import jax_symm
-from jax_symm import _kinds, _nccl, _routing, _transport
+from jax_symm import _kinds, _nccl, _nccl_path, _routing, _transport
 
 
 @pytest.fixture
@@ -28,6 +28,8 @@ def nccl_stub(monkeypatch):
     already: what lowering asks of NCCL, answered without a GPU."""
     monkeypatch.setattr(_nccl, "load", lambda: {"version": 22809, "symmetric_windows": True,
                                                 "path": ""})
+    # jax_symm's own communicators and arenas (tests/test_nccl_path.py: the XLA path)
+    monkeypatch.setattr(_nccl_path, "choice", lambda: _nccl_path.PathChoice("own", "test"))
     monkeypatch.setattr(_nccl, "ensure_groups", lambda groups: None)
     monkeypatch.setattr(_nccl, "ensure_arenas",
                         lambda groups, n: np.full(groups.shape[0], n, np.int64))

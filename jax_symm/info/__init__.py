@@ -17,7 +17,7 @@ import jax
 
 def info() -> dict[str, Any]:
     """A snapshot of jax_symm's state in this process (plain data)."""
-    from .. import _compat, _dispatch, _kinds, _nccl, __version__, settings
+    from .. import _compat, _dispatch, _kinds, _nccl, _nccl_path, __version__, settings
     from .._native import ext
 
     out: dict[str, Any] = {
@@ -40,8 +40,13 @@ def info() -> dict[str, Any]:
     if jax.default_backend() == "gpu":
         try:
             nccl = _nccl.load()
+            choice = _nccl_path.choice()
             out["nccl"] = {"version": _nccl.version_string(nccl["version"]),
                            "path": nccl["path"],
+                           # Whose communicators and memory NCCL runs on, and why
+                           # (JAX_SYMM_NCCL_PATH; _nccl_path.py).
+                           "nccl_path": choice.path,
+                           "nccl_path_why": choice.why,
                            "symmetric_windows": nccl["symmetric_windows"],
                            # NCCL < 2.30.7's symmetric kernels may read their input
                            # early after a kernel (PDL); from that version on the

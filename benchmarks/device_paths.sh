@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# One device-machine call for the NCCL transport's two paths (README, "The
+# NCCL paths"), after the staged wheels have arrived (../shared/gpu-staging):
+#   setup  install the staged jax 0.12.1 + CUDA 13 plugin + NCCL 2.32.3 into
+#          /tmp/site_extra, NCCL 2.32.3 moved aside into /tmp/nccl_new; build
+#          jax_symm once, against the floor's FFI headers (.floor_ffi, carried:
+#          jaxlib 0.10.1's xla/ffi/api), into /tmp/js
+#   probe  one XLA-path call of each kind with NCCL's registration and tuning log
+#   time   per-call times at world 1, lax and both paths side by side (probe_paths.py --time),
+#          with the XLA path's handlers uncaptured and captured into CUDA graphs
+#   gpu1-<jax>-<path>-<nccl>, w2-..., w4-...: the 1-rank GPU tests or the
+#          multi-rank suite (2 or 4 processes sharing the GPU), jax "img"
+#          (the image's 0.11.2) or "new" (0.12.1), path xla or own, NCCL "img"
+#          (2.28.9) or "new" (2.32.3)
+# Logs go to $OUT (device tool) or ./device_out.
+set -uo pipefail
+OUT=${OUT:-device_out}; mkdir -p "$OUT"
+PARTS=${PARTS:-"setup probe"}
+export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+R=$PWD
+env_for() {  # jax path nccl -> PYTHONPATH and JAX_SYMM_NCCL_PATH for a run
+  local pp=/tmp/js
+  [ "$3" = new ] && pp=$pp:/tmp/nccl_new
+  [ "$1" = new ] && pp=$pp:/tmp/site_extra
+  echo "PYTHONPATH=$pp JAX_SYMM_NCCL_PATH=$2"
+}
+run_tests() {  # name timeout jax path nccl pytest-args...
+  local name=$1 limit=$2 jax=$3 path=$4 nccl=$5; shift 5
+  (cd /tmp && env $(env_for "$jax" "$path" "$nccl") timeout "$limit" python3 -m pytest -q -rfE \
+     --rootdir "$R" -p no:cacheprovider "$@") > "$OUT/$name.log" 2>&1
+  echo "== $name rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed|^path" "$OUT/$name.log" | head -12
+}
+for part in $PARTS; do case $part in
+  setup)
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    bash .stage/tools/install.sh 2>&1 | tail -5
+    rm -rf /tmp/nccl_new && mkdir -p /tmp/nccl_new && mv /tmp/site_extra/nvidia /tmp/nccl_new/ \
+      && mv /tmp/site_extra/nvidia_nccl* /tmp/nccl_new/ 2>/dev/null
+    python3 -m pip install -q --no-build-isolation --no-deps --target /tmp/js --upgrade \
+      --config-settings=cmake.define.JAX_SYMM_FFI_INCLUDE_DIR="$R/.floor_ffi" . > "$OUT/build.log" 2>&1
+    echo "== build rc=$?"; grep -iE "error|warning:" "$OUT/build.log" | head -20
+    for c in "img own img" "new xla img" "new xla new"; do
+      (cd /tmp && env $(env_for $c) python3 -c "
+import jax, jax_symm, json; from jax_symm import _nccl, _nccl_path
+print('$c', 'jax', jax.__version__, 'build', jax_symm._native.ext.build_info(),
+      'nccl', _nccl.version_string(_nccl.load()['version']), 'path', _nccl_path.choice())" 2>&1 | tail -1)
+    done ;;
+  probe)
+    (cd /tmp && env $(env_for new xla img) NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,REG,TUNING \
+      JAX_SYMM_SINGLETON_CALLS=1 timeout 120 python3 "$R/benchmarks/probe_paths.py") \
+      > "$OUT/probe.log" 2>&1
+    echo "== probe rc=$?"; grep -E "^(PROBE|Traceback)|Error|error|Symmetric|[Rr]egist" "$OUT/probe.log" | cut -c1-240 | head -30 ;;
+  time)
+    for cap in 0 1; do
+      (cd /tmp && env $(env_for new xla img) JAX_SYMM_NCCL_XLA_CAPTURE=$cap JAX_SYMM_SINGLETON_CALLS=1 \
+        timeout 240 python3 "$R/benchmarks/probe_paths.py" --time) > "$OUT/time_cap$cap.log" 2>&1
+      echo "== time capture=$cap rc=$?"; grep -E "^TIME|Error" "$OUT/time_cap$cap.log" | head -12
+    done ;;
+  gpu1-*)
+    IFS=- read -r _ jax path nccl <<< "$part"
+    run_tests "$part" 240 "$jax" "$path" "$nccl" "$R/tests/test_gpu.py" "$R/tests/test_native_contract.py" ;;
+  w2-*|w4-*)
+    IFS=- read -r w jax path nccl <<< "$part"
+    run_tests "$part" 500 "$jax" "$path" "$nccl" "$R/tests/test_gpu_multirank.py" -k "$w and not killed and not stalled" -s ;;
+esac; done

@@ -1,0 +1,144 @@
+"""Which of the NCCL transport's two paths serves this process's GPU calls,
+and what the XLA path asks of XLA for one call.
+
+- The **XLA path**: XLA owns the communicator and the memory. Lowering
+  places the buffers NCCL's symmetric kernels need in XLA's collective memory
+  (ncclMemAlloc'd); the handler's Prepare stage asks XLA, through its FFI
+  collectives extension, for the call's communicator and for windows on those
+  buffers; Execute enqueues one NCCL call from XLA's buffer to XLA's buffer.
+  No copies. It needs the extension with windows (minor >= 2: jaxlib 0.12.1
+  ships minor 3) and the memory-space attributes jax 0.12 lowers.
+- The **own path**: jax_symm's communicators and registered arenas, a copy
+  in and out of the arena (ffi/nccl_collectives.cc). Any admitted jaxlib.
+
+The choice is made once per process (`choice`): every process of a job runs
+the same jaxlib and environment, so all choose alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import re
+
+import jax
+
+from . import _compat, settings
+
+# The extension's version, as the running jaxlib's own header declares it.
+_MINOR_LINE = re.compile(r"^#define XLA_FFI_Extension_Collectives_MinorVersion (\d+)", re.M)
+_MAJOR_LINE = re.compile(r"^#define XLA_FFI_Extension_Collectives_MajorVersion (\d+)", re.M)
+WINDOWS_MINOR = 2  # request_window / get_window (ffi/xla_collectives.h kWindowsMinor)
+
+# Which buffers of a call lie in windows (the handler's `windows` attribute).
+WINDOW_OPERAND = 1
+WINDOW_RESULT = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class PathChoice:
+    path: str  # "xla" or "own"
+    why: str
+
+
+def collectives_extension(header_dir: str | None = None) -> tuple[int, int] | None:
+    """(major, minor) of XLA's FFI collectives extension in the running jaxlib,
+    read from the header it ships (which describes the runtime it comes with),
+    or None where it ships none (jaxlib < 0.11)."""
+    try:
+        base = header_dir if header_dir is not None else jax.ffi.include_dir()
+        with open(os.path.join(base, "xla", "ffi", "api", "collectives_c_api.h"),
+                  encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, AttributeError):
+        return None
+    major, minor = _MAJOR_LINE.search(text), _MINOR_LINE.search(text)
+    if major is None or minor is None:
+        return None
+    return int(major.group(1)), int(minor.group(1))
+
+
+def decide(requested: str, extension: tuple[int, int] | None,
+           memory_spaces: bool) -> PathChoice:
+    """The path for `requested` ("auto", "xla" or "own"), given the running
+    jaxlib's extension version and whether jax lowers memory spaces for custom
+    calls. A requested XLA path that cannot be had is an error, not a quiet
+    fallback."""
+    if requested == "own":
+        return PathChoice("own", "JAX_SYMM_NCCL_PATH=own")
+    missing = None
+    if extension is None:
+        missing = "the running jaxlib has no FFI collectives extension (jaxlib >= 0.12.1 has)"
+    elif extension[0] != 0 or extension[1] < WINDOWS_MINOR:
+        missing = (f"the running jaxlib's FFI collectives extension is {extension[0]}."
+                   f"{extension[1]}, without windows (0.{WINDOWS_MINOR} or newer has them: "
+                   "jaxlib >= 0.12.1)")
+    elif not memory_spaces:
+        missing = "this jax cannot place a custom call's buffers in XLA's collective memory"
+    if missing is None:
+        return PathChoice("xla", f"XLA's collectives extension {extension[0]}.{extension[1]} "
+                          "has windows: XLA's communicator and collective memory, no copies")
+    if requested == "xla":
+        raise RuntimeError(f"jax_symm: JAX_SYMM_NCCL_PATH=xla, but {missing}. Use "
+                           "JAX_SYMM_NCCL_PATH=own or auto.")
+    return PathChoice("own", f"{missing}: jax_symm's own communicators and arenas, "
+                      "with a copy in and out")
+
+
+@functools.cache
+def choice() -> PathChoice:
+    """This process's path, decided once."""
+    return _decide(settings.nccl_path())
+
+
+@functools.cache
+def _decide(requested: str) -> PathChoice:
+    return decide(requested, collectives_extension(), _compat.COLLECTIVE_MEMORY_SPACE is not None)
+
+
+def current() -> PathChoice:
+    """The path of the program being lowered: this process's, unless the
+    `jax_symm_program_nccl_path` option names one for it (the benchmark lowers both
+    paths side by side in one process this way; a JAX option, so part of
+    jit's cache key)."""
+    requested = settings.program_nccl_path.value
+    return _decide(requested) if requested in ("xla", "own") else choice()
+
+
+def window_buffers(kind: str, nccl_version: int) -> int:
+    """Which buffers of a call the XLA path puts in windows (WINDOW_OPERAND |
+    WINDOW_RESULT): from NCCL 2.29 only the all-gather's receive and the
+    reduce-scatter's send buffer need one for the full symmetric kernel set;
+    before, both. The all-reduce needs both, one buffer aliased."""
+    from ._native import ext
+
+    half = nccl_version >= ext.nccl_version_floors()["half_window"]
+    if kind == "all_gather":
+        return WINDOW_RESULT | (0 if half else WINDOW_OPERAND)
+    if kind == "reduce_scatter":
+        return WINDOW_OPERAND | (0 if half else WINDOW_RESULT)
+    if kind == "all_reduce":
+        return WINDOW_OPERAND | WINDOW_RESULT
+    raise ValueError(f"jax_symm: no window rule for kind {kind!r}")
+
+
+def needs_pdl_fence(nccl_version: int) -> bool:
+    """Whether the XLA path must break programmatic dependent launch before
+    NCCL's kernel (NCCL < 2.30.7, ffi/nccl_api.h): its input comes straight
+    from the kernel that wrote it, with no copy between them."""
+    from ._native import ext
+
+    return nccl_version < ext.nccl_version_floors()["pdl_fixed"]
+
+
+def memory_space_attributes(windows: int) -> dict[str, str]:
+    """The custom call's frontend attributes that place its windowed buffers
+    in XLA's collective memory (operand 0, result 0)."""
+    space = _compat.COLLECTIVE_MEMORY_SPACE
+    out = {}
+    if windows & WINDOW_OPERAND:
+        out["operands_memory_spaces"] = f"{{0:{space}}}"
+    if windows & WINDOW_RESULT:
+        out["results_memory_spaces"] = f"{{0:{space}}}"
+    return out

@@ -479,3 +479,18 @@ def distributed_process() -> tuple[int, int] | None:
 
 def process_count() -> int:
     return jax.process_count()
+
+
+def registered_ffi_targets(platform: str) -> set[str] | None:
+    """The custom-call targets XLA holds for `platform` ("cpu", "gpu"), read
+    from jaxlib's own registry; None where this jaxlib cannot list them.
+    (A target handed to `jax.ffi.register_ffi_target` before its backend
+    exists waits in jaxlib's queue and is registered, or refused, only then:
+    this lists what XLA actually accepted.)"""
+    from jax._src.lib import xla_client
+
+    listing = getattr(xla_client, "custom_call_targets", None)
+    if listing is None:
+        return None
+    name = {"cpu": "Host", "gpu": "CUDA"}.get(platform, platform)
+    return set(listing(name))

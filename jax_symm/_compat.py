@@ -373,6 +373,20 @@ def axes_bound(axes: tuple) -> bool:
     return all(env.axis_exists(a) for a in axes if not isinstance(a, int))
 
 
+def bound_axis_sizes() -> dict:
+    """The named axes bound where tracing is now (shard_map's manual mesh
+    axes, pmap's and vmap's axis names) -> their sizes; empty outside."""
+    return dict(core.get_axis_env().axis_sizes)
+
+
+def current_mesh_axes() -> tuple:
+    """The axis names of the mesh tracing is under (shard_map's), or ()."""
+    try:
+        return tuple(jax.sharding.get_abstract_mesh().axis_names)
+    except Exception:
+        return ()
+
+
 def partially_manual() -> bool:
     """Whether tracing is inside a shard_map that is manual over only some of
     its mesh's axes (``axis_names=``, or vmap with ``spmd_axis_name``)."""

@@ -25,7 +25,7 @@ timeout 200 python3 -m jax_symm.bench overhead 2>&1 | tee "$OUT/overhead_default
 XLA_FLAGS=--xla_gpu_enable_command_buffer= timeout 200 python3 -m jax_symm.bench overhead 2>&1 | tee "$OUT/overhead_nocmdbuf.txt"
 # Device times (profiler) on; the command-buffer variants (--cmdbuf-variants)
 # were measured on 2026-11-24 and are left out to keep this under 10 minutes.
-JAX_SYMM_SINGLETON_CALLS=1 timeout 540 python3 -m jax_symm.bench --platform gpu \
+JAX_SYMM_SINGLETON_CALLS=1 timeout 540 python3 -m jax_symm.bench --full --platform gpu \
   --max-bytes $((64 << 20)) --no-progress --out "$OUT/bench1gpu" > "$OUT/bench1gpu.log" 2>&1
 echo "bench rc=$?"; tail -45 "$OUT/bench1gpu.log"
 JAX_PLATFORMS=cpu timeout 400 python3 -m pytest -q --rootdir "$R" "$R/tests" \

@@ -17,8 +17,16 @@ __version__ = "0.1.0"
 # First: an unsupported jax fails here with what to install, not later with an
 # internal error; a source checkout without the compiled extension fails here
 # with what to do, not inside a JAX trace at the first collective.
-from ._compat import check_jax_version
+# Before that, in a child of jax_symm's launchers (testing, bench): the
+# parent's jax_symm and jax, or an error that names both, never a child
+# silently running other code than its parent.
+from ._child_environment import check_parent_imports
 
+check_parent_imports()
+
+from ._compat import check_jax_version  # noqa: E402
+
+check_parent_imports()  # jax is imported now: its version too
 check_jax_version()
 
 from . import _native  # noqa: E402

@@ -394,6 +394,20 @@ def axes_bound(axes: tuple) -> bool:
     return all(env.axis_exists(a) for a in axes if not isinstance(a, int))
 
 
+def bound_axis_sizes() -> dict:
+    """The named axes bound where tracing is now (shard_map's manual mesh
+    axes, pmap's and vmap's axis names) -> their sizes; empty outside."""
+    return dict(core.get_axis_env().axis_sizes)
+
+
+def current_mesh_axes() -> tuple:
+    """The axis names of the mesh tracing is under (shard_map's), or ()."""
+    try:
+        return tuple(jax.sharding.get_abstract_mesh().axis_names)
+    except Exception:
+        return ()
+
+
 def partially_manual() -> bool:
     """Whether tracing is inside a shard_map that is manual over only some of
     its mesh's axes (``axis_names=``, or vmap with ``spmd_axis_name``)."""
@@ -500,3 +514,18 @@ def distributed_process() -> tuple[int, int] | None:
 
 def process_count() -> int:
     return jax.process_count()
+
+
+def registered_ffi_targets(platform: str) -> set[str] | None:
+    """The custom-call targets XLA holds for `platform` ("cpu", "gpu"), read
+    from jaxlib's own registry; None where this jaxlib cannot list them.
+    (A target handed to `jax.ffi.register_ffi_target` before its backend
+    exists waits in jaxlib's queue and is registered, or refused, only then:
+    this lists what XLA actually accepted.)"""
+    from jax._src.lib import xla_client
+
+    listing = getattr(xla_client, "custom_call_targets", None)
+    if listing is None:
+        return None
+    name = {"cpu": "Host", "gpu": "CUDA"}.get(platform, platform)
+    return set(listing(name))

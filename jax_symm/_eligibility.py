@@ -62,8 +62,45 @@ def positional_axes(axes: tuple, api_name: str, lax_name: str) -> Reason | None:
 
 def check_bound(axes: tuple, api_name: str) -> None:
     """lax's NameError for an axis not bound by an enclosing shard_map, with
-    lax's hint (lax itself gives it only for psum under jit)."""
-    _compat.check_axis_names(axes, f"jax_symm.{api_name}")
+    lax's hint (lax itself gives it only for psum under jit). Inside a
+    shard_map (or pmap) that hint points the wrong way: there the error names
+    the unknown axis and lists the axes that are bound and the mesh's."""
+    bound = _compat.bound_axis_sizes()
+    unknown = [a for a in axes if not isinstance(a, int) and a not in bound]
+    if not unknown or not bound:  # nothing wrong, or outside: lax's check and words
+        _compat.check_axis_names(axes, f"jax_symm.{api_name}")
+        return
+    name = unknown[0]
+    listed = ", ".join(f"{a!r} (size {n})" for a, n in bound.items())
+    mesh = _compat.current_mesh_axes()
+    mesh_text = f"; the mesh's axes are {mesh}" if mesh else ""
+    close = _closest(str(name), [a for a in bound if isinstance(a, str)])
+    hint = f" Did you mean {close!r}?" if close else ""
+    raise NameError(
+        f"Found an unbound axis name: {name}. jax_symm.{api_name} is inside a "
+        f"shard_map (or pmap/vmap), but {name!r} is not an axis bound there: the "
+        f"bound axes are {listed}{mesh_text}.{hint} Pass one of those names (or a "
+        f"tuple of them) as axis_name.")
+
+
+def _edits(a: str, b: str) -> int:
+    """Edits from a to b, a swap of neighbours counting one (typed names:
+    'pt' for 'tp')."""
+    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1,
+                          d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[len(a)][len(b)]
+
+
+def _closest(name: str, names: list[str]) -> str | None:
+    """The one name within a typo of `name` (None if none or several)."""
+    limit = max(1, len(name) // 3)
+    near = [n for n in names if _edits(name, n) <= limit]
+    return near[0] if len(near) == 1 else None
 
 
 def _dtype_of(x: Any):

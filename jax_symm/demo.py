@@ -8,8 +8,9 @@ then times both the way `jax-symm-bench` does: jitted programs of K = 1, 5, 10
 dependent calls, wall clock until the result is ready, several repeats; the
 time per op is the slope of time against K (dispatch and launch drop out),
 with p10/p90 from a bootstrap over repeats. It prints what it measured and
-the ratio, and says so plainly where jax_symm is slower on this machine. A
-fuller sweep: `jax-symm-bench`.
+the ratio, and says so plainly where jax_symm is slower on this machine;
+where the two [p10, p90] ranges overlap it calls the difference unresolved,
+neither faster nor slower. A fuller sweep: `jax-symm-bench`.
 """
 
 from __future__ import annotations
@@ -119,12 +120,18 @@ def main(argv: list[str] | None = None) -> None:
             ratio = l.time_us / s.time_us
             times = (f"jax_symm {s.time_us:7.1f} us [{s.p10_us:.1f}, {s.p90_us:.1f}]  "
                      f"lax {l.time_us:7.1f} us [{l.p10_us:.1f}, {l.p90_us:.1f}]")
-            if ratio >= 1:
+            # A verdict only where the measurement tells the two apart: their
+            # [p10, p90] ranges do not overlap. Otherwise the ratio is noise's.
+            if s.p90_us < l.p10_us:
                 faster.append(what)
                 verdict = f"speedup {_fmt_ratio(ratio)}x: jax_symm is faster"
-            else:
+            elif l.p90_us < s.p10_us:
                 slower.append(what)
                 verdict = f"speedup {_fmt_ratio(ratio)}x: jax_symm is SLOWER than lax here"
+            else:
+                unresolved.append(what)
+                verdict = (f"speedup {_fmt_ratio(ratio)}x: difference not resolved (the "
+                           "[p10, p90] ranges overlap: a tie within this measurement's noise)")
         print(f"{what}  {times}  {verdict};  {check}", flush=True)
     print(f"summary: jax_symm faster in {len(faster)}, slower in {len(slower)}, "
           f"unresolved in {len(unresolved)} of {len(faster) + len(slower) + len(unresolved)} "

@@ -114,6 +114,46 @@ def test_device_time_pass_without_device_events(tmp_path):
     assert "device time: the profiler recorded no device events" in proc.stdout
 
 
+def _resolved(argv, backend="cpu"):
+    from jax_symm.bench import cli, worker
+    return worker.resolve(cli._spec(cli.parse(argv), [], "default", None), backend)
+
+
+def test_default_sweep_is_short_and_full_is_behind_a_flag():
+    """No arguments: a sweep of about a minute on a loaded 2-core machine (36
+    cases on CPU: 3 ops x float32 x 3 sizes x 4 methods); --full: every dtype
+    and every power of two (264 cases), as before."""
+    quick = _resolved([])
+    assert quick["dtypes"] == ["float32"] and quick["repeats"] == 9
+    assert quick["sizes"] == [4 << 10, 64 << 10, 1 << 20]
+    assert len(quick["ops"]) * len(quick["dtypes"]) * len(quick["sizes"]) * 4 == 36
+    full = _resolved(["--full"])
+    assert full["dtypes"] == ["bfloat16", "float32"] and full["repeats"] == 5
+    assert full["sizes"] == [1 << p for p in range(10, 21)]
+    assert len(full["ops"]) * len(full["dtypes"]) * len(full["sizes"]) * 4 == 264
+    # Options still win over either default.
+    picked = _resolved(["--dtypes", "bfloat16", "--min-bytes", "1KiB", "--size-step", "8",
+                        "--repeats", "3"])
+    assert picked["dtypes"] == ["bfloat16"] and picked["repeats"] == 3
+    assert picked["sizes"] == [1 << 10, 1 << 13, 1 << 16, 1 << 19, 1 << 20]
+    assert _resolved([], "gpu")["sizes"][-1] == 256 << 20  # GPU: up to 256 MiB
+    from jax_symm.bench import cli
+    with pytest.raises(SystemExit):
+        cli.parse(["--dtypes", "float33"])
+    with pytest.raises(SystemExit):
+        cli.parse(["--size-step", "1"])
+
+
+@pytest.mark.timeout(120)
+def test_default_sizes_end_to_end(tmp_path):
+    """The default sweep's sizes and dtype reach the workers and the table
+    (one op and two methods of it, to keep the test short)."""
+    proc, rows = _bench(tmp_path, "--ops", "all_gather", "--methods", "jax_symm,lax")
+    assert sorted({int(r["bytes_per_rank"]) for r in rows}) == [4 << 10, 64 << 10, 1 << 20]
+    _check_rows(rows, world=8, processes=1, min_ok=1)
+    assert len(rows) == 6
+
+
 def test_cli_rejects_inconsistent_process_options():
     from jax_symm.bench import cli
     with pytest.raises(SystemExit):
@@ -184,6 +224,8 @@ def test_units_and_methods():
     assert units.parse_bytes("1KiB") == 1024 and units.parse_bytes("256MiB") == 256 << 20
     assert units.parse_bytes("4096") == 4096 and units.format_bytes(1 << 20) == "1MiB"
     assert units.sizes(1024, 8192) == [1024, 2048, 4096, 8192]
+    assert units.sizes(4096, 1 << 20, 16) == [4096, 64 << 10, 1 << 20]
+    assert units.sizes(1024, 1 << 20, 16) == [1024, 16 << 10, 256 << 10, 1 << 20]  # ends at max
     with pytest.raises(ValueError):
         units.parse_bytes("lots")
     chosen = methods.select(["jax_symm", "lax", "lax_symm", "nccl_raw"], cmdbuf_variants=True)

@@ -113,6 +113,42 @@ def test_outside_shard_map_says_how_to_fix_like_lax(name, ours, lax_fn, jit):
     assert f"To fix this, please call jax_symm.{name} under `jax.shard_map`" in str(mine)
 
 
+_TYPO_OPS = [
+    ("psum", lambda ax: (lambda a: jax_symm.psum(a, ax)), lambda ax: (lambda a: jax.lax.psum(a, ax))),
+    ("all_gather", lambda ax: (lambda a: jax_symm.all_gather(a, ax, tiled=True)),
+     lambda ax: (lambda a: jax.lax.all_gather(a, ax, tiled=True))),
+    ("psum_scatter", lambda ax: (lambda a: jax_symm.psum_scatter(a, ax, tiled=True)),
+     lambda ax: (lambda a: jax.lax.psum_scatter(a, ax, tiled=True))),
+]
+
+
+@pytest.mark.parametrize("name,ours,lax_fn", _TYPO_OPS, ids=[o[0] for o in _TYPO_OPS])
+def test_mistyped_axis_inside_shard_map_names_it_and_the_mesh_axes(name, ours, lax_fn):
+    """Inside shard_map, "please call ... under jax.shard_map" points the wrong
+    way (issue 30, item 5): the error names the unknown axis, lists the bound
+    axes and the mesh's, suggests the close one, and says at least what lax
+    says (lax's all_gather: "unbound axis name: pt"; its psum: a bare
+    AssertionError)."""
+    from _util import cpu_mesh
+    mesh = cpu_mesh((2, 4), ("dp", "tp"))
+    x = np.ones((64,), np.float32)
+    spec = P(("dp", "tp"))
+    mine = _error(lambda v: trace(ours("pt"), v, mesh, spec), x)
+    theirs = _error(lambda v: trace(lax_fn("pt"), v, mesh, spec), x)
+    text = str(mine)
+    assert isinstance(mine, NameError)
+    assert "unbound axis name: pt" in text
+    assert "'dp' (size 2), 'tp' (size 4)" in text and "('dp', 'tp')" in text
+    assert "Did you mean 'tp'?" in text
+    assert "under `jax.shard_map`" not in text
+    # Everything lax's message says, ours says too (lax's words, other op name).
+    for line in str(theirs).splitlines():
+        assert line.replace(f"lax.{name}", f"jax_symm.{name}") in text or not line.strip(), line
+    # A valid axis next to the typo: the typo is the one named.
+    err = _error(lambda v: trace(ours(("dp", "tq")), v, mesh, spec), x)
+    assert "unbound axis name: tq" in str(err) and "Did you mean 'tp'?" in str(err)
+
+
 def test_psum_outside_shard_map_under_the_scope_is_lax_error():
     """The scope passes an unbound axis through to lax: lax's own error."""
     f = jax.jit(lambda a: jax.lax.psum(a, "x"))

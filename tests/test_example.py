@@ -33,3 +33,33 @@ def test_scope_matches_plain_training():
     for k in grads_a:
         np.testing.assert_allclose(np.asarray(grads_b[k]), np.asarray(grads_a[k]),
                                    rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+@pytest.mark.timeout(240)
+def test_example_main_reports_a_verdict_and_why(tmp_path):
+    """The example times the variants side by side and says, from its own
+    rows, whether the jax_symm step is faster here and, if not, why."""
+    import os
+    import re
+    import subprocess
+
+    from jax_symm import _child_environment
+
+    script = pathlib.Path(__file__).resolve().parents[1] / "examples" / "tp_transformer.py"
+    env = dict(os.environ, **_child_environment.changes(os.environ, platform="cpu"))
+    env["XLA_FLAGS"] = _child_environment.without_device_count(env.get("XLA_FLAGS", ""))
+    proc = subprocess.run([sys.executable, str(script), "--steps", "6", "--seq", "64",
+                           "--dim", "64", "--ffn", "128"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=220)
+    out = proc.stdout
+    assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
+    for row in ("lax", "jax_symm", "jax_symm gathers/scatters only", "no collectives"):
+        assert re.search(rf"^  {re.escape(row)}\s+\d+\.\d+ ms\s+\d+ ", out, re.M), (row, out)
+    diff = re.search(r"^max loss difference lax / jax_symm over 6 steps: (\S+)$", out, re.M)
+    assert diff and float(diff.group(1)) <= 1e-5, out
+    verdict = re.search(r"^verdict: the jax_symm step is (faster|SLOWER|not measurably faster)",
+                        out, re.M)
+    assert verdict, out
+    if verdict.group(1) != "faster":  # then it says why, from the measured rows
+        assert "gathers and scatters, with the psums left to XLA" in out, out
+        assert "XLA merges the loss's psum" in out, out

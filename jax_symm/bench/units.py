@@ -24,12 +24,18 @@ def format_bytes(n: int) -> str:
     return f"{n}B"
 
 
-def sizes(min_bytes: int, max_bytes: int) -> list[int]:
-    """Powers of two from min_bytes up to max_bytes (min_bytes itself first)."""
+def sizes(min_bytes: int, max_bytes: int, step: int = 2) -> list[int]:
+    """min_bytes, then `step` times the last, up to max_bytes; max_bytes itself
+    last where the steps jump over it (a sparse sweep still ends at the
+    largest size asked for)."""
     if min_bytes <= 0 or max_bytes < min_bytes:
         raise ValueError(f"need 0 < min-bytes <= max-bytes, got {min_bytes}, {max_bytes}")
+    if step < 2:
+        raise ValueError(f"need a size step >= 2, got {step}")
     out, n = [], min_bytes
     while n <= max_bytes:
         out.append(n)
-        n *= 2
+        n *= step
+    if step > 2 and out[-1] != max_bytes:
+        out.append(max_bytes)
     return out

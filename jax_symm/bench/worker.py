@@ -23,15 +23,27 @@ import numpy as np
 
 from . import deps, devtime, envinfo, hlo, units
 from .methods import form as method_form
-from .ops import OPS, tolerance
+from .ops import DTYPES, OPS, tolerance
 from .timing import chain_fn, chain_lengths, estimate, time_side_by_side
 
 AXIS = "x"
 
-# Defaults by backend; an option given on the command line wins.
+# Defaults by backend (the full sweep, --full); an option given on the
+# command line wins.
 DEFAULTS = {
-    "cpu": dict(min_bytes=1 << 10, max_bytes=1 << 20, k=10, repeats=5, warmup=1),
-    "gpu": dict(min_bytes=1 << 10, max_bytes=256 << 20, k=20, repeats=20, warmup=3),
+    "cpu": dict(min_bytes=1 << 10, max_bytes=1 << 20, k=10, repeats=5, warmup=1,
+                size_step=2, dtypes=list(DTYPES)),
+    "gpu": dict(min_bytes=1 << 10, max_bytes=256 << 20, k=20, repeats=20, warmup=3,
+                size_step=2, dtypes=list(DTYPES)),
+}
+# Without --full, what differs: a sweep that answers within about a minute on
+# a loaded 2-core machine (the full one took 6 minutes there, 264 cases): one
+# dtype and every 16th power of two, from small (latency) to the largest size
+# (bandwidth) the full sweep has; 36 cases on CPU, with more repeats than the
+# full sweep's (steadier ratios; the sweep took 23-34 s at load 3-4).
+QUICK = {
+    "cpu": dict(min_bytes=4 << 10, size_step=16, dtypes=["float32"], repeats=9),
+    "gpu": dict(min_bytes=4 << 10, size_step=16, dtypes=["float32"]),
 }
 # Device time (profiler) where the backend has device timestamps.
 DEVICE_TIME_BACKENDS = ("gpu",)
@@ -40,10 +52,13 @@ DEVICE_TIME_REPEATS = 5
 
 def resolve(spec: dict, backend: str) -> dict:
     cfg = dict(spec)
-    for key, value in DEFAULTS.get(backend, DEFAULTS["cpu"]).items():
+    defaults = dict(DEFAULTS.get(backend, DEFAULTS["cpu"]))
+    if not cfg.get("full"):
+        defaults.update(QUICK.get(backend, QUICK["cpu"]))
+    for key, value in defaults.items():
         if cfg.get(key) is None:
             cfg[key] = value
-    cfg["sizes"] = units.sizes(cfg["min_bytes"], cfg["max_bytes"])
+    cfg["sizes"] = units.sizes(cfg["min_bytes"], cfg["max_bytes"], cfg["size_step"])
     return cfg
 
 

@@ -10,9 +10,12 @@ and runpy warns when the module it is about to run is imported already.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import jax
+
+from . import handlers
 
 
 def info() -> dict[str, Any]:
@@ -36,6 +39,9 @@ def info() -> dict[str, Any]:
         },
         # Where jax_symm changes JAX's own objects, and whether it has here.
         "jax_patches": _compat.patches(),
+        # Whether XLA took jax_symm's FFI handlers, read from XLA's registry
+        # after registering them (a refused handler leaves import working).
+        "ffi_handlers": {p: handlers.status(p) for p in _platforms()},
     }
     if jax.default_backend() == "gpu":
         try:
@@ -71,5 +77,21 @@ def info() -> dict[str, Any]:
     return out
 
 
+def _platforms() -> list[str]:
+    """The platforms with a jax_symm transport that this process has."""
+    out = ["cpu"]
+    try:
+        if jax.devices("gpu"):
+            out.append("gpu")
+    except RuntimeError:  # no GPU backend here
+        pass
+    return out
+
+
 def main() -> None:
-    print(json.dumps(info(), indent=2))
+    report = info()
+    print(json.dumps(report, indent=2))
+    trouble = handlers.problem(report["ffi_handlers"])
+    if trouble:  # a state that is not normal is not reported as one
+        print(trouble, file=sys.stderr)
+        sys.exit(1)

@@ -76,8 +76,7 @@ Error HostWindow::FirstMeeting(int64_t rank, uint64_t epoch, Meeting& meeting) {
     if (meeting.patience_s >= 0) {
       // A short futex wait, no spinning: with more ranks than cores the
       // peers being waited for need this core.
-      const auto until = std::chrono::steady_clock::now() +
-                         std::chrono::duration<double>(meeting.patience_s);
+      const auto until = std::chrono::steady_clock::now() + WaitFor(meeting.patience_s);
       while (true) {
         const uint32_t gen = header_->generation.load(std::memory_order_acquire);
         if (Passed(gen, epoch) || header_->failed.load(std::memory_order_acquire) != 0) break;

@@ -165,9 +165,7 @@ ErrorOr<SharedSegment*> SharedSegment::Create(const std::string& name, size_t by
 ErrorOr<SharedSegment*> SharedSegment::Open(const std::string& name, size_t bytes,
                                             double timeout_s,
                                             const std::function<Error()>& abandon) {
-  const auto deadline = std::chrono::steady_clock::now() +
-                        std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                            std::chrono::duration<double>(timeout_s));
+  const auto deadline = std::chrono::steady_clock::now() + WaitFor(timeout_s);
   auto wait_or = [&](const std::string& what) -> Error {
     if (abandon) JAX_SYMM_RETURN_IF_ERROR(abandon());
     if (std::chrono::steady_clock::now() >= deadline) {

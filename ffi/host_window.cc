@@ -61,9 +61,20 @@ std::map<WindowKey, HostWindow*>& Windows() {
 }
 
 }  // namespace
-void SetHostConfig(const HostConfig& config) {
+Error SetHostConfig(const HostConfig& config) {
+  JAX_SYMM_RETURN_IF_ERROR(CheckSeconds("timeout_s (JAX_SYMM_TIMEOUT_S)", config.timeout_s, 0, true));
+  JAX_SYMM_RETURN_IF_ERROR(CheckSeconds("poll_s", config.poll_s, 0, true));
+  JAX_SYMM_RETURN_IF_ERROR(CheckSeconds("open_timeout_s (JAX_SYMM_BOOTSTRAP_TIMEOUT_S)",
+                                        config.open_timeout_s, 0, true));
+  JAX_SYMM_RETURN_IF_ERROR(
+      CheckSeconds("patience_s (JAX_SYMM_PATIENCE_US)", config.patience_s, 0, false));
+  if (config.spins < -1) {
+    return InvalidArgument("spins (JAX_SYMM_SPINS) = " + std::to_string(config.spins) +
+                           " is out of range: it must be -1 (by core count) or >= 0");
+  }
   std::lock_guard<std::mutex> lock(config_mu);
   Config() = config;
+  return Error::Success();
 }
 Error HostWindow::Prepare(const WindowSpec& spec) {
   const HostConfig config = GetConfig();

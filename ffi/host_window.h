@@ -40,7 +40,9 @@ struct HostConfig {
   // its core for one slice is still met without the pool's hand-off.
   double patience_s = 5e-3;
 };
-void SetHostConfig(const HostConfig& config);
+// Refuses (and keeps the old configuration) a wait that is nan, inf,
+// negative or zero where that means nothing: a nan timeout never expires.
+Error SetHostConfig(const HostConfig& config);
 
 // Everything lowering decides about one call site's window.
 // How a call meets its peers at its first barrier, the one where a peer may

@@ -26,6 +26,9 @@ constexpr size_t kPage = 4096;
 inline size_t AlignUp(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
 inline int FutexWait(std::atomic<uint32_t>* addr, uint32_t expected, double seconds) {
+  // Clamped like every wait (WaitFor): casting nan or inf to time_t is UB.
+  if (!(seconds > 0)) seconds = 0;
+  if (seconds > kMaxWaitSeconds) seconds = kMaxWaitSeconds;
   timespec ts;
   ts.tv_sec = static_cast<time_t>(seconds);
   ts.tv_nsec = static_cast<long>((seconds - ts.tv_sec) * 1e9);

@@ -138,8 +138,8 @@ NB_MODULE(_jax_symm, m) {
       "set_host_config",
       [](double timeout_s, double poll_s, double open_timeout_s, bool single_process,
          int spins, double patience_s) {
-        jax_symm::SetHostConfig(
-            {timeout_s, poll_s, open_timeout_s, single_process, spins, patience_s});
+        Raise(jax_symm::SetHostConfig(
+            {timeout_s, poll_s, open_timeout_s, single_process, spins, patience_s}));
       },
       nb::arg("timeout_s"), nb::arg("poll_s"), nb::arg("open_timeout_s"),
       nb::arg("single_process"), nb::arg("spins"), nb::arg("patience_s") = jax_symm::HostConfig{}.patience_s);
@@ -224,7 +224,7 @@ NB_MODULE(_jax_symm, m) {
       "Which window copies the handlers skip under NCCL `version` (e.g. 22809); "
       "needs no GPU.");
 
-  m.def("nccl_set_stall_timeout", &jax_symm::NcclSetStallTimeout, nb::arg("seconds"),
+  m.def("nccl_set_stall_timeout", [](double seconds) { Raise(jax_symm::NcclSetStallTimeout(seconds)); }, nb::arg("seconds"),
         "The longest a collective may make no progress before the watchdog aborts its "
         "communicator (0: no bound).");
 

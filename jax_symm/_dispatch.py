@@ -60,7 +60,7 @@ def crossover_bytes(kind: str, world: int) -> int:
     """The setting if given (jax_symm_crossover_bytes >= 0), else the model's."""
     from . import settings
 
-    value = int(settings.crossover_bytes.value)
+    value = settings.checked_crossover_bytes()
     return value if value >= 0 else model_crossover_bytes(kind, world)
 
 

@@ -40,7 +40,7 @@ import threading
 import time
 import traceback
 
-from . import _bootstrap, _compat
+from . import _bootstrap, _compat, _liveness
 
 _BYE, _FAILED, _ACK = b"B", b"F", b"OK\n"
 # The longest a connection may take to send its whole greeting (the token and
@@ -319,7 +319,11 @@ def _install_exit_hooks() -> None:
     def excepthook(kind, value, tb):
         global _failed_here
         _failed_here = True
-        _say(_FAILED)  # before the traceback: peers stop waiting for us now
+        # Before the traceback, peers stop waiting for us now; unless a
+        # non-daemon thread still runs and may call collectives (then atexit,
+        # after it is joined, says so).
+        if not _liveness.other_threads_may_call():
+            _say(_FAILED)
         previous(kind, value, tb)
 
     sys.excepthook = excepthook

@@ -60,6 +60,13 @@ std::map<WindowKey, HostWindow*>& Windows() {
   return *windows;
 }
 
+// How many windows of each (call site, group) this process has made or opened:
+// a window made anew gets the next generation (WindowSpec::generation).
+std::map<WindowKey, uint64_t>& Generations() {
+  static auto* generations = new std::map<WindowKey, uint64_t>();
+  return *generations;
+}
+
 }  // namespace
 Error SetHostConfig(const HostConfig& config) {
   JAX_SYMM_RETURN_IF_ERROR(CheckSeconds("timeout_s (JAX_SYMM_TIMEOUT_S)", config.timeout_s, 0, true));
@@ -193,6 +200,7 @@ Error HostWindow::Prepare(const WindowSpec& spec) {
   // SIGKILL can leave the segment behind.
   if (config.single_process) window->segment_->UnlinkAndClose();
   Windows()[key] = window;
+  Generations()[key] = spec.generation;
   return Error::Success();
 }
 
@@ -226,6 +234,14 @@ Error HostWindow::Validate(const WindowSpec& spec, double timeout_s,
     return differs("call fingerprint", h->fingerprint, spec.fingerprint);
   }
   return Error::Success();
+}
+
+uint64_t HostWindow::Generation(int64_t site, const std::vector<int64_t>& members) {
+  std::lock_guard<std::mutex> lock(windows_mu);
+  const WindowKey key{site, members};
+  auto it = Generations().find(key);
+  const uint64_t last = it == Generations().end() ? 0 : it->second;
+  return Windows().count(key) ? last : last + 1;
 }
 
 ErrorOr<HostWindow*> HostWindow::Find(int64_t site, const std::vector<int64_t>& members) {

@@ -147,8 +147,9 @@ NB_MODULE(_jax_symm, m) {
       "host_prepare",
       [](int64_t site, const std::string& kind, std::vector<int64_t> members,
          size_t slot_bytes, uint64_t fingerprint, std::string name, bool create,
-         std::vector<int64_t> local_ranks) {
+         std::vector<int64_t> local_ranks, uint64_t generation) {
         jax_symm::WindowSpec spec;
+        spec.generation = generation;
         spec.site = site;
         spec.kind = Value(jax_symm::CollectiveKindByName(kind));
         spec.members = std::move(members);
@@ -162,7 +163,11 @@ NB_MODULE(_jax_symm, m) {
       },
       nb::arg("site"), nb::arg("kind"), nb::arg("members"), nb::arg("slot_bytes"),
       nb::arg("fingerprint"), nb::arg("name"), nb::arg("create"), nb::arg("local_ranks"),
+      nb::arg("generation") = 1,
       "Creates (or opens and validates) a call site's window and claims our ranks in it.");
+  m.def("host_window_generation", &jax_symm::HostWindow::Generation, nb::arg("site"),
+        nb::arg("members"),
+        "The generation the window of (site, group) has, or would have if made now.");
   m.def("host_call_stages", []() {
     nb::dict d;
     d["instantiate"] = Capsule(jax_symm::HostCallInstantiate);

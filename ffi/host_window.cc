@@ -23,7 +23,7 @@ using host_window_detail::kPage;
 using host_window_detail::Seconds;
 
 constexpr uint64_t kMagic = 0x6a61785f73796d6dull;  // "jax_symm"
-constexpr uint64_t kVersion = 5;
+constexpr uint64_t kVersion = 6;  // 6: failure[2048]
 // Far more ranks than any host has devices; bounds every size computation.
 constexpr size_t kMaxWorld = 1 << 16;
 

@@ -78,7 +78,9 @@ struct HostWindow::Header {
   // its own line: every rank reads `failed` while the counters above change.
   alignas(64) std::atomic<uint32_t> failure_claimed;
   std::atomic<uint32_t> failed;
-  char failure[1024];  // room for the cause and its hints, also when quoted by another rank
+  // Room for the cause, who arrived and who did not, and its hints, also when
+  // quoted by another rank (one page of header still holds 27 ranks).
+  char failure[2048];
   alignas(64) RankState ranks[1];  // `world` of them
 
   static size_t Bytes(size_t world) {

@@ -2,6 +2,8 @@
 // one collective call, and the lookup of a device's rank in its group.
 #pragma once
 
+#include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -33,6 +35,34 @@ inline Error InvalidArgument(std::string msg) {
 }
 inline Error DeadlineExceeded(std::string msg) {
   return Error(ErrorCode::kDeadlineExceeded, "jax_symm: " + std::move(msg));
+}
+
+// The longest wait any setting may ask for (about 31 years): longer is as
+// good as none, and keeps now() + wait far from overflowing a time point.
+inline constexpr double kMaxWaitSeconds = 1e9;
+
+// A wait given in seconds, as a steady_clock duration that is safe to add to
+// now(): nan and negatives are no wait, and anything above kMaxWaitSeconds
+// (inf included) is kMaxWaitSeconds. Converting an inf or nan double
+// duration to the clock's integer ticks is undefined behaviour.
+inline std::chrono::steady_clock::duration WaitFor(double seconds) {
+  if (!(seconds > 0)) return std::chrono::steady_clock::duration::zero();
+  if (seconds > kMaxWaitSeconds) seconds = kMaxWaitSeconds;
+  return std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+      std::chrono::duration<double>(seconds));
+}
+
+// A setting in seconds checked where it enters C++: finite and in [low,
+// kMaxWaitSeconds] (or (low, ...] with `low_open`); the error names it.
+inline Error CheckSeconds(const char* name, double value, double low, bool low_open) {
+  const bool ok = std::isfinite(value) && (low_open ? value > low : value >= low) &&
+                  value <= kMaxWaitSeconds;
+  if (ok) return Error::Success();
+  return Error(ErrorCode::kInvalidArgument,
+               std::string("jax_symm: ") + name + " = " + std::to_string(value) +
+                   " is out of range: it must be a finite number of seconds in " +
+                   (low_open ? "(" : "[") + std::to_string(low) + ", " +
+                   std::to_string(kMaxWaitSeconds) + "]");
 }
 
 // Propagates a failed ffi::Error out of the calling function.

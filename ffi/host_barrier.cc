@@ -4,9 +4,13 @@
 // recorded once in the segment for every rank's error.
 #include "host_window.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <fstream>
+#include <set>
 #include <thread>
 
 #include "host_liveness.h"
@@ -65,6 +69,49 @@ bool HostWindow::Arrive(int64_t rank, uint64_t epoch) {
 }
 
 namespace {
+// Why the process `pid` of this PID namespace is not running, from
+// /proc/<pid>/stat, or "" when it runs or /proc does not show it. (A peer in
+// another PID namespace has another number here: its pid is only read where
+// it is visible, and a process that is gone is the job record's business.)
+std::string NotRunning(int32_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  const size_t paren = text.rfind(')');  // the command name may hold anything
+  if (paren == std::string::npos || paren + 2 >= text.size()) return "";
+  switch (text[paren + 2]) {
+    case 'T': return "not running: stopped (SIGSTOP, Ctrl-Z)";
+    case 't': return "not running: stopped by a debugger";
+    default: return "";
+  }
+}
+
+// The likely cause of a timeout, from who is missing: a stopped peer, a rank
+// of this very process that never started the call, or peers elsewhere.
+std::string TimeoutCause(const std::set<int32_t>& stopped, bool local_missing) {
+  if (!stopped.empty()) {
+    std::string pids;
+    for (int32_t pid : stopped) pids += (pids.empty() ? "" : ", ") + std::to_string(pid);
+    return "The peer process" + std::string(stopped.size() > 1 ? "es" : "") + " with pid " +
+           pids + " " + (stopped.size() > 1 ? "are" : "is") +
+           " stopped; continue it (SIGCONT, fg) or raise JAX_SYMM_TIMEOUT_S.";
+  }
+  std::string cause;
+  if (local_missing) {
+    cause = "A rank of this very process never started this call: XLA:CPU runs a "
+            "process's executions on one pool of threads, and too many asynchronously "
+            "dispatched steps can fill it with calls that wait for peers whose own "
+            "executions cannot start (block on a result every few steps with "
+            "jax.block_until_ready, or give XLA:CPU more threads). Or ";
+  } else {
+    cause = "Peers that are alive and running are elsewhere: ";
+  }
+  return cause +
+         "devices took different branches of a lax.cond / lax.switch with collectives "
+         "inside, or processes ran programs in a different order (every process must run "
+         "them in the same order, e.g. not from several threads at once); raise "
+         "JAX_SYMM_TIMEOUT_S if they are merely slow.";
+}
+
 bool Passed(uint32_t generation, uint64_t epoch) {
   return static_cast<int32_t>(generation - static_cast<uint32_t>(epoch)) >= 0;
 }
@@ -76,8 +123,7 @@ Error HostWindow::FirstMeeting(int64_t rank, uint64_t epoch, Meeting& meeting) {
     if (meeting.patience_s >= 0) {
       // A short futex wait, no spinning: with more ranks than cores the
       // peers being waited for need this core.
-      const auto until = std::chrono::steady_clock::now() +
-                         std::chrono::duration<double>(meeting.patience_s);
+      const auto until = std::chrono::steady_clock::now() + WaitFor(meeting.patience_s);
       while (true) {
         const uint32_t gen = header_->generation.load(std::memory_order_acquire);
         if (Passed(gen, epoch) || header_->failed.load(std::memory_order_acquire) != 0) break;
@@ -118,22 +164,36 @@ Error HostWindow::Await(int64_t rank, uint64_t epoch) {
     if (h->failed.load(std::memory_order_acquire) == 0) FutexWait(&h->generation, gen, poll_s_);
     if (done(h->generation.load(std::memory_order_acquire))) return Error::Success();
 
-    // Still waiting: name the ranks that have not arrived, and give up at
-    // once if the process serving one of them is gone (its lock is free).
-    std::string missing;
-    bool peer_gone = false;
+    // Still waiting: name the ranks that have arrived and those that have
+    // not, and give up at once if the process serving one of them is gone
+    // (its lock is free).
+    std::string missing, arrived;
+    std::set<int32_t> stopped;  // pids of peers that are not running
+    bool peer_gone = false, local_missing = false;
     for (uint64_t r = 0; r < world; ++r) {
-      if (h->ranks[r].epoch.load(std::memory_order_acquire) >= epoch) continue;
+      const uint64_t last = h->ranks[r].epoch.load(std::memory_order_acquire);
+      const std::string rank = "rank " + std::to_string(r) + " (device " +
+                               std::to_string(members_[r]);
+      if (last >= epoch) {
+        arrived += (arrived.empty() ? "" : ", ") + rank + ")";
+        continue;
+      }
       // The job record knows every process, including one that never
       // lowered this program (so never claimed its ranks here).
       const std::string gone = direct_ ? "" : ProcessGone(ProcessOfDevice(members_[r]));
       const int32_t pid = h->ranks[r].pid.load(std::memory_order_relaxed);
+      const bool ours = direct_ || pid == static_cast<int32_t>(getpid());
+      local_missing |= ours;
+      const std::string state = gone.empty() && pid > 0 && !ours ? NotRunning(pid) : "";
+      if (!state.empty()) stopped.insert(pid);
       peer_gone |= !gone.empty();
-      missing += (missing.empty() ? "" : ", ") + std::string("rank ") + std::to_string(r) +
-                 " (device " + std::to_string(members_[r]) +
+      missing += (missing.empty() ? "" : ", ") + rank +
                  (pid > 0 && gone.empty() ? ", pid " + std::to_string(pid) : std::string()) +
-                 (gone.empty() ? "" : ", " + gone) + ")";
+                 (state.empty() ? "" : ", " + state) + (gone.empty() ? "" : ", " + gone) +
+                 (last == 0 ? ", never here before"
+                            : ", last here at call " + std::to_string(last)) + ")";
     }
+    if (!arrived.empty()) missing += "; arrived: " + arrived;
     const double waited =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (h->failed.load(std::memory_order_acquire) != 0) {
@@ -148,12 +208,7 @@ Error HostWindow::Await(int64_t rank, uint64_t epoch) {
                ? "a peer process is gone: on " + where + ", waited " + Seconds(waited) +
                      " for " + missing + "."
                : "timed out after " + Seconds(waited) + " on " + where + " waiting for " +
-                     missing + ". Peers that are alive are elsewhere: devices that took "
-                     "different branches of a lax.cond / lax.switch with collectives "
-                     "inside, or processes running programs in a different order (a "
-                     "process runs the programs on its devices one at a time, so every "
-                     "process must run them in the same order, e.g. not from several "
-                     "threads at once); raise JAX_SYMM_TIMEOUT_S if they are merely slow.") +
+                     missing + ". " + TimeoutCause(stopped, local_missing)) +
           " Every later call at this call site fails with this same error; restart the job.";
       RecordFailure(why);
       return DeadlineExceeded(why);

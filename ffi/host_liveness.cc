@@ -116,9 +116,7 @@ Error JoinJob(const std::string& name, int64_t process, int64_t num_processes, b
     header->processes = static_cast<uint64_t>(num_processes);
     header->magic.store(kMagic, std::memory_order_release);
   } else {
-    const auto deadline = std::chrono::steady_clock::now() +
-                          std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                              std::chrono::duration<double>(timeout_s));
+    const auto deadline = std::chrono::steady_clock::now() + WaitFor(timeout_s);
     while (header->magic.load(std::memory_order_acquire) != kMagic) {
       if (std::chrono::steady_clock::now() > deadline) {
         return give_up(DeadlineExceeded("the job record /dev/shm" + name +

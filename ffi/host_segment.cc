@@ -165,16 +165,19 @@ ErrorOr<SharedSegment*> SharedSegment::Create(const std::string& name, size_t by
 ErrorOr<SharedSegment*> SharedSegment::Open(const std::string& name, size_t bytes,
                                             double timeout_s,
                                             const std::function<Error()>& abandon) {
-  const auto deadline = std::chrono::steady_clock::now() +
-                        std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                            std::chrono::duration<double>(timeout_s));
+  const auto deadline = std::chrono::steady_clock::now() + WaitFor(timeout_s);
   auto wait_or = [&](const std::string& what) -> Error {
     if (abandon) JAX_SYMM_RETURN_IF_ERROR(abandon());
     if (std::chrono::steady_clock::now() >= deadline) {
-      return DeadlineExceeded("waited " + std::to_string(timeout_s) + " s for /dev/shm" + name +
-                              " " + what + "; the process that serves rank 0 of this group "
-                              "creates it when it lowers the same program. Does every process "
-                              "lower the same programs in the same order?");
+      return DeadlineExceeded(
+          "waited " + std::to_string(timeout_s) + " s for /dev/shm" + name + " " + what +
+          "; the process that serves rank 0 of this group creates it when it lowers the same "
+          "program. Either it has not lowered this program (every process must lower the same "
+          "programs), or its program differs from this one before this call: a value that "
+          "differs between processes changed an operation's shape or type, or Python control "
+          "flow (on jax.process_index(), say) traced different operations; or it still holds "
+          "an executable of this program from before jax.clear_caches() while this process "
+          "built it anew (JAX_SYMM_BOOTSTRAP_TIMEOUT_S sets this wait).");
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
     return Error::Success();

@@ -23,7 +23,7 @@ using host_window_detail::kPage;
 using host_window_detail::Seconds;
 
 constexpr uint64_t kMagic = 0x6a61785f73796d6dull;  // "jax_symm"
-constexpr uint64_t kVersion = 5;
+constexpr uint64_t kVersion = 6;  // 6: failure[2048]
 // Far more ranks than any host has devices; bounds every size computation.
 constexpr size_t kMaxWorld = 1 << 16;
 
@@ -60,10 +60,28 @@ std::map<WindowKey, HostWindow*>& Windows() {
   return *windows;
 }
 
+// How many windows of each (call site, group) this process has made or opened:
+// a window made anew gets the next generation (WindowSpec::generation).
+std::map<WindowKey, uint64_t>& Generations() {
+  static auto* generations = new std::map<WindowKey, uint64_t>();
+  return *generations;
+}
+
 }  // namespace
-void SetHostConfig(const HostConfig& config) {
+Error SetHostConfig(const HostConfig& config) {
+  JAX_SYMM_RETURN_IF_ERROR(CheckSeconds("timeout_s (JAX_SYMM_TIMEOUT_S)", config.timeout_s, 0, true));
+  JAX_SYMM_RETURN_IF_ERROR(CheckSeconds("poll_s", config.poll_s, 0, true));
+  JAX_SYMM_RETURN_IF_ERROR(CheckSeconds("open_timeout_s (JAX_SYMM_BOOTSTRAP_TIMEOUT_S)",
+                                        config.open_timeout_s, 0, true));
+  JAX_SYMM_RETURN_IF_ERROR(
+      CheckSeconds("patience_s (JAX_SYMM_PATIENCE_US)", config.patience_s, 0, false));
+  if (config.spins < -1) {
+    return InvalidArgument("spins (JAX_SYMM_SPINS) = " + std::to_string(config.spins) +
+                           " is out of range: it must be -1 (by core count) or >= 0");
+  }
   std::lock_guard<std::mutex> lock(config_mu);
   Config() = config;
+  return Error::Success();
 }
 Error HostWindow::Prepare(const WindowSpec& spec) {
   const HostConfig config = GetConfig();
@@ -182,6 +200,7 @@ Error HostWindow::Prepare(const WindowSpec& spec) {
   // SIGKILL can leave the segment behind.
   if (config.single_process) window->segment_->UnlinkAndClose();
   Windows()[key] = window;
+  Generations()[key] = spec.generation;
   return Error::Success();
 }
 
@@ -215,6 +234,14 @@ Error HostWindow::Validate(const WindowSpec& spec, double timeout_s,
     return differs("call fingerprint", h->fingerprint, spec.fingerprint);
   }
   return Error::Success();
+}
+
+uint64_t HostWindow::Generation(int64_t site, const std::vector<int64_t>& members) {
+  std::lock_guard<std::mutex> lock(windows_mu);
+  const WindowKey key{site, members};
+  auto it = Generations().find(key);
+  const uint64_t last = it == Generations().end() ? 0 : it->second;
+  return Windows().count(key) ? last : last + 1;
 }
 
 ErrorOr<HostWindow*> HostWindow::Find(int64_t site, const std::vector<int64_t>& members) {

@@ -40,7 +40,9 @@ struct HostConfig {
   // its core for one slice is still met without the pool's hand-off.
   double patience_s = 5e-3;
 };
-void SetHostConfig(const HostConfig& config);
+// Refuses (and keeps the old configuration) a wait that is nan, inf,
+// negative or zero where that means nothing: a nan timeout never expires.
+Error SetHostConfig(const HostConfig& config);
 
 // Everything lowering decides about one call site's window.
 // How a call meets its peers at its first barrier, the one where a peer may
@@ -61,7 +63,12 @@ struct WindowSpec {
   std::vector<int64_t> members;   // the group, as global device ids
   size_t slot_bytes = 0;          // what one rank contributes per call
   uint64_t fingerprint = 0;       // what the call is; peers must agree on it
-  std::string name;               // "/jax_symm-<keyed hash>"
+  std::string name;               // "/jax_symm-<keyed hash>", of the generation too
+  // Which making of this (site, group)'s window this is (Generation()):
+  // counted alike in every process, so a window made anew after its
+  // executables went (jax.clear_caches()) gets a new name, and a process
+  // that lowers anew can never open the old one that is still linked.
+  uint64_t generation = 1;
   bool create = false;            // this process makes the segment
   std::vector<int64_t> local_ranks;  // ranks this process serves
 };
@@ -70,6 +77,9 @@ class HostWindow {
  public:
   // Creates or opens, validates and claims the window of `spec`. Idempotent.
   static Error Prepare(const WindowSpec& spec);
+  // The generation Prepare would give (site, group)'s window now: the
+  // current one's while it exists, else one more than the last one made.
+  static uint64_t Generation(int64_t site, const std::vector<int64_t>& members);
   static ErrorOr<HostWindow*> Find(int64_t site, const std::vector<int64_t>& members);
   // An executable that uses the window of (site, group) was made / freed.
   // When the last one is freed the window is unmapped (and its name removed

@@ -26,6 +26,9 @@ constexpr size_t kPage = 4096;
 inline size_t AlignUp(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
 inline int FutexWait(std::atomic<uint32_t>* addr, uint32_t expected, double seconds) {
+  // Clamped like every wait (WaitFor): casting nan or inf to time_t is UB.
+  if (!(seconds > 0)) seconds = 0;
+  if (seconds > kMaxWaitSeconds) seconds = kMaxWaitSeconds;
   timespec ts;
   ts.tv_sec = static_cast<time_t>(seconds);
   ts.tv_nsec = static_cast<long>((seconds - ts.tv_sec) * 1e9);
@@ -75,7 +78,9 @@ struct HostWindow::Header {
   // its own line: every rank reads `failed` while the counters above change.
   alignas(64) std::atomic<uint32_t> failure_claimed;
   std::atomic<uint32_t> failed;
-  char failure[1024];  // room for the cause and its hints, also when quoted by another rank
+  // Room for the cause, who arrived and who did not, and its hints, also when
+  // quoted by another rank (one page of header still holds 27 ranks).
+  char failure[2048];
   alignas(64) RankState ranks[1];  // `world` of them
 
   static size_t Bytes(size_t world) {

@@ -193,8 +193,8 @@ NB_MODULE(_jax_symm, m) {
       "set_host_config",
       [](double timeout_s, double poll_s, double open_timeout_s, bool single_process,
          int spins, double patience_s) {
-        jax_symm::SetHostConfig(
-            {timeout_s, poll_s, open_timeout_s, single_process, spins, patience_s});
+        Raise(jax_symm::SetHostConfig(
+            {timeout_s, poll_s, open_timeout_s, single_process, spins, patience_s}));
       },
       nb::arg("timeout_s"), nb::arg("poll_s"), nb::arg("open_timeout_s"),
       nb::arg("single_process"), nb::arg("spins"), nb::arg("patience_s") = jax_symm::HostConfig{}.patience_s);
@@ -202,8 +202,9 @@ NB_MODULE(_jax_symm, m) {
       "host_prepare",
       [](int64_t site, const std::string& kind, std::vector<int64_t> members,
          size_t slot_bytes, uint64_t fingerprint, std::string name, bool create,
-         std::vector<int64_t> local_ranks) {
+         std::vector<int64_t> local_ranks, uint64_t generation) {
         jax_symm::WindowSpec spec;
+        spec.generation = generation;
         spec.site = site;
         spec.kind = Value(jax_symm::CollectiveKindByName(kind));
         spec.members = std::move(members);
@@ -217,7 +218,11 @@ NB_MODULE(_jax_symm, m) {
       },
       nb::arg("site"), nb::arg("kind"), nb::arg("members"), nb::arg("slot_bytes"),
       nb::arg("fingerprint"), nb::arg("name"), nb::arg("create"), nb::arg("local_ranks"),
+      nb::arg("generation") = 1,
       "Creates (or opens and validates) a call site's window and claims our ranks in it.");
+  m.def("host_window_generation", &jax_symm::HostWindow::Generation, nb::arg("site"),
+        nb::arg("members"),
+        "The generation the window of (site, group) has, or would have if made now.");
   m.def("host_call_stages", []() {
     nb::dict d;
     d["instantiate"] = Capsule(jax_symm::HostCallInstantiate);
@@ -279,7 +284,7 @@ NB_MODULE(_jax_symm, m) {
       "Which window copies the handlers skip under NCCL `version` (e.g. 22809); "
       "needs no GPU.");
 
-  m.def("nccl_set_stall_timeout", &jax_symm::NcclSetStallTimeout, nb::arg("seconds"),
+  m.def("nccl_set_stall_timeout", [](double seconds) { Raise(jax_symm::NcclSetStallTimeout(seconds)); }, nb::arg("seconds"),
         "The longest a collective may make no progress before the watchdog aborts its "
         "communicator (0: no bound).");
 

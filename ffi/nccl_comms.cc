@@ -504,7 +504,12 @@ std::vector<std::string> NcclAborted() {
 
 uint64_t NcclWatchdogRounds() { return watchdog_rounds.load(); }
 
-void NcclSetStallTimeout(double seconds) { stall_timeout_s.store(seconds); }
+Error NcclSetStallTimeout(double seconds) {
+  // A nan bound would switch the beacon on and then never trip.
+  JAX_SYMM_RETURN_IF_ERROR(CheckSeconds("JAX_SYMM_GPU_TIMEOUT_S", seconds, 0, false));
+  stall_timeout_s.store(seconds);
+  return Error::Success();
+}
 
 Error MarkBusy(const NcclRank& r, CUstream stream) {
   if (r.beacon == 0) return Error::Success();

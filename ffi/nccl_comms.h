@@ -69,7 +69,7 @@ int NcclAbortGroupsWith(const std::vector<int64_t>& global_ids, const std::strin
 // The longest a collective may run without progress before the watchdog
 // aborts its communicator (JAX_SYMM_GPU_TIMEOUT_S); 0 or less: no bound, and
 // communicators created meanwhile get no progress beacon at all.
-void NcclSetStallTimeout(double seconds);
+Error NcclSetStallTimeout(double seconds);  // refuses nan, inf, negatives
 
 // How many rounds the watchdog has polled (it runs once a communicator exists).
 uint64_t NcclWatchdogRounds();

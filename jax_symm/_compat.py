@@ -238,17 +238,26 @@ def source_lines(ctx) -> str:
 _PRECEDING_OPS = 256
 
 
+# A dense elements attribute's value (a constant's data): "dense<2.0>",
+# "dense<[1, 2]>", "dense<\"0x...\">", "dense_resource<blob>".
+_DENSE_VALUE = re.compile(r"dense(_resource)?<[^<>]*>")
+
+
 def preceding_ops(ctx) -> str:
     """The operations lowered so far in the block the call goes into (its
-    program up to here: constants, arithmetic, earlier calls), as text without
-    locations; the last few hundred at most."""
+    program up to here: arithmetic, earlier calls, constants' types), as text
+    without locations; the last few hundred at most. Constants' values are
+    left out: a value that differs between processes (a factor of
+    jax.process_index()) changes no collective's shape, and with it in the
+    text the processes named one call site differently and never met."""
     from jax._src.lib.mlir import ir
 
     try:
         ops = list(ir.InsertionPoint.current.block.operations)[-_PRECEDING_OPS:]
-        return "\n".join(op.operation.get_asm(large_elements_limit=16) for op in ops)
+        text = "\n".join(op.operation.get_asm(large_elements_limit=16) for op in ops)
     except Exception:  # noqa: BLE001  (only part of a call's identity)
         return ""
+    return _DENSE_VALUE.sub("dense<>", text)
 
 
 def config_state(name: str, default, help: str):

@@ -68,7 +68,7 @@ def crossover_bytes(kind: str, world: int, copies: bool = True) -> int:
     for a path that copies (`copies`), else none."""
     from . import settings
 
-    value = int(settings.crossover_bytes.value)
+    value = settings.checked_crossover_bytes()
     if value >= 0:
         return value
     return model_crossover_bytes(kind, world) if copies else NO_CROSSOVER

@@ -158,12 +158,18 @@ def lower(kind: str, ctx, x, *, groups: np.ndarray, chunk_bytes: int):
         mine = [r for r, gid in enumerate(members) if owner[gid] == me]
         if not mine:
             continue
-        name = "/jax_symm-" + _digest(f"{site}|{kind}|{slot}|{members}", 16).hex()
+        # Each making of this window is a generation of its own, counted alike
+        # in every process (they lower the same programs and drop them with
+        # their executables alike): a process that lowers anew after
+        # jax.clear_caches() can never open the previous window while its
+        # creator still has to remove it.
+        generation = ext.host_window_generation(site, members)
+        name = "/jax_symm-" + _digest(f"{site}|{kind}|{slot}|{members}|{generation}", 16).hex()
         # Checked by every opener against the window's header: a digest
         # collision or a stale segment is refused, not paired.
-        fingerprint = int.from_bytes(_digest(f"{what}|{members}", 8), "little")
+        fingerprint = int.from_bytes(_digest(f"{what}|{members}|{generation}", 8), "little")
         ext.host_prepare(site, kind, members, slot, fingerprint, name,
-                         owner[members[0]] == me, mine)
+                         owner[members[0]] == me, mine, generation)
     # No token: the handler never holds an XLA thread while it waits, so the
     # calls need no order (ffi/host_collectives.cc).
     rule = jax.ffi.ffi_lowering(targets()[kind], has_side_effect=True)

@@ -10,11 +10,16 @@ hooks on the interpreter's way out mark this process as leaving, with the
 cause, before anything there can block:
 
 - ``sys.excepthook``: an uncaught exception, KeyboardInterrupt included (the
-  first thing the interpreter does with it, before it joins threads);
-- ``threading``'s exit hooks: the main program ended (run before non-daemon
-  threads are joined, which may never finish);
-- ``atexit``: the same, where the former is unavailable (and after
-  ``sys.exit``, which is no uncaught exception).
+  first thing the interpreter does with it, before it joins threads), when
+  no other non-daemon thread runs; otherwise the cause is kept for
+  ``atexit``, since such a thread may still call collectives, as it may with
+  lax;
+- ``atexit``: the main program ended (returned, ``sys.exit``). Python runs
+  it after it has joined every non-daemon thread, so no thread of the
+  program can start a jax_symm call any more (a process is "leaving" only
+  then: a worker thread that outlives the main program runs its collectives
+  as it does with lax), and before jax.distributed's shutdown (registered
+  when jax is imported, earlier, so it runs later).
 
 Peers waiting at a barrier or for a window read the record every poll (50 ms)
 and fail at once, naming the process and the cause. The record is one shared
@@ -88,6 +93,13 @@ def describe(exc_type, exc) -> str:
     return f"raised an uncaught {name}{': ' + first if first else ''} and is exiting"
 
 
+def other_threads_may_call() -> bool:
+    """Whether a non-daemon thread other than this one still runs: the
+    interpreter will wait for it, and it may still call collectives."""
+    me = threading.current_thread()
+    return any(t is not me and not t.daemon and t.is_alive() for t in threading.enumerate())
+
+
 def install_exit_hooks() -> None:
     """Once, at import: they do nothing unless this is a multi-process job."""
     global _hooked
@@ -95,17 +107,19 @@ def install_exit_hooks() -> None:
         return
     _hooked = True
     previous = sys.excepthook
+    deferred: list[str] = []  # an uncaught exception's cause, told at atexit
 
     def excepthook(exc_type, exc, tb):
-        leave(describe(exc_type, exc))
+        why = describe(exc_type, exc)
+        if other_threads_may_call():
+            deferred.append(why)
+        else:
+            leave(why)
         previous(exc_type, exc, tb)
 
     sys.excepthook = excepthook
     ended = "is exiting: its main program ended (returned, or called sys.exit)"
-    register = getattr(threading, "_register_atexit", None)  # Python >= 3.9, private
-    if register is not None:
-        try:
-            register(leave, ended)
-        except RuntimeError:  # already shutting down
-            pass
-    atexit.register(leave, ended)
+    # Not threading._register_atexit: that runs before non-daemon threads
+    # are joined, and a process was declared gone while one of its threads
+    # still ran collectives (issue 28, finding 4).
+    atexit.register(lambda: leave(deferred[0] if deferred else ended))

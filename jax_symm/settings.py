@@ -29,6 +29,11 @@ it), passed to the C++ core explicitly:
 | ``JAX_SYMM_NCCL_PATH`` | auto | GPU: ``xla`` runs NCCL on XLA's communicator and collective memory (no copies; needs jaxlib's collectives extension with windows, jaxlib >= 0.12.1), ``own`` on jax_symm's communicators and arenas; ``auto``: ``xla`` where the running jaxlib has it (``_nccl_path.py``) |
 | ``JAX_SYMM_NCCL_XLA_CAPTURE`` | 0 | GPU, XLA path: 1 declares its handlers command-buffer compatible (XLA captures them into CUDA graphs) |
 
+Each is range-checked when read: not a number, nan, inf or outside its range
+raises a ValueError naming the variable, the value and the range (timeouts
+(0, 1e9] s, the GPU bound [0, 1e9] s, patience [0, 6e7] us, spins an integer
+in [-1, 2^31-1], the arena (0, 2^20] MiB).
+
 ``JAX_SYMM_SKIP_VERSION_CHECK=1`` lets ``import jax_symm`` proceed on an
 unsupported jax; it is read by ``_compat.check_jax_version``, which must run
 before anything else.
@@ -36,6 +41,7 @@ before anything else.
 
 from __future__ import annotations
 
+import math
 import os
 
 from . import _compat
@@ -67,47 +73,84 @@ FORCE_WINDOW_ENV = "JAX_SYMM_FORCE_WINDOW"
 
 
 # ---- transports' set-up: read when first needed ----
-def _number(name: str, default: float) -> float:
+# A wait longer than this (about 31 years) is as good as none, and keeps
+# every conversion to a time point in C++ far from overflow.
+MAX_WAIT_S = 1e9
+
+
+def _number(name: str, default: float, *, low: float, high: float = MAX_WAIT_S,
+            low_open: bool = False, integer: bool = False, meaning: str = "") -> float:
+    """The setting `name` as a number in [low, high] (or (low, high] with
+    `low_open`); unset or blank: `default`. Anything else (not a number, nan,
+    inf, out of range, a fraction where a count is meant) raises a ValueError
+    that names the variable, the value and the range: a nan timeout would
+    never expire, an inf one overflows a time point in C++."""
     text = os.environ.get(name, "")
+    if not text.strip():
+        return default
     try:
-        return float(text) if text.strip() else default
+        value = float(text)
     except ValueError:
-        raise ValueError(f"jax_symm: {name}={text!r} is not a number") from None
+        value = math.nan
+    ok = (math.isfinite(value) and (value > low if low_open else value >= low)
+          and value <= high and (not integer or value == int(value)))
+    if not ok:
+        bound = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+        raise ValueError(
+            f"jax_symm: {name}={text!r} is out of range: it must be "
+            f"{'an integer' if integer else 'a finite number'} in {bound}"
+            f"{' (' + meaning + ')' if meaning else ''}")
+    return int(value) if integer else value
 
 
 def timeout_s() -> float:
     """JAX_SYMM_TIMEOUT_S: the longest wait for a live peer at a CPU barrier."""
-    return _number("JAX_SYMM_TIMEOUT_S", 300.0)
+    return _number("JAX_SYMM_TIMEOUT_S", 300.0, low=0, low_open=True, meaning="seconds")
 
 
 def gpu_timeout_s() -> float:
     """JAX_SYMM_GPU_TIMEOUT_S: the longest a GPU collective may make no
     progress before its communicator is aborted; 0 (the default): no bound,
     and no per-call cost (the bound costs GPU time per call)."""
-    return _number("JAX_SYMM_GPU_TIMEOUT_S", 0.0)
+    return _number("JAX_SYMM_GPU_TIMEOUT_S", 0.0, low=0, meaning="seconds, 0: no bound")
 
 
 def bootstrap_timeout_s() -> float:
     """JAX_SYMM_BOOTSTRAP_TIMEOUT_S: the longest wait for another process."""
-    return _number("JAX_SYMM_BOOTSTRAP_TIMEOUT_S", 120.0)
+    return _number("JAX_SYMM_BOOTSTRAP_TIMEOUT_S", 120.0, low=0, low_open=True,
+                   meaning="seconds")
 
 
 def spins() -> int:
     """JAX_SYMM_SPINS: busy-waits before a CPU barrier sleeps (-1: by core count)."""
-    return int(_number("JAX_SYMM_SPINS", -1))
+    return _number("JAX_SYMM_SPINS", -1, low=-1, high=2**31 - 1, integer=True,
+                   meaning="busy-wait iterations, -1: by core count")
 
 
 def patience_s() -> float:
     """JAX_SYMM_PATIENCE_US: the longest wait for peers on XLA's thread (seconds)."""
-    value = _number("JAX_SYMM_PATIENCE_US", 5000.0)
-    if value < 0:
-        raise ValueError(f"jax_symm: JAX_SYMM_PATIENCE_US must be >= 0, not {value:g}")
-    return value * 1e-6
+    # Bounded by a minute: a longer one holds XLA's threads so long that the
+    # pool it exists to protect starves (and 0 is a valid "move at once").
+    return _number("JAX_SYMM_PATIENCE_US", 5000.0, low=0, high=60e6,
+                   meaning="microseconds, 0: move to the pool at once") * 1e-6
 
 
 def arena_bytes() -> int:
     """JAX_SYMM_ARENA_MB: the smallest arena registered per NCCL communicator."""
-    return int(_number("JAX_SYMM_ARENA_MB", 64) * (1 << 20))
+    # At most 1 TiB: no GPU has more, and the product must fit in size_t.
+    return int(_number("JAX_SYMM_ARENA_MB", 64, low=0, high=1 << 20, low_open=True,
+                       meaning="MiB") * (1 << 20))
+
+
+def checked_crossover_bytes() -> int:
+    """jax_symm_crossover_bytes, which must be -1 (the model's) or >= 0."""
+    value = crossover_bytes.value
+    if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+        raise ValueError(
+            f"jax_symm: jax_symm_crossover_bytes (JAX_SYMM_CROSSOVER_BYTES)={value!r} is out of "
+            "range: it must be an integer in [-1, inf) (bytes per rank, -1: each op's "
+            "cost-model default)")
+    return value
 
 
 NCCL_PATHS = ("auto", "xla", "own")

@@ -97,3 +97,60 @@ def large_all_reduces(counts: tuple, seed: int) -> dict:
                 if not np.allclose(got, want, rtol=1e-5, atol=1e-3):
                     bad.append((count, np.dtype(dtype).name))
     return dict(bad=bad)
+
+
+def _psum_program(mesh, scale):
+    """jit(shard_map) of psum(v * scale) over 'x'."""
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    import jax_symm
+
+    return jax.jit(jax.shard_map(lambda v: jax_symm.psum(v * scale, "x"), mesh=mesh,
+                                 in_specs=P("x"), out_specs=P()))
+
+
+def rebuilt_after_clear_caches(rounds: int) -> dict:
+    """The program is built, run, dropped with jax.clear_caches() and built
+    again, `rounds` times (issue 28, finding 5). Process 0 makes the windows
+    (it serves rank 0); it drops its program late in every other round, so
+    that process 1 lowers anew while the old window's name still exists."""
+    import time
+
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    mesh = _mesh()
+    n = mesh.devices.size
+    wrong = 0
+    for r in range(rounds):
+        f = _psum_program(mesh, 1.0)
+        data = np.arange(n * 3, dtype=np.float32) + r
+        got = _gathered(f(_put(data, mesh, P("x"))))
+        wrong += int(not np.array_equal(got, data.reshape(n, 3).sum(0)))
+        if jax.process_index() == 0 and r % 2 == 0:
+            time.sleep(1.0)
+        del f
+        jax.clear_caches()
+    return {"wrong": wrong}
+
+
+def per_process_constant(steps: int) -> dict:
+    """psum(v * (1 + process_index)): a constant that differs between the
+    processes but not the collective's shape (issue 28, finding 6)."""
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    mesh = _mesh()
+    n = mesh.devices.size
+    per_device = len(jax.local_devices())
+    f = _psum_program(mesh, 1.0 + jax.process_index())
+    wrong = 0
+    for s in range(steps):
+        data = np.arange(n * 3, dtype=np.float32) + s
+        got = _gathered(f(_put(data, mesh, P("x"))))
+        # Each process scales its own devices' rows by 1 + its index.
+        scale = np.repeat(1.0 + np.arange(n // per_device), per_device)[:, None]
+        want = (data.reshape(n, 3) * scale).sum(0)
+        wrong += int(not np.allclose(got, want))
+    return {"wrong": wrong}

@@ -109,6 +109,43 @@ def _timed_call(fn) -> dict:
         return dict(type=type(e).__name__, message=str(e), elapsed=time.monotonic() - t0)
 
 
+def stopped_peer(flag_dir: str) -> dict:
+    """Process 1 compiles, then stops itself (SIGSTOP) instead of calling;
+    process 0 calls, times out (JAX_SYMM_TIMEOUT_S small), reports what it
+    was told, and lets process 1 go on (SIGCONT)."""
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    me = jax.process_index()
+    mesh = _mesh_1d()
+    n = mesh.shape["x"]
+    f = _gather_scatter_fn(mesh)
+    x = _global_array(np.arange(n * n * 8, dtype=np.int32), mesh, P("x"))
+    compiled = f.lower(x).compile()
+    done_flag = os.path.join(flag_dir, "process0.done")
+    if me == 1:
+        with open(os.path.join(flag_dir, "process1.pid"), "w") as fl:
+            fl.write(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGSTOP)  # until process 0 sends SIGCONT
+        deadline = time.monotonic() + 60
+        while not os.path.exists(done_flag) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return dict(process=1, pid=os.getpid())
+    pid_file = os.path.join(flag_dir, "process1.pid")
+    deadline = time.monotonic() + 60
+    while not os.path.exists(pid_file) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    peer = int(open(pid_file).read())
+    try:
+        out = dict(process=0, peer=peer,
+                   collective=_timed_call(lambda: jax.block_until_ready(compiled(x))))
+    finally:
+        os.kill(peer, signal.SIGCONT)
+        with open(done_flag, "w") as fl:
+            fl.write("done\n")
+    return out
+
+
 def absent_peer(flag_dir: str) -> dict:
     """Process 1 compiles (lowering is where processes meet) but never calls;
     process 0 calls and, with JAX_SYMM_TIMEOUT_S set small, must time out.

@@ -168,3 +168,33 @@ def test_collectives_in_divergent_branches_fail_with_the_cause(tmp_path):
                          capture_output=True, text=True, timeout=100)
     assert "RAISED" in out.stdout, (out.stdout[-2000:], out.stderr[-2000:])
     assert "different branches" in out.stdout and "timed out" in out.stdout, out.stdout
+    # Who arrived, and, since the missing ranks are this process's own, the
+    # other cause of such a wait: XLA:CPU's pool filled by queued executions.
+    assert "; arrived: rank " in out.stdout and "never here before" in out.stdout, out.stdout
+    assert "XLA:CPU" in out.stdout and "block_until_ready" in out.stdout, out.stdout
+
+
+@pytest.mark.timeout(150)
+def test_multiprocess_rebuild_after_clear_caches():
+    """Issue 28, finding 5: a window's name was a pure function of the job's
+    secret and the call site, so a process that lowered anew while the old
+    window's name still existed reopened the old segment while its creator
+    made a new one; both waited until the timeout. Every (re)creation is now
+    a generation of its own (in the name and the fingerprint)."""
+    out = run_multiprocess(csw.rebuilt_after_clear_caches, args=(6,), timeout_s=120,
+                           env={"JAX_SYMM_TIMEOUT_S": "20",
+                                "JAX_SYMM_BOOTSTRAP_TIMEOUT_S": "20"})
+    assert [p["wrong"] for p in out] == [0, 0], out
+
+
+@pytest.mark.timeout(150)
+def test_multiprocess_per_process_constant_before_a_collective():
+    """Issue 28, finding 6: psum(v * (1 + process_index)) gave lax's sum
+    with lax, while jax_symm's processes named the call site differently
+    (its digest hashed the preceding constants' values) and waited for
+    each other's window until the bootstrap timeout. Values that do not
+    change the collective's shape must not split its call site."""
+    out = run_multiprocess(csw.per_process_constant, args=(5,), timeout_s=120,
+                           env={"JAX_SYMM_TIMEOUT_S": "20",
+                                "JAX_SYMM_BOOTSTRAP_TIMEOUT_S": "20"})
+    assert [p["wrong"] for p in out] == [0, 0], out

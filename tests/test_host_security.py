@@ -68,7 +68,7 @@ NOBODY = 65534
 
 # ffi/host_window.cc, struct HostWindow::Header: u64 magic, version, world,
 # slot_bytes, fingerprint, kind, ...; Header::Bytes(world) is one page for
-# any world up to 53 ranks. The header_format fixture checks magic, version
+# any world up to 27 ranks. The header_format fixture checks magic, version
 # and size against the extension actually loaded.
 MAGIC = 0x6A61785F73796D6D
 KINDS = {"all_gather": 0, "reduce_scatter": 1, "all_reduce": 2}

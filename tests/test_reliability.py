@@ -237,6 +237,22 @@ def test_absent_peer_times_out_and_bootstrap_fetch_times_out(tmp_path):
     assert again["elapsed"] < 2.0, again
 
 
+@pytest.mark.timeout(120)
+def test_stopped_peer_is_named_as_stopped(tmp_path):
+    """Issue 28, finding 8: a peer stopped with SIGSTOP was described as
+    "alive and elsewhere". The timeout names its pid and that it is not
+    running (read from /proc), and which ranks arrived."""
+    out = run_multiprocess(rw.stopped_peer, args=(str(tmp_path),), timeout_s=100,
+                           env={"JAX_SYMM_TIMEOUT_S": "3"})
+    p0 = out[0]
+    col = p0["collective"]
+    print(f"\nstopped peer: {col['type']} after {col['elapsed']:.2f} s: {col.get('message')}")
+    msg = col["message"]
+    assert "timed out" in msg and f"pid {p0['peer']}, not running: stopped" in msg, msg
+    assert "arrived: rank 0 (device 0), rank 1 (device 1)" in msg, msg
+    assert "elsewhere" not in msg and "SIGCONT" in msg, msg
+
+
 def test_bootstrap_fetch_without_distributed_says_so():
     """Without jax.distributed the error says to initialise it, at once, and
     does not pretend to have timed out."""

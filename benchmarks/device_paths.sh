@@ -11,7 +11,8 @@
 #   gpu1-<jax>-<path>-<nccl>, w2-..., w4-...: the 1-rank GPU tests or the
 #          multi-rank suite (2 or 4 processes sharing the GPU), jax "img"
 #          (the image's 0.11.2) or "new" (0.12.1), path xla or own, NCCL "img"
-#          (2.28.9) or "new" (2.32.3)
+#          (2.28.9) or "new" (2.32.3); faults-<jax>-<path>-<nccl>: the killed- and
+#          stalled-peer tests
 # Logs go to $OUT (device tool) or ./device_out.
 set -uo pipefail
 OUT=${OUT:-device_out}; mkdir -p "$OUT"
@@ -59,6 +60,9 @@ print('$c', 'jax', jax.__version__, 'build', jax_symm._native.ext.build_info(),
   gpu1-*)
     IFS=- read -r _ jax path nccl <<< "$part"
     run_tests "$part" 240 "$jax" "$path" "$nccl" "$R/tests/test_gpu.py" "$R/tests/test_native_contract.py" ;;
+  faults-*)
+    IFS=- read -r _ jax path nccl <<< "$part"
+    run_tests "$part" 420 "$jax" "$path" "$nccl" "$R/tests/test_gpu_multirank.py" -k "killed or stalled" -s ;;
   w2-*|w4-*)
     IFS=- read -r w jax path nccl <<< "$part"
     run_tests "$part" 500 "$jax" "$path" "$nccl" "$R/tests/test_gpu_multirank.py" -k "$w and not killed and not stalled" -s ;;

@@ -52,10 +52,10 @@ print('$c', 'jax', jax.__version__, 'build', jax_symm._native.ext.build_info(),
       > "$OUT/probe.log" 2>&1
     echo "== probe rc=$?"; grep -E "^(PROBE|Traceback)|Error|error|Symmetric|[Rr]egist" "$OUT/probe.log" | cut -c1-240 | head -30 ;;
   time)
-    for cap in 0 1; do
-      (cd /tmp && env $(env_for new xla img) JAX_SYMM_NCCL_XLA_CAPTURE=$cap JAX_SYMM_SINGLETON_CALLS=1 \
-        timeout 240 python3 "$R/benchmarks/probe_paths.py" --time) > "$OUT/time_cap$cap.log" 2>&1
-      echo "== time capture=$cap rc=$?"; grep -E "^TIME|Error" "$OUT/time_cap$cap.log" | head -12
+    for cap in ${TIME_CAPTURE:-0 1}; do
+      (cd /tmp && env $(env_for new xla "${TIME_NCCL:-img}") JAX_SYMM_NCCL_XLA_CAPTURE=$cap JAX_SYMM_SINGLETON_CALLS=1 JAX_SYMM_FORCE_WINDOW=1 \
+        timeout 240 python3 "$R/benchmarks/probe_paths.py" --time) > "$OUT/time_cap$cap-${TIME_NCCL:-img}.log" 2>&1
+      echo "== time capture=$cap rc=$?"; grep -E "^TIME|Error" "$OUT/time_cap$cap-${TIME_NCCL:-img}.log" | head -12
     done ;;
   gpu1-*)
     IFS=- read -r _ jax path nccl <<< "$part"

@@ -55,7 +55,7 @@ def _chain(fn, k, mesh):
     return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=P("x"), out_specs=P("x")))
 
 
-def time_paths(sizes=(4 << 10, 1 << 20, 64 << 20), k=20, repeats=15) -> None:
+def time_paths(sizes=(4 << 10, 1 << 20, 64 << 20), k=20, repeats=30) -> None:
     """Per-call time of each op at world 1 (singleton calls): lax, jax_symm on
     the own path and on the XLA path, timed side by side in this process (each
     repeat runs every method, in rotating order). Per call: (t(k) - t(1)) /

@@ -81,33 +81,30 @@ SAME(FindExtensionArgs, XLA_FFI_InvokeContext_FindExtension_Args, extension)
 """
 
 
-def test_declarations_match_the_running_jaxlibs_header(tmp_path):
+def _compile(tmp_path, source: str) -> subprocess.CompletedProcess:
+    """Compiles `source` (syntax only) against the running jaxlib's headers and
+    jax_symm's ffi/; skips where jaxlib ships no extension header or no
+    compiler is here."""
     include = jax.ffi.include_dir()
     if _nccl_path.collectives_extension(include) is None:
         pytest.skip(f"jaxlib {jax.__version__} ships no collectives extension header")
     compiler = shutil.which("g++") or shutil.which("c++")
     if compiler is None:
         pytest.skip("no C++ compiler here to check the declarations with")
-    source = tmp_path / "abi.cc"
-    source.write_text(_CHECKS)
-    done = subprocess.run([compiler, "-std=c++17", "-fsyntax-only", "-I", include,
-                           "-I", os.path.join(ROOT, "ffi"), str(source)],
+    path = tmp_path / "abi.cc"
+    path.write_text(source)
+    return subprocess.run([compiler, "-std=c++17", "-fsyntax-only", "-I", include,
+                           "-I", os.path.join(ROOT, "ffi"), str(path)],
                           capture_output=True, text=True, timeout=120)
+
+
+def test_declarations_match_the_running_jaxlibs_header(tmp_path):
+    done = _compile(tmp_path, _CHECKS)
     assert done.returncode == 0, done.stderr[-4000:]
 
 
 def test_a_broken_declaration_fails_the_check(tmp_path):
     """The check itself can fail: a wrong offset is caught."""
-    include = jax.ffi.include_dir()
-    if _nccl_path.collectives_extension(include) is None:
-        pytest.skip(f"jaxlib {jax.__version__} ships no collectives extension header")
-    compiler = shutil.which("g++") or shutil.which("c++")
-    if compiler is None:
-        pytest.skip("no C++ compiler here")
-    source = tmp_path / "abi.cc"
-    source.write_text(_CHECKS + "\nSAME(ReplicaGroup, XLA_FFI_ReplicaGroup, ids)\n"
-                      "static_assert(offsetof(a::ReplicaGroup, size) == 0, \"broken\");\n")
-    done = subprocess.run([compiler, "-std=c++17", "-fsyntax-only", "-I", include,
-                           "-I", os.path.join(ROOT, "ffi"), str(source)],
-                          capture_output=True, text=True, timeout=120)
+    done = _compile(tmp_path, _CHECKS + "\nstatic_assert(offsetof(a::ReplicaGroup, size) == 0, "
+                    "\"broken\");\n")
     assert done.returncode != 0 and "broken" in done.stderr

@@ -364,6 +364,10 @@ def lower_xla(kind: str, ctx, x, *, groups: np.ndarray, chunk_bytes: int) -> lis
     # NCCL has no symmetric memory there, and from 2.29 XLA's registration of
     # a window fails outright, so their buffers stay in default memory.
     windows = 0 if groups_span_nccl_hosts(groups) else _nccl_path.window_buffers(kind, version)
+    windowed = _nccl_path.windowed_bytes(kind, windows, chunk_bytes, int(groups.shape[1]))
+    too_big = _nccl_path.collective_memory_reason(windowed)
+    if too_big is not None:
+        raise ValueError(too_big)
     attributes = _nccl_path.memory_space_attributes(windows)
     rule = jax.ffi.ffi_lowering(
         xla_targets()[kind],

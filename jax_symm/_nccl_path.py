@@ -142,3 +142,38 @@ def memory_space_attributes(windows: int) -> dict[str, str]:
     if windows & WINDOW_RESULT:
         out["results_memory_spaces"] = f"{{0:{space}}}"
     return out
+
+
+def windowed_bytes(kind: str, windows: int, chunk_bytes: int, world: int) -> int:
+    """Bytes of a call's buffers in collective memory (an aliased buffer once)."""
+    from . import _kinds
+
+    k = _kinds.kind(kind)
+    operand = chunk_bytes * k.in_chunks(world) if windows & WINDOW_OPERAND else 0
+    result = chunk_bytes * k.out_chunks(world) if windows & WINDOW_RESULT else 0
+    return max(operand, result) if kind == "all_reduce" else operand + result
+
+
+COLLECTIVE_MEM_ENV = "XLA_PYTHON_CLIENT_COLLECTIVE_MEM_SIZE_MB"
+
+
+def collective_memory_reason(nbytes: int) -> str | None:
+    """Why a call whose windowed buffers take `nbytes` cannot fit XLA's
+    collective memory, or None. XLA grows that pool as needed unless
+    XLA_PYTHON_CLIENT_COLLECTIVE_MEM_SIZE_MB fixes its size; a fixed pool
+    smaller than one call's buffers can never hold them, so lowering says so
+    (naming the variable and a size) rather than XLA failing at run time."""
+    text = os.environ.get(COLLECTIVE_MEM_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        mib = float(text)
+    except ValueError:
+        return None  # XLA's to refuse
+    if mib <= 0 or nbytes <= mib * (1 << 20):
+        return None
+    need = -(-nbytes // (1 << 20))
+    return (f"jax_symm: this call's buffers in XLA's collective memory take {nbytes} bytes, "
+            f"more than {COLLECTIVE_MEM_ENV}={text} MiB holds; set it to at least {need} "
+            "(the program's other collective buffers need room too), unset it to let XLA grow "
+            "the pool, or use JAX_SYMM_NCCL_PATH=own")

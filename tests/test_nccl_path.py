@@ -148,9 +148,10 @@ def test_xla_path_custom_calls(xla_path):
         return g.sum() + s.sum() + jax_symm.psum(v, ("x", "y")).sum()
 
     calls = _custom_calls(_cuda_text(fn, x))
+    names = _nccl.xla_targets()
     assert [re.search(r"@(\w+)", c).group(1) for c in calls] == [
-        "jax_symm_nccl_xla_all_gather", "jax_symm_nccl_xla_reduce_scatter",
-        "jax_symm_nccl_xla_all_reduce"]
+        names["all_gather"], names["reduce_scatter"], names["all_reduce"]]
+    assert all(n.startswith("jax_symm_nccl_xla_captured_") for n in names.values())  # default
     for call in calls:
         # NCCL 2.28: both buffers in collective memory (space 7) and windows
         assert 'operands_memory_spaces = "{0:7}"' in call, call
@@ -200,3 +201,28 @@ def test_the_option_picks_a_path_per_program(monkeypatch):
     else:
         with jax_symm.settings.program_nccl_path("xla"), pytest.raises(RuntimeError):
             _nccl_path.current()
+
+
+def test_windowed_bytes_count_an_aliased_buffer_once():
+    W = _nccl_path.WINDOW_OPERAND | _nccl_path.WINDOW_RESULT
+    assert _nccl_path.windowed_bytes("all_gather", W, 100, 4) == 500
+    assert _nccl_path.windowed_bytes("all_gather", _nccl_path.WINDOW_RESULT, 100, 4) == 400
+    assert _nccl_path.windowed_bytes("reduce_scatter", _nccl_path.WINDOW_OPERAND, 100, 4) == 400
+    assert _nccl_path.windowed_bytes("all_reduce", W, 100, 4) == 100
+    assert _nccl_path.windowed_bytes("all_gather", 0, 100, 4) == 0
+
+
+def test_a_fixed_collective_pool_too_small_for_a_call_is_named(monkeypatch):
+    monkeypatch.delenv(_nccl_path.COLLECTIVE_MEM_ENV, raising=False)
+    assert _nccl_path.collective_memory_reason(1 << 40) is None  # XLA grows its pool
+    monkeypatch.setenv(_nccl_path.COLLECTIVE_MEM_ENV, "64")
+    assert _nccl_path.collective_memory_reason(64 << 20) is None
+    why = _nccl_path.collective_memory_reason((64 << 20) + 1)
+    assert "XLA_PYTHON_CLIENT_COLLECTIVE_MEM_SIZE_MB=64" in why and "at least 65" in why
+
+
+def test_lowering_refuses_a_call_the_fixed_pool_cannot_hold(xla_path, monkeypatch):
+    monkeypatch.setenv(_nccl_path.COLLECTIVE_MEM_ENV, "0.0001")  # about 100 bytes
+    x = jnp.ones((16, 4, 6), jnp.float32)
+    with pytest.raises(ValueError, match="XLA_PYTHON_CLIENT_COLLECTIVE_MEM_SIZE_MB=0.0001"):
+        _cuda_text(lambda v: jax_symm.all_gather(v, "x").sum(), x)

@@ -52,6 +52,7 @@ _MAX_GREETING = 128  # bytes; a longer line is not ours
 _MAX_PENDING = 64
 _lock = threading.Lock()
 _started = False
+_broken: BaseException | None = None  # why start() failed: every later call raises it too
 _peers: dict[int, socket.socket] = {}   # process index -> connection
 _left: set[int] = set()                 # said goodbye
 _failed_here = False
@@ -209,7 +210,8 @@ def _connect(p: int, address: str, token: str, me: int, timeout_s: float) -> soc
         raise RuntimeError(
             f"jax_symm: process {p}'s peer watch refused process {me}'s connection: "
             f"another connection already claimed index {me} (someone outside the job "
-            f"who can read its key-value store), or process {p} is gone. Without it "
+            f"who can read its key-value store), or process {p} is gone or did not answer "
+            f"within {timeout_s:g} s (JAX_SYMM_BOOTSTRAP_TIMEOUT_S). Without it "
             f"process {me}'s death would go unnoticed, so this job cannot run safely; "
             "restart it.")
     conn.settimeout(None)
@@ -220,36 +222,48 @@ def start(devices_of: dict[int, list[int]]) -> None:
     """Connects this process to every other one (a collective point: the
     first GPU lowering of every process reaches it); idempotent.
     `devices_of`: process index -> its global device ids."""
-    global _started
+    global _started, _broken
     with _lock:
+        if _broken is not None:  # never go on unwatched after a failed start
+            raise RuntimeError(f"jax_symm: the peer watch could not start: {_broken}")
         if _started or _compat.process_count() == 1:
             return
-        _started = True
-        import jax
-
-        me, n = jax.process_index(), _compat.process_count()
-        token = _bootstrap.agree_on("peer_watch_token", lambda: secrets.token_hex(16),
-                                     "the peer watch's token")
-        if len(token) != 32 or token.strip("0123456789abcdef"):
-            raise RuntimeError(
-                "jax_symm: the peer watch's token in the jax.distributed key-value store "
-                "(key 'jax_symm/peer_watch_token') is malformed; it was not set by "
-                "jax_symm's process 0 (is another program using this coordinator?)")
-        local = _local_address()
-        # Only where the coordinator is reached from: peers reach us there.
-        server = socket.create_server((local, 0), backlog=max(128, 2 * n))
-        address = f"{local}:{server.getsockname()[1]}"
-        addresses = _bootstrap.per_process("peer_watch", address, "peer-watch address")
-        timeout_s = _bootstrap.timeout_ms() / 1000
         try:
-            for p in range(me):  # connect to the lower indices, accept the higher ones
-                _peers[p] = _connect(p, addresses[p], token, me, timeout_s)
-            _Greetings(server, token, me, n).run(timeout_s)
-        finally:
-            server.close()
-        threading.Thread(target=_watch, args=(dict(devices_of),), daemon=True,
-                         name="jax_symm peer watch").start()
-        _install_exit_hooks()
+            _start(devices_of)
+        except BaseException as e:
+            _broken = e
+            raise
+        _started = True
+
+
+def _start(devices_of: dict[int, list[int]]) -> None:
+    """start()'s work, under its lock: connect to the lower indices, accept
+    the higher ones, then watch them all from a thread."""
+    import jax
+
+    me, n = jax.process_index(), _compat.process_count()
+    token = _bootstrap.agree_on("peer_watch_token", lambda: secrets.token_hex(16),
+                                 "the peer watch's token")
+    if len(token) != 32 or token.strip("0123456789abcdef"):
+        raise RuntimeError(
+            "jax_symm: the peer watch's token in the jax.distributed key-value store "
+            "(key 'jax_symm/peer_watch_token') is malformed; it was not set by "
+            "jax_symm's process 0 (is another program using this coordinator?)")
+    local = _local_address()
+    # Only where the coordinator is reached from: peers reach us there.
+    server = socket.create_server((local, 0), backlog=max(128, 2 * n))
+    address = f"{local}:{server.getsockname()[1]}"
+    addresses = _bootstrap.per_process("peer_watch", address, "peer-watch address")
+    timeout_s = _bootstrap.timeout_ms() / 1000
+    try:
+        for p in range(me):  # connect to the lower indices, accept the higher ones
+            _peers[p] = _connect(p, addresses[p], token, me, timeout_s)
+        _Greetings(server, token, me, n).run(timeout_s)
+    finally:
+        server.close()
+    threading.Thread(target=_watch, args=(dict(devices_of),), daemon=True,
+                     name="jax_symm peer watch").start()
+    _install_exit_hooks()
 
 
 def _read(conn: socket.socket) -> bytes:

@@ -12,17 +12,21 @@ from _mp_util import global_array as _put, local_copy as _local, mesh_1d as _mes
 def _programs(mesh):
     """Two different programs with the same collectives in the same place
     (one module name, one call each, same kind and shape): only what they are
-    tells their call sites apart."""
+    tells their call sites apart. They differ in their operations (2a as a
+    product, 3a as two sums), not merely in a constant's value: constants'
+    values are not part of a call site (issue 28, finding 6), and programs
+    that differ only there, run concurrently, pair wrongly with lax (gloo) as
+    with jax_symm (README, "Supported, and not")."""
     import jax
     from jax.sharding import PartitionSpec as P
 
     import jax_symm
 
-    def make(scale):
-        body = lambda a: jax_symm.all_gather(a * scale, "x", tiled=True)
+    def make(before):
+        body = lambda a: jax_symm.all_gather(before(a), "x", tiled=True)
         return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=P("x"), out_specs=P(None),
                                      check_vma=False))
-    return make(2.0), make(3.0)
+    return make(lambda a: a * 2.0), make(lambda a: a + a + a)
 
 
 def opposite_lowering_order(rounds: int) -> dict:

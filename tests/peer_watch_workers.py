@@ -116,7 +116,13 @@ def watched(report_dir: str, how: str, attack: str = "", descriptors: int = 0) -
     try:
         _peer_watch.start(devices_of)
     except RuntimeError as e:
-        write_json(os.path.join(report_dir, f"refused{me}.json"), dict(error=str(e)))
+        try:  # a later lowering must not go on unwatched either
+            _peer_watch.start(devices_of)
+            again = ""
+        except RuntimeError as e2:
+            again = str(e2)
+        write_json(os.path.join(report_dir, f"refused{me}.json"), dict(error=str(e),
+                                                                       again=again))
         os._exit(0)
     write_json(os.path.join(report_dir, f"started{me}.json"),
                dict(started=started, done=time.time(),

@@ -256,7 +256,7 @@ def _interpreter_exit(report_dir: str, exc_info=None) -> None:
     jax.distributed's shutdown would block: the launcher's worker catches
     every exception itself (and leaves with os._exit), so a test worker walks
     that path by hand. sys.excepthook for an uncaught exception, then
-    threading's exit hooks (and the join of non-daemon threads), then atexit;
+    the join of non-daemon threads, then atexit (where jax_symm marks us leaving);
     after that the real interpreter tears jax.distributed down, which waits
     for peers that wait for us: here, a sleep that the survivor ends with a
     SIGKILL. Our locks stay held throughout."""
@@ -267,7 +267,7 @@ def _interpreter_exit(report_dir: str, exc_info=None) -> None:
                 dict(pid=os.getpid(), t_exit=time.time()))
     if exc_info is not None:
         sys.excepthook(*exc_info)
-    threading._shutdown()  # runs threading._register_atexit hooks
+    threading._shutdown()  # joins non-daemon threads (jax_symm marks us leaving after)
     atexit._run_exitfuncs()
     time.sleep(60)
     os._exit(3)

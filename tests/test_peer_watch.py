@@ -85,6 +85,7 @@ def test_an_impostor_of_a_peer_makes_the_real_peer_fail_loudly(tmp_path):
     refused = _report(tmp_path, "refused1.json")
     assert refused is not None, f"the real process 1 was not told:\n{err.value}"
     assert "claimed index 1" in refused["error"], refused
+    assert "could not start" in refused["again"] and "claimed index 1" in refused["again"]
 
 
 @pytest.mark.timeout(120)

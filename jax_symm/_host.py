@@ -125,7 +125,8 @@ def call_site(kind: str, ctx, groups: np.ndarray, chunk_bytes: int, slot: int) -
 
     The identity is a keyed digest of the program (its module name, where
     the call was traced in user code, and the lowered operations that precede
-    the call in its block), the call's place in it (its ordinal among the
+    the call in its block, constants by type, not value: a value that differs
+    between processes must not split a call site), the call's place in it (its ordinal among the
     module's jax_symm calls), and the call itself (kind, types, sizes, name
     stack, groups). Every process lowering the program computes the same
     value, in whatever order it lowers its programs, so lowering order does

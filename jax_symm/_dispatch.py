@@ -20,7 +20,9 @@ taking while the time the symmetric kernel saves exceeds the copies:
   all-to-all kernel yet: an assumption to be replaced by a measurement).
 - H100 HBM3: 3.35 TB/s, so copying a MiB costs 2 MiB / 3.35 TB/s = 0.63 us.
 - Copies per call: all-gather S in and W*S out; reduce-scatter W*S in and S
-  out; all-reduce S in and S out; all-to-all W*S in (counted as W*S out too).
+  out; all-reduce S in and S out; all-to-all W*S in (it receives straight
+  into XLA's output, but the table's rule counts W*S out too: its crossover
+  is on the low side).
 
 On 8 GPUs this gives all-gather 1.6 MiB, reduce-scatter 1.2 MiB per rank. For
 all-reduce the copies (1.25 us per MiB) barely outgrow the assumed saving, so

@@ -157,7 +157,7 @@ def _lax_untiled_as_tiled(a, axes, split, concat, tiled):
     """lax.all_to_all untiled, written as lax does it (expand_dims, a tiled
     all-to-all, squeeze) but through the public tiled function: lax's own
     transpose of an untiled all-to-all with split != concat gets the
-    cotangent's shape wrong (jax 0.10.2), so its grad is no reference."""
+    cotangent's shape wrong (jax 0.10.2 to 0.12.1), so its grad is no reference."""
     assert not tiled
     if split < concat:
         out = jax.lax.all_to_all(jnp.expand_dims(a, concat + 1), axes, split, concat + 1,

@@ -75,15 +75,19 @@ inline Error CheckSeconds(const char* name, double value, double low, bool low_o
 // The kinds of collective a window serves; part of the window's identity so
 // that an all-gather and a reduce-scatter never share a buffer by accident.
 // Python names them only by the strings below (the module exports them).
-enum class CollectiveKind : int64_t { kAllGather = 0, kReduceScatter = 1, kAllReduce = 2 };
+enum class CollectiveKind : int64_t {
+  kAllGather = 0, kReduceScatter = 1, kAllReduce = 2, kAllToAll = 3
+};
 inline constexpr CollectiveKind kCollectiveKinds[] = {
-    CollectiveKind::kAllGather, CollectiveKind::kReduceScatter, CollectiveKind::kAllReduce};
+    CollectiveKind::kAllGather, CollectiveKind::kReduceScatter, CollectiveKind::kAllReduce,
+    CollectiveKind::kAllToAll};
 
 inline const char* CollectiveKindName(CollectiveKind kind) {
   switch (kind) {
     case CollectiveKind::kAllGather: return "all_gather";
     case CollectiveKind::kReduceScatter: return "reduce_scatter";
     case CollectiveKind::kAllReduce: return "all_reduce";
+    case CollectiveKind::kAllToAll: return "all_to_all";
   }
   return "?";
 }
@@ -102,6 +106,8 @@ inline KindLayout LayoutOf(CollectiveKind kind) {
     case CollectiveKind::kAllGather: return {Chunks::kOne, Chunks::kWorld};
     case CollectiveKind::kReduceScatter: return {Chunks::kWorld, Chunks::kOne};
     case CollectiveKind::kAllReduce: return {Chunks::kOne, Chunks::kOne};
+    // Chunk j of the input goes to rank j; chunk i of the output came from rank i.
+    case CollectiveKind::kAllToAll: return {Chunks::kWorld, Chunks::kWorld};
   }
   return {Chunks::kOne, Chunks::kOne};
 }
@@ -110,21 +116,31 @@ inline const char* ChunksName(Chunks chunks) {
   return chunks == Chunks::kWorld ? "world" : "one";
 }
 
+// The kinds' names, for messages: "all_gather, reduce_scatter, ...".
+inline std::string CollectiveKindNames() {
+  std::string names;
+  for (CollectiveKind kind : kCollectiveKinds) {
+    names += (names.empty() ? "" : ", ") + std::string(CollectiveKindName(kind));
+  }
+  return names;
+}
+
 inline ErrorOr<CollectiveKind> CollectiveKindByName(const std::string& name) {
   for (CollectiveKind kind : kCollectiveKinds) {
     if (name == CollectiveKindName(kind)) return kind;
   }
-  return InvalidArgument("unknown collective '" + name +
-                         "' (all_gather, reduce_scatter, all_reduce)");
+  return InvalidArgument("unknown collective '" + name + "' (" + CollectiveKindNames() + ")");
 }
 
 // One call site's view of the data, independent of transport.
 //
 // Every collective here moves `world` contiguous chunks of `chunk` bytes along
-// the leading axis (lowering moves any other gathered or scattered dimension
-// to the front in JAX): all-gather reads one chunk and writes [world][chunk];
-// reduce-scatter reads [world][chunk] and writes one chunk; all-reduce reads
-// and writes one chunk. The handlers never look at shapes.
+// the leading axis (lowering moves any other gathered, scattered, split or
+// concatenated dimension to the front in JAX): all-gather reads one chunk and
+// writes [world][chunk]; reduce-scatter reads [world][chunk] and writes one
+// chunk; all-reduce reads and writes one chunk; all-to-all reads
+// [world][chunk] (chunk j for rank j) and writes [world][chunk] (chunk i from
+// rank i). The handlers never look at shapes.
 struct CallLayout {
   int64_t chunk = 0;
   int64_t world = 1;

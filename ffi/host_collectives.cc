@@ -154,6 +154,8 @@ struct HostCall {
         return window->ReduceScatter(layout, run_id, dtype, in, out, meeting);
       case CollectiveKind::kAllReduce:
         return window->AllReduce(layout, run_id, dtype, in, out, meeting);
+      case CollectiveKind::kAllToAll:
+        return window->AllToAll(layout, run_id, in, out, meeting);
     }
     return Internal("unknown collective kind");
   }
@@ -258,6 +260,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(HostAllGather, HostHandler<CollectiveKind::kAllGat
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HostReduceScatter, HostHandler<CollectiveKind::kReduceScatter>,
                               BindHostCall());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HostAllReduce, HostHandler<CollectiveKind::kAllReduce>,
+                              BindHostCall());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HostAllToAll, HostHandler<CollectiveKind::kAllToAll>,
                               BindHostCall());
 
 XLA_FFI_TypeId* HostCallStateTypeId() { return &HostCallState::id; }

@@ -1,5 +1,6 @@
 // Host transport, part 3 of HostWindow: one call's exchange per kind
-// (all-gather, reduce-scatter, all-reduce, the partitioned all-reduce), over
+// (all-gather and all-to-all, both a Gather; reduce-scatter, all-reduce, the
+// partitioned all-reduce), over
 // the slots or, in one process, straight from the peers' inputs.
 #include "host_window.h"
 
@@ -137,11 +138,27 @@ Error NoSum(ffi::DataType dtype) {
 
 Error HostWindow::AllGather(const CallLayout& layout, int64_t run_id, const void* in,
                             void* out, Meeting& meeting) {
+  return Gather(layout, run_id, in, out, /*personal=*/false, meeting);
+}
+
+Error HostWindow::AllToAll(const CallLayout& layout, int64_t run_id, const void* in,
+                           void* out, Meeting& meeting) {
+  return Gather(layout, run_id, in, out, /*personal=*/true, meeting);
+}
+
+// Rank q's output is world chunks, chunk s from rank s. An all-gather's
+// rank s sends everyone its one chunk; an all-to-all's (`personal`) sends
+// rank q chunk q of its world chunks. Bytes only: no element type.
+Error HostWindow::Gather(const CallLayout& layout, int64_t run_id, const void* in, void* out,
+                         bool personal, Meeting& meeting) {
   const size_t chunk = layout.chunk_bytes();
   const size_t world = layout.world;
+  const size_t in_bytes = personal ? world * chunk : chunk;
+  // Where, in rank s's input, the chunk for rank q starts.
+  auto from = [personal, chunk](size_t q) { return personal ? q * chunk : 0; };
   // What this process's ranks read and write in one call: the world's
   // inputs, and world chunks out per local rank.
-  const size_t touched = (local_ranks_ + 1) * world * chunk;
+  const size_t touched = (local_ranks_ * world + (personal ? world * world : world)) * chunk;
   const bool stream = touched > kCacheBytes;
   auto copy = [stream](char* dst, const char* src, size_t n) {
     if (stream) {
@@ -153,27 +170,32 @@ Error HostWindow::AllGather(const CallLayout& layout, int64_t run_id, const void
   if (direct_) {
     // A task is one range of one rank's output (world chunks, back to back);
     // consecutive tasks are the same range of every output, so the sources
-    // they read are still in the shared cache.
+    // they read are still in the shared cache (an all-gather's; an
+    // all-to-all's read neighbouring chunks of the same inputs).
     const size_t total = world * chunk, per = std::max<size_t>(64, kTaskBytes / 64 * 64);
     const size_t ranges = Blocks(total, per);
-    return SharedWork(layout.rank, run_id, in, out, chunk, meeting, ranges * world,
+    return SharedWork(layout.rank, run_id, in, out, in_bytes, meeting, ranges * world,
                       [&](uint64_t i, const Peers& peers) {
                         const size_t q = i % world, lo = (i / world) * per;
                         const size_t hi = std::min(total, lo + per);
                         for (size_t at = lo; at < hi;) {
                           const size_t src = at / chunk, off = at % chunk;
                           const size_t n = std::min(hi - at, chunk - off);
-                          copy(peers.out[q] + at, peers.in[src] + off, n);
+                          copy(peers.out[q] + at, peers.in[src] + from(q) + off, n);
                           at += n;
                         }
                         return Error::Success();
                       });
   }
-  return Exchange(layout.rank, run_id, in, chunk, meeting, [&](const std::vector<const char*>& src) {
-    char* dst = static_cast<char*>(out);
-    for (size_t q = 0; q < world; ++q) copy(dst + q * chunk, src[q], chunk);
-    return Error::Success();
-  });
+  const size_t me = static_cast<size_t>(layout.rank);
+  return Exchange(layout.rank, run_id, in, in_bytes, meeting,
+                  [&](const std::vector<const char*>& src) {
+                    char* dst = static_cast<char*>(out);
+                    for (size_t s = 0; s < world; ++s) {
+                      copy(dst + s * chunk, src[s] + from(me), chunk);
+                    }
+                    return Error::Success();
+                  });
 }
 
 Error HostWindow::ReduceScatter(const CallLayout& layout, int64_t run_id,

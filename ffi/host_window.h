@@ -104,6 +104,8 @@ class HostWindow {
                       const void* in, void* out, Meeting& meeting);
   Error AllReduce(const CallLayout& layout, int64_t run_id, ffi::DataType dtype,
                   const void* in, void* out, Meeting& meeting);
+  Error AllToAll(const CallLayout& layout, int64_t run_id, const void* in, void* out,
+                 Meeting& meeting);
 
   // Unlinks every segment this process opened (mappings stay valid until
   // exit, so a handler still running on another thread cannot fault).
@@ -130,6 +132,11 @@ class HostWindow {
   Error Await(int64_t rank, uint64_t epoch);
   // A call's first barrier, as `meeting` asks (it may leave it pending).
   Error FirstMeeting(int64_t rank, uint64_t epoch, Meeting& meeting);
+  // All-gather and all-to-all: every rank's output is world chunks, chunk s
+  // from rank s; `personal`: rank s sends rank q chunk q of its world chunks
+  // (all-to-all), else its one chunk (all-gather).
+  Error Gather(const CallLayout& layout, int64_t run_id, const void* in, void* out,
+               bool personal, Meeting& meeting);
   // Across processes, an all-reduce of `count` elements of `elem` bytes,
   // each rank summing a share.
   Error PartitionedAllReduce(int64_t rank, int64_t run_id, ffi::DataType dtype,

@@ -123,14 +123,16 @@ NB_MODULE(_jax_symm, m) {
     return Targets<XLA_FFI_Error*(XLA_FFI_CallFrame*)>(
         "jax_symm_host_", {{K::kAllGather, jax_symm::HostAllGather},
                            {K::kReduceScatter, jax_symm::HostReduceScatter},
-                           {K::kAllReduce, jax_symm::HostAllReduce}});
+                           {K::kAllReduce, jax_symm::HostAllReduce},
+                           {K::kAllToAll, jax_symm::HostAllToAll}});
   }, "{op: (FFI target name, handler capsule)} of the host transport (XLA:CPU).");
   m.def("nccl_targets", []() {
     using K = jax_symm::CollectiveKind;
     return Targets<XLA_FFI_Error*(XLA_FFI_CallFrame*)>(
         "jax_symm_nccl_", {{K::kAllGather, jax_symm::NcclAllGather},
                            {K::kReduceScatter, jax_symm::NcclReduceScatter},
-                           {K::kAllReduce, jax_symm::NcclAllReduce}});
+                           {K::kAllReduce, jax_symm::NcclAllReduce},
+                           {K::kAllToAll, jax_symm::NcclAllToAll}});
   }, "{op: (FFI target name, handler capsule)} of the NCCL transport (XLA:GPU).");
   m.def("nccl_version_floors", []() {
     nb::dict d;
@@ -158,6 +160,8 @@ NB_MODULE(_jax_symm, m) {
          jax_symm::NcclXlaReduceScatter, jax_symm::NcclXlaReduceScatterCaptured},
         {K::kAllReduce, jax_symm::NcclXlaAllReducePrepare, jax_symm::NcclXlaAllReduce,
          jax_symm::NcclXlaAllReduceCaptured},
+        {K::kAllToAll, jax_symm::NcclXlaAllToAllPrepare, jax_symm::NcclXlaAllToAll,
+         jax_symm::NcclXlaAllToAllCaptured},
     };
     const std::string prefix = captured ? "jax_symm_nccl_xla_captured_" : "jax_symm_nccl_xla_";
     nb::dict d;
@@ -267,6 +271,11 @@ NB_MODULE(_jax_symm, m) {
         d["gather_sends_in_place"] = api->gather_sends_in_place();
         d["pdl_fixed_version"] = jax_symm::kPdlFixedVersion;
         d["revoke"] = api->ncclCommRevoke != nullptr;
+        // What serves jax_symm.all_to_all (nccl_enqueue.h EnqueueAllToAll).
+        d["all_to_all"] = api->ncclAlltoAll != nullptr ? "ncclAlltoAll"
+                          : (api->ncclSend != nullptr && api->ncclRecv != nullptr)
+                              ? "ncclSend/ncclRecv"
+                              : "";
         return d;
       },
       nb::arg("nccl_hint"),

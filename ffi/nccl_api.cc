@@ -114,6 +114,9 @@ ErrorOr<const NcclApi*> LoadNcclApi(const std::string& nccl_hint) {
   Resolve(nccl, "ncclCommWindowRegister", &api->ncclCommWindowRegister);
   Resolve(nccl, "ncclCommWindowDeregister", &api->ncclCommWindowDeregister);
   Resolve(nccl, "ncclCommRevoke", &api->ncclCommRevoke);
+  Resolve(nccl, "ncclAlltoAll", &api->ncclAlltoAll);
+  Resolve(nccl, "ncclSend", &api->ncclSend);
+  Resolve(nccl, "ncclRecv", &api->ncclRecv);
   api->nccl_path = LibraryPath(nccl, reinterpret_cast<void*>(api->ncclGetVersion));
   // Published only once both checks pass, so a failed load fails again next
   // time instead of handing out a half-initialised API.

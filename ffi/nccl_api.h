@@ -119,6 +119,11 @@ struct NcclApi {
   // >= 2.28: aborts a communicator's work but keeps it (no wait for CUDA
   // graphs that captured it, unlike ncclCommAbort); null when older.
   ncclResult_t (*ncclCommRevoke)(ncclComm_t, int);
+  // The all-to-all (nccl_enqueue.h): ncclAlltoAll from 2.28.3, else grouped
+  // point-to-point calls (>= 2.7); null when the loaded NCCL lacks them.
+  ncclResult_t (*ncclAlltoAll)(const void*, void*, size_t, int, ncclComm_t, CUstream);
+  ncclResult_t (*ncclSend)(const void*, size_t, int, int, ncclComm_t, CUstream);
+  ncclResult_t (*ncclRecv)(void*, size_t, int, int, ncclComm_t, CUstream);
 
   int nccl_version = 0;      // e.g. 22809 for 2.28.9
   std::string nccl_path;     // the file the symbols came from

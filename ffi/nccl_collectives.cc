@@ -74,7 +74,8 @@ Error NcclCollective(CollectiveKind kind, CUstream stream, int32_t ordinal,
                                                attrs.arena_bytes[site->group.index]),
                                            &r));
   // The window stages the larger of the two buffers (the all-gather's output,
-  // the reduce-scatter's input, the all-reduce's either); lowering sized the
+  // the reduce-scatter's input, the all-reduce's either, the all-to-all's
+  // input: both are as large); lowering sized the
   // arena for it, so only the buffers' own sizes are compared here.
   if (std::max(in.size_bytes(), out.size_bytes()) > r.arena_bytes) {
     return Internal("symmetric arena of " + std::to_string(r.arena_bytes) +
@@ -118,8 +119,19 @@ Error NcclCollective(CollectiveKind kind, CUstream stream, int32_t ordinal,
       recv = win;
       result = win;
       break;
+    case CollectiveKind::kAllToAll:
+      // The send side in the window, as the reduce-scatter's: world chunks,
+      // chunk j for rank j. NCCL has no symmetric all-to-all kernel and
+      // never runs one in place, so it receives straight into XLA's output
+      // (the arena holds one side: Kind.staged_chunks), and nothing is
+      // copied out.
+      JAX_SYMM_RETURN_IF_ERROR(Copy(api, win, src, chunk * world, stream));
+      send = win;
+      recv = dst;
+      result = dst;
+      break;
   }
-  ErrorOr<NcclCall> call = PlanNcclCall(kind, in.element_type(), send, recv, chunk);
+  ErrorOr<NcclCall> call = PlanNcclCall(kind, in.element_type(), send, recv, chunk, l.world);
   if (call.has_error()) return call.error();
   JAX_SYMM_RETURN_IF_ERROR(Watched(r, stream, NcclCallName(kind), [&] {
     return EnqueueNcclCall(api, *call, comm, stream);
@@ -149,6 +161,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NcclAllGather, NcclHandler<CollectiveKind::kAllGat
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NcclReduceScatter, NcclHandler<CollectiveKind::kReduceScatter>,
                               BindNcclCall(), {ffi::Traits::kCmdBufferCompatible});
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NcclAllReduce, NcclHandler<CollectiveKind::kAllReduce>,
+                              BindNcclCall(), {ffi::Traits::kCmdBufferCompatible});
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NcclAllToAll, NcclHandler<CollectiveKind::kAllToAll>,
                               BindNcclCall(), {ffi::Traits::kCmdBufferCompatible});
 
 }  // namespace jax_symm

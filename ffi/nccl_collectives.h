@@ -7,4 +7,5 @@ namespace jax_symm {
 XLA_FFI_DECLARE_HANDLER_SYMBOL(NcclAllGather);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(NcclReduceScatter);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(NcclAllReduce);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(NcclAllToAll);
 }  // namespace jax_symm

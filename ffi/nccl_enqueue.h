@@ -19,18 +19,23 @@ struct NcclCall {
   void* recv;
   size_t count;  // NCCL elements per rank's chunk
   int type;      // ncclDataType_t
+  int world;     // ranks of the communicator (the all-to-all's peers)
+  size_t chunk_bytes;  // bytes of one rank's chunk (count NCCL elements)
 };
 
-// The NCCL call for `kind` on chunks of `chunk` bytes of `dtype`: all-gather
-// moves bytes (any dtype); the sums need an NCCL type for `dtype`.
+// The NCCL call for `kind` on chunks of `chunk` bytes of `dtype` in a group
+// of `world` ranks: all-gather and all-to-all move bytes (any dtype); the
+// sums need an NCCL type for `dtype`.
 inline ErrorOr<NcclCall> PlanNcclCall(CollectiveKind kind, ffi::DataType dtype,
-                                      const void* send, void* recv, size_t chunk) {
-  if (kind == CollectiveKind::kAllGather) {
-    return NcclCall{kind, send, recv, chunk, kNcclInt8};
+                                      const void* send, void* recv, size_t chunk,
+                                      int64_t world) {
+  const int ranks = static_cast<int>(world);
+  if (kind == CollectiveKind::kAllGather || kind == CollectiveKind::kAllToAll) {
+    return NcclCall{kind, send, recv, chunk, kNcclInt8, ranks, chunk};
   }
   ErrorOr<std::pair<int, size_t>> type = NcclSumType(dtype, chunk);
   if (type.has_error()) return type.error();
-  return NcclCall{kind, send, recv, type->second, type->first};
+  return NcclCall{kind, send, recv, type->second, type->first, ranks, chunk};
 }
 
 inline const char* NcclCallName(CollectiveKind kind) {
@@ -38,8 +43,35 @@ inline const char* NcclCallName(CollectiveKind kind) {
     case CollectiveKind::kAllGather: return "ncclAllGather";
     case CollectiveKind::kReduceScatter: return "ncclReduceScatter";
     case CollectiveKind::kAllReduce: return "ncclAllReduce";
+    case CollectiveKind::kAllToAll: return "ncclAlltoAll (or grouped ncclSend/ncclRecv)";
   }
   return "an NCCL collective";
+}
+
+// The all-to-all: NCCL's own where the loaded NCCL has it (2.28.3+), else
+// one send and one receive per peer in a group, which NCCL runs as one
+// operation. Chunk j of `send` goes to rank j; chunk i of `recv` comes from
+// rank i. Never in place (NCCL refuses that).
+inline ncclResult_t EnqueueAllToAll(const NcclApi& api, const NcclCall& c, ncclComm_t comm,
+                                    CUstream stream) {
+  if (api.ncclAlltoAll != nullptr) {
+    return api.ncclAlltoAll(c.send, c.recv, c.count, c.type, comm, stream);
+  }
+  if (api.ncclSend == nullptr || api.ncclRecv == nullptr) return 5;  // ncclInvalidArgument
+  const size_t bytes = c.chunk_bytes;
+  const char* send = static_cast<const char*>(c.send);
+  char* recv = static_cast<char*>(c.recv);
+  ncclResult_t result = api.ncclGroupStart();
+  if (result != kNcclSuccess) return result;
+  for (int peer = 0; peer < c.world && result == kNcclSuccess; ++peer) {
+    result = api.ncclSend(send + peer * bytes, c.count, c.type, peer, comm, stream);
+    if (result == kNcclSuccess) {
+      result = api.ncclRecv(recv + peer * bytes, c.count, c.type, peer, comm, stream);
+    }
+  }
+  // The group is ended whatever happened inside it; the first error wins.
+  const ncclResult_t end = api.ncclGroupEnd();
+  return result != kNcclSuccess ? result : end;
 }
 
 inline ncclResult_t EnqueueNcclCall(const NcclApi& api, const NcclCall& c, ncclComm_t comm,
@@ -51,6 +83,8 @@ inline ncclResult_t EnqueueNcclCall(const NcclApi& api, const NcclCall& c, ncclC
       return api.ncclReduceScatter(c.send, c.recv, c.count, c.type, kNcclSum, comm, stream);
     case CollectiveKind::kAllReduce:
       return api.ncclAllReduce(c.send, c.recv, c.count, c.type, kNcclSum, comm, stream);
+    case CollectiveKind::kAllToAll:
+      return EnqueueAllToAll(api, c, comm, stream);
   }
   return 5;  // ncclInvalidArgument
 }

@@ -5,6 +5,7 @@
 
 #include "nccl_api.h"
 #include "nccl_comms.h"
+#include "nccl_enqueue.h"
 #include "nccl_types.h"
 
 namespace jax_symm {
@@ -27,8 +28,8 @@ ErrorOr<std::pair<int, size_t>> NcclTypeByName(const std::string& dtype) {
 ErrorOr<CollectiveKind> KindByName(const std::string& op) {
   ErrorOr<CollectiveKind> kind = CollectiveKindByName(op);
   if (kind.has_error()) {
-    return InvalidArgument("raw NCCL timer: unknown op '" + op +
-                           "' (all_gather, reduce_scatter, all_reduce)");
+    return InvalidArgument("raw NCCL timer: unknown op '" + op + "' (" +
+                           CollectiveKindNames() + ")");
   }
   return kind;
 }
@@ -138,10 +139,13 @@ ErrorOr<std::vector<double>> NcclTimeRaw(const std::vector<int64_t>& members,
   const NcclApi& api = *ranks[0].api;
   const size_t world = members.size();
   const size_t count = bytes_per_rank / elt;
+  // The all-to-all holds both sides in the arena (see `enqueue`).
+  const size_t need = bytes_per_rank * world * (*kind == CollectiveKind::kAllToAll ? 2 : 1);
   for (const NcclRank& r : ranks) {
-    if (bytes_per_rank * world > r.arena_bytes) {
+    if (need > r.arena_bytes) {
       return InvalidArgument("raw NCCL timer: the arena of " + std::to_string(r.arena_bytes) +
-                             " bytes is smaller than world x bytes per rank; grow it first");
+                             " bytes is smaller than the " + std::to_string(need) +
+                             " bytes this call needs; grow it first");
     }
   }
 
@@ -167,23 +171,21 @@ ErrorOr<std::vector<double>> NcclTimeRaw(const std::vector<int64_t>& members,
       const size_t me = static_cast<size_t>(r.rank);
       body = CudaCheck(api.cuCtxSetCurrent(r.context), "cuCtxSetCurrent");
       if (body.failure()) break;
+      // Where the call reads and writes in the arena: in place, as NCCL
+      // allows for the gather and the sums; the all-to-all's two sides side
+      // by side (NCCL never runs it in place).
+      const void* send = win;
+      void* recv = win;
       switch (*kind) {
-        case CollectiveKind::kAllGather:
-          body = NcclCheck(api.ncclAllGather(win + me * bytes_per_rank, win, count, nccl_type,
-                                             r.comm, stream[i]),
-                           "ncclAllGather", r.comm);
-          break;
-        case CollectiveKind::kReduceScatter:
-          body = NcclCheck(api.ncclReduceScatter(win, win + me * bytes_per_rank, count,
-                                                 nccl_type, kNcclSum, r.comm, stream[i]),
-                           "ncclReduceScatter", r.comm);
-          break;
-        case CollectiveKind::kAllReduce:
-          body = NcclCheck(api.ncclAllReduce(win, win, count, nccl_type, kNcclSum, r.comm,
-                                             stream[i]),
-                           "ncclAllReduce", r.comm);
-          break;
+        case CollectiveKind::kAllGather: send = win + me * bytes_per_rank; break;
+        case CollectiveKind::kReduceScatter: recv = win + me * bytes_per_rank; break;
+        case CollectiveKind::kAllReduce: break;
+        case CollectiveKind::kAllToAll: recv = win + world * bytes_per_rank; break;
       }
+      const NcclCall call{*kind, send, recv, count, nccl_type, static_cast<int>(world),
+                          bytes_per_rank};
+      body = NcclCheck(EnqueueNcclCall(api, call, r.comm, stream[i]), NcclCallName(*kind),
+                       r.comm);
     }
     Error end = NcclCheck(api.ncclGroupEnd(), "ncclGroupEnd");
     return body.failure() ? body : end;

@@ -115,7 +115,8 @@ Error Execute(XlaCollectives xla, CUstream_st* stream, int32_t ordinal, AnyBuffe
                                reinterpret_cast<CUdeviceptr>(src), 1, stream),
         "cuMemcpyDtoDAsync (PDL fence)"));
   }
-  ErrorOr<NcclCall> call = PlanNcclCall(kKind, in.element_type(), src, dst, chunk);
+  ErrorOr<NcclCall> call =
+      PlanNcclCall(kKind, in.element_type(), src, dst, chunk, site->layout.world);
   if (call.has_error()) return call.error();
   ncclComm_t nccl = static_cast<ncclComm_t>(comm->comm);
   return NcclCheck(EnqueueNcclCall(*api, *call, nccl, stream), NcclCallName(kKind), nccl);
@@ -151,6 +152,7 @@ auto BindExecute() {
 JAX_SYMM_XLA_PATH_HANDLERS(AllGather, CollectiveKind::kAllGather)
 JAX_SYMM_XLA_PATH_HANDLERS(ReduceScatter, CollectiveKind::kReduceScatter)
 JAX_SYMM_XLA_PATH_HANDLERS(AllReduce, CollectiveKind::kAllReduce)
+JAX_SYMM_XLA_PATH_HANDLERS(AllToAll, CollectiveKind::kAllToAll)
 
 #undef JAX_SYMM_XLA_PATH_HANDLERS
 

@@ -7,6 +7,7 @@ Drop-in replacements for jax.lax collectives, for use inside jax.shard_map:
     jax_symm.psum_scatter  (same as reduce_scatter)
     jax_symm.all_reduce(x, axis_name)
     jax_symm.psum          (same as all_reduce)
+    jax_symm.all_to_all(x, axis_name, split_axis, concat_axis, *, tiled=False)
 
 On CPU the data moves through shared-memory windows between the devices (and
 processes) of one host.
@@ -43,6 +44,7 @@ _liveness.install_exit_hooks()
 
 from .all_gather import all_gather  # noqa: E402
 from .all_reduce import all_reduce, psum  # noqa: E402
+from .all_to_all import all_to_all  # noqa: E402
 from .reduce_scatter import psum_scatter, reduce_scatter  # noqa: E402
 from .scope import use_symmetric_memory  # noqa: E402
 from ._nccl import NcclCommunicatorAborted  # noqa: E402
@@ -51,5 +53,6 @@ from ._nccl import NcclCommunicatorAborted  # noqa: E402
 from .info import info  # noqa: E402
 
 
-__all__ = ["all_gather", "reduce_scatter", "psum_scatter", "all_reduce", "psum", "use_symmetric_memory",
+__all__ = ["all_gather", "reduce_scatter", "psum_scatter", "all_reduce", "psum", "all_to_all",
+           "use_symmetric_memory",
            "info", "NcclCommunicatorAborted"]

@@ -155,7 +155,7 @@ class Patch:
 PATCHES: dict[str, Patch] = {
     "lax_collective_binds": Patch(
         "use_symmetric_memory(), on first use: the bind of lax's all_gather, "
-        "all_gather_invariant, reduce_scatter, psum and psum_invariant primitives is "
+        "all_gather_invariant, reduce_scatter, psum, psum_invariant and all_to_all primitives is "
         "wrapped, so that calls traced inside the scope bind jax_symm's primitives "
         "(jax has no hook for this)"),
     "module_function_cache": Patch(
@@ -494,7 +494,8 @@ def lax_lowering(prim, platform: str | None = None):
 # lax's collective primitives jax_symm lowers to or reroutes (every supported jax has all).
 _LAX_PRIMITIVES = {p.name: p for p in (
     lax_parallel.all_gather_p, lax_parallel.all_gather_invariant_p,
-    lax_parallel.reduce_scatter_p, lax_parallel.psum_p, lax_parallel.psum_invariant_p)}
+    lax_parallel.reduce_scatter_p, lax_parallel.psum_p, lax_parallel.psum_invariant_p,
+    lax_parallel.all_to_all_p)}
 
 
 def lax_primitive(name: str):

@@ -16,10 +16,13 @@ taking while the time the symmetric kernel saves exceeds the copies:
   18.6 -> 10.8 us. So all-gather saves 9.3 us at 2 MiB and 16.0 us at 8 MiB:
   b = 1.12 us per MiB, a = 7.1 us; reduce-scatter, assumed to have the same
   slope, a = 5.6 us. All-reduce has no published figure; it is assumed to save
-  what reduce-scatter does.
+  what reduce-scatter does, and so is all-to-all (NCCL has no symmetric
+  all-to-all kernel yet: an assumption to be replaced by a measurement).
 - H100 HBM3: 3.35 TB/s, so copying a MiB costs 2 MiB / 3.35 TB/s = 0.63 us.
 - Copies per call: all-gather S in and W*S out; reduce-scatter W*S in and S
-  out; all-reduce S in and S out.
+  out; all-reduce S in and S out; all-to-all W*S in (it receives straight
+  into XLA's output, but the table's rule counts W*S out too: its crossover
+  is on the low side).
 
 On 8 GPUs this gives all-gather 1.6 MiB, reduce-scatter 1.2 MiB per rank. For
 all-reduce the copies (1.25 us per MiB) barely outgrow the assumed saving, so
@@ -39,6 +42,7 @@ _SAVED_AT_ZERO_US = {
     "all_gather": 9.3 - 2 * _SAVED_SLOPE_US_PER_MIB,
     "reduce_scatter": 7.8 - 2 * _SAVED_SLOPE_US_PER_MIB,
     "all_reduce": 7.8 - 2 * _SAVED_SLOPE_US_PER_MIB,
+    "all_to_all": 7.8 - 2 * _SAVED_SLOPE_US_PER_MIB,
 }
 _CAP_BYTES = 8 * _MIB
 

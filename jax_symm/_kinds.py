@@ -3,7 +3,9 @@
 Every rule that depends on what a kind moves derives from `KINDS`: the bytes
 a call names as its chunk (`_lowering`), the host window's slot (`_host`), the
 NCCL arena (`_nccl`), the copies of the cost model (`_dispatch`), the
-leading-axis relayout (`_lowering`) and whether a dtype needs a sum. C++ has
+leading-axis relayout (`_lowering`: which parameters name the input axis cut
+into world chunks and the output axis they are stacked along) and whether a
+dtype needs a sum. C++ has
 its own table (ffi/ffi_common.h `LayoutOf`, with which the handlers check
 buffers); the two are compared at import, so they cannot drift apart.
 
@@ -33,7 +35,10 @@ class Kind:
     chunks_out: ONE or WORLD chunks written
     sums:       whether it adds (so needs a sum for the dtype)
     lax_twin:   the name of lax's primitive that serves it on XLA's path (`<name>_p`)
-    dimension:  the parameter naming the gathered / scattered dimension, if any
+    split:      with WORLD chunks in, the primitive's parameter naming the input
+                axis cut into them (chunk j, rank j's, is the j-th slice of it)
+    concat:     with WORLD chunks out, the parameter naming the output axis
+                they lie along (rank i's chunk is the i-th slice of it)
     lax_function_name: lax's public function that jax_symm's op mirrors, where
                 its name is not the primitive's (`lax_function`)
     """
@@ -43,8 +48,16 @@ class Kind:
     chunks_out: str
     sums: bool
     lax_twin: str
-    dimension: str | None = None
+    split: str | None = None
+    concat: str | None = None
     lax_function_name: str | None = None
+
+    def __post_init__(self):
+        # A side of world chunks needs the axis they lie along, and only it.
+        if (self.chunks_in == WORLD) != (self.split is not None) or (
+                self.chunks_out == WORLD) != (self.concat is not None):
+            raise ValueError(f"jax_symm: kind {self.name!r}: a side of world chunks, and "
+                             "only such a side, names its axis (split / concat)")
 
     @property
     def lax_function(self) -> str:
@@ -65,11 +78,6 @@ class Kind:
         """What the window path copies: its input in, its output out."""
         return self.in_chunks(world) + self.out_chunks(world)
 
-    @property
-    def gathers(self) -> bool:
-        """Whether the output holds every rank's chunk (so the relayout gathers)."""
-        return self.chunks_out == WORLD
-
     def chunk_bytes(self, in_bytes: int, world: int) -> int:
         """The chunk of a call: its input's bytes over its input's chunks."""
         return in_bytes // self.in_chunks(world)
@@ -77,10 +85,12 @@ class Kind:
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("all_gather", ONE, WORLD, sums=False, lax_twin="all_gather",
-         dimension="all_gather_dimension"),
+         concat="all_gather_dimension"),
     Kind("reduce_scatter", WORLD, ONE, sums=True, lax_twin="reduce_scatter",
-         dimension="scatter_dimension", lax_function_name="psum_scatter"),
+         split="scatter_dimension", lax_function_name="psum_scatter"),
     Kind("all_reduce", ONE, ONE, sums=True, lax_twin="psum"),
+    Kind("all_to_all", WORLD, WORLD, sums=False, lax_twin="all_to_all",
+         split="split_axis", concat="concat_axis"),
 )}
 
 

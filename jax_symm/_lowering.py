@@ -7,8 +7,9 @@ rule here then, for each call:
 2. asks `_routing` which path serves the call: XLA's own collective (jax_symm
    disabled, a partially manual shard_map, or what the platform's transport
    refuses: `Transport.refusal`), or the transport;
-3. has the transport lower the call in NCCL's natural layout, the gathered or
-   scattered dimension leading: the relayout around it is lowered here, in
+3. has the transport lower the call in NCCL's natural layout, world chunks
+   along the leading axis, in and out as the kind has them (`_kinds.Kind`:
+   its split and concat axes): the relayout around it is lowered here, in
    JAX (`_leading_axis_form`), so that XLA fuses the transposes into
    neighbouring work and the routing is decided once.
 """
@@ -31,31 +32,40 @@ def _warn_once(message: str) -> None:
 
 
 def _leading_axis_form(kind: Kind, params: dict, in_aval, out_aval):
-    """(before, leading-form input aval, leading-form output aval, after): the
-    call along dimension 0, untiled, between two JAX functions; None if the
-    call already is in that form."""
-    if kind.dimension is None or params[kind.dimension] == 0:
+    """(before, the call's input aval, its output aval, after): the call in
+    the leading-axis form, between two JAX functions; None if the call's
+    buffers already are in that form.
+
+    The form (ffi/ffi_common.h CallLayout): a side of WORLD chunks is
+    [world, *chunk], chunk j being the j-th slice of the axis the kind names
+    for it (`Kind.split` in, `Kind.concat` out), major; a side of ONE chunk is
+    the chunk as it lies. So the input's split axis is cut into world slices
+    that move to the front, and the output's leading world chunks move to its
+    concat axis and merge with it. Where that axis is 0 the bytes already lie
+    so, and no data moves (that side keeps its own type).
+    """
+    split = params[kind.split] if kind.split else 0
+    concat = params[kind.concat] if kind.concat else 0
+    if split == 0 and concat == 0:
         return None
-    d, world, tiled = params[kind.dimension], params["axis_size"], params["tiled"]
-    shape = lambda aval, s: _compat.update_aval(aval, s, _compat.varying_axes(aval))
-    if kind.gathers:
-        # [*x] -> [W, *x]; then W moves to d, and tiled merges it with x's dimension d.
-        lead_out = shape(in_aval, (world, *in_aval.shape))
-        return (None, in_aval, lead_out,
-                lambda y: jnp.moveaxis(y, 0, d).reshape(out_aval.shape))
-    moved = list(in_aval.shape)
-    moved.insert(0, moved.pop(d))
-    if tiled:  # [W*c, ...] -> [W, c, ...]: W chunks of c rows
-        moved = [world, moved[0] // world, *moved[1:]]
+    world = params["axis_size"]
+    like = lambda aval, s: _compat.update_aval(aval, s, _compat.varying_axes(aval))
+    chunk = list(in_aval.shape)  # one rank's chunk, in the input's order
+    if kind.split:
+        chunk[split] //= world
+    before, lead_in, after, lead_out = None, in_aval, None, out_aval
+    if split:
+        lead_in = like(in_aval, (world, *chunk))
 
-    def before(x):
-        y = jnp.moveaxis(x, d, 0)
-        return y.reshape(moved) if tiled else y
-
-    lead_in = shape(in_aval, moved)
-    lead_out = shape(in_aval, moved[1:])
-    return (before, lead_in, lead_out,
-            (lambda r: jnp.moveaxis(r, 0, d)) if tiled else None)
+        def before(x):
+            y = x.reshape(*x.shape[:split], world, x.shape[split] // world,
+                          *x.shape[split + 1:])
+            return jnp.moveaxis(y, split, 0)
+    if concat:
+        # An all-gather's untiled concat axis is the new one, of the output.
+        lead_out = like(out_aval, (world, *chunk))
+        after = lambda y: jnp.moveaxis(y, 0, concat).reshape(out_aval.shape)
+    return before, lead_in, lead_out, after
 
 
 def _lower_call(transport, call, kind: Kind, ctx, x, params: dict):

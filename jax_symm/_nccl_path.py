@@ -110,7 +110,8 @@ def window_buffers(kind: str, nccl_version: int) -> int:
     """Which buffers of a call the XLA path puts in windows (WINDOW_OPERAND |
     WINDOW_RESULT): from NCCL 2.29 only the all-gather's receive and the
     reduce-scatter's send buffer need one for the full symmetric kernel set;
-    before, both. The all-reduce needs both, one buffer aliased."""
+    before, both. The all-reduce needs both, one buffer aliased; the
+    all-to-all gets both."""
     from ._native import ext
 
     half = nccl_version >= ext.nccl_version_floors()["half_window"]
@@ -119,6 +120,11 @@ def window_buffers(kind: str, nccl_version: int) -> int:
     if kind == "reduce_scatter":
         return WINDOW_OPERAND | (0 if half else WINDOW_RESULT)
     if kind == "all_reduce":
+        return WINDOW_OPERAND | WINDOW_RESULT
+    if kind == "all_to_all":
+        # NCCL (to 2.32) has no symmetric all-to-all kernel; registered
+        # buffers on both sides are what its copy-engine all-to-all (2.30.7+)
+        # and user-buffer paths can use.
         return WINDOW_OPERAND | WINDOW_RESULT
     raise ValueError(f"jax_symm: no window rule for kind {kind!r}")
 

@@ -39,7 +39,8 @@ def nccl_raw_time(devices: Sequence, op: str, bytes_per_rank: int, dtype: str, *
     """Microseconds per raw NCCL call on jax_symm's symmetric window, per repeat.
 
     Runs `iters` back-to-back ``ncclAllGather`` / ``ncclReduceScatter`` /
-    ``ncclAllReduce`` (`op`: "all_gather", "reduce_scatter", "all_reduce") over
+    ``ncclAllReduce`` / ``ncclAlltoAll`` (`op`: "all_gather", "reduce_scatter",
+    "all_reduce", "all_to_all") over
     `bytes_per_rank` bytes of `dtype` (a numpy dtype name) on the group of
     `devices` (in rank order), timed with CUDA events on this process's first
     rank, no JAX involved: the floor an NCCL-based path can reach. Creates the
@@ -59,6 +60,9 @@ def nccl_raw_time(devices: Sequence, op: str, bytes_per_rank: int, dtype: str, *
     members = [int(d.id) for d in devices]
     groups = np.array([members])
     _nccl.ensure_groups(groups)
-    _nccl.ensure_arenas(groups, len(members) * int(bytes_per_rank))
+    # The timer runs every kind in place in the arena, but the all-to-all,
+    # which NCCL never runs in place, with its two sides side by side.
+    sides = 2 if op == "all_to_all" else 1
+    _nccl.ensure_arenas(groups, sides * len(members) * int(bytes_per_rank))
     return list(ext.nccl_time_raw(members, op, int(bytes_per_rank), str(dtype),
                                   int(iters), int(repeats)))

@@ -1,7 +1,7 @@
 """`jax_symm.use_symmetric_memory()`: adopt jax_symm without rewriting a model.
 
-Inside the scope, every `jax.lax.all_gather`, `jax.lax.psum_scatter` and
-`jax.lax.psum` that is traced (library code such as a Flax model included)
+Inside the scope, every `jax.lax.all_gather`, `jax.lax.psum_scatter`,
+`jax.lax.psum` and `jax.lax.all_to_all` that is traced (library code such as a Flax model included)
 binds the jax_symm primitive instead of lax's. Outside it nothing changes.
 Where jax_symm cannot serve a call (axis_index_groups, positional axes, a
 dtype without a jax_symm sum, an unbound axis name, a shard_map manual over
@@ -22,7 +22,7 @@ from typing import Iterator
 
 
 from . import _compat, _eligibility, _kinds, settings
-from ._primitives import all_gather_p, all_reduce_p, reduce_scatter_p
+from ._primitives import all_gather_p, all_reduce_p, all_to_all_p, reduce_scatter_p
 
 _PASS = object()  # a reroute's answer for "let lax handle this call"
 
@@ -70,12 +70,22 @@ def _psum(x, *, axes, axis_index_groups=None, invariant):
                              invariant=invariant)
 
 
+def _all_to_all(x, *, split_axis, concat_axis, axis_name, axis_index_groups, tiled):
+    # lax binds after its own untiled expand_dims, as jax_symm.all_to_all does.
+    axes = _served("all_to_all", x, axis_name, axis_index_groups)
+    if axes is None:
+        return _PASS
+    return all_to_all_p.bind(x, split_axis=split_axis, concat_axis=concat_axis, axes=axes,
+                             axis_size=_compat.axis_size(axes), tiled=tiled)
+
+
 _REROUTES = {
     "all_gather": _all_gather,
     "all_gather_invariant": _all_gather_invariant,
     "reduce_scatter": _reduce_scatter,
     "psum_invariant": functools.partial(_psum, invariant=True),
     "psum": functools.partial(_psum, invariant=False),
+    "all_to_all": _all_to_all,
 }
 
 
@@ -92,7 +102,7 @@ def _install() -> None:
 
 @contextlib.contextmanager
 def use_symmetric_memory(disabled: bool = False) -> Iterator[None]:
-    """Routes lax all_gather / psum_scatter / psum traced inside to jax_symm.
+    """Routes lax all_gather / psum_scatter / psum / all_to_all traced inside to jax_symm.
 
     ``disabled=True`` makes the scope a pass-through (handy for A/B runs).
     Thread-safe and nestable: the setting is per thread and restored on exit,

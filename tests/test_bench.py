@@ -67,18 +67,22 @@ def test_tiny_cpu_sweep(tmp_path):
     for name in ("results.csv", "bench.png", "table.txt", "env.json"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # 3 ops x 1 dtype x 2 sizes x 4 methods (GPU-only methods are left out on CPU):
-    # both forms, unrolled chains and a lax.scan loop, side by side.
-    assert len(rows) == 24
+    # every op (a kind each) x 1 dtype x 2 sizes x 4 methods (GPU-only methods
+    # are left out on CPU): both forms, unrolled chains and a lax.scan loop.
+    from jax_symm import _kinds
+
+    n = len(_kinds.KINDS) * 2 * 4
+    assert len(rows) == n
     assert {(r["op"], r["bytes_per_rank"], r["method"]) for r in rows} == {
-        (op, b, m) for op in ("all_gather", "reduce_scatter", "all_reduce")
+        (op, b, m) for op in _kinds.KINDS
         for b in ("1024", "2048")
         for m in ("jax_symm", "lax", "jax_symm_scan", "lax_scan")}
     _check_rows(rows, world=8, processes=1, min_ok=len(rows) // 2)
-    # The progress counts only the cases that run here: 24, not 42 with GPU-only ones;
-    # redirected (not a terminal), one line per (op, dtype), no carriage returns.
-    assert "24/24 cases done" in proc.stderr and "\r" not in proc.stderr, proc.stderr[-2000:]
-    assert "/42" not in proc.stderr
+    # The progress counts only the cases that run here, not the 7 methods a
+    # GPU has; redirected (not a terminal), one line per (op, dtype), no
+    # carriage returns.
+    assert f"{n}/{n} cases done" in proc.stderr and "\r" not in proc.stderr, proc.stderr[-2000:]
+    assert f"/{len(_kinds.KINDS) * 2 * 7}" not in proc.stderr
     env_facts = json.loads((tmp_path / "env.json").read_text())
     assert env_facts["host"]["jax"] and env_facts["workers"][0]["facts"]["world"] == 8
 
@@ -120,17 +124,17 @@ def _resolved(argv, backend="cpu"):
 
 
 def test_default_sweep_is_short_and_full_is_behind_a_flag():
-    """No arguments: a sweep of about a minute on a loaded 2-core machine (36
-    cases on CPU: 3 ops x float32 x 3 sizes x 4 methods); --full: every dtype
-    and every power of two (264 cases), as before."""
+    """No arguments: a sweep of about a minute on a loaded 2-core machine
+    (per op 12 cases on CPU: float32 x 3 sizes x 4 methods); --full: every
+    dtype and every power of two (88 cases per op), as before."""
     quick = _resolved([])
     assert quick["dtypes"] == ["float32"] and quick["repeats"] == 9
     assert quick["sizes"] == [4 << 10, 64 << 10, 1 << 20]
-    assert len(quick["ops"]) * len(quick["dtypes"]) * len(quick["sizes"]) * 4 == 36
+    assert len(quick["dtypes"]) * len(quick["sizes"]) * 4 == 12
     full = _resolved(["--full"])
     assert full["dtypes"] == ["bfloat16", "float32"] and full["repeats"] == 5
     assert full["sizes"] == [1 << p for p in range(10, 21)]
-    assert len(full["ops"]) * len(full["dtypes"]) * len(full["sizes"]) * 4 == 264
+    assert len(full["dtypes"]) * len(full["sizes"]) * 4 == 88
     # Options still win over either default.
     picked = _resolved(["--dtypes", "bfloat16", "--min-bytes", "1KiB", "--size-step", "8",
                         "--repeats", "3"])
@@ -181,10 +185,9 @@ def test_bench_ops_are_exactly_the_kinds():
         assert op.name == name and op.kind is kind and op.exact == (not kind.sums)
         assert op.in_elems(3, 4) == 3 * kind.in_chunks(4)
     # nccl-tests' conventions, written out: algbw counts the larger side.
-    assert [ops.OPS[k].algbw_bytes(10, 4) for k in ("all_gather", "reduce_scatter",
-                                                    "all_reduce")] == [40, 40, 10]
-    assert [ops.OPS[k].busbw_factor(4) for k in ("all_gather", "reduce_scatter",
-                                                 "all_reduce")] == [0.75, 0.75, 1.5]
+    kinds = ("all_gather", "reduce_scatter", "all_reduce", "all_to_all")
+    assert [ops.OPS[k].algbw_bytes(10, 4) for k in kinds] == [40, 40, 10, 40]
+    assert [ops.OPS[k].busbw_factor(4) for k in kinds] == [0.75, 0.75, 1.5, 0.75]
 
 
 def test_a_kind_without_bench_facts_fails_at_import(monkeypatch):
@@ -192,13 +195,13 @@ def test_a_kind_without_bench_facts_fails_at_import(monkeypatch):
 
     from jax_symm import _kinds
     from jax_symm.bench import ops
-    extra = dataclasses.replace(_kinds.KINDS["all_gather"], name="all_to_all")
-    monkeypatch.setattr(_kinds, "KINDS", {**_kinds.KINDS, "all_to_all": extra})
-    with pytest.raises(ImportError, match=r"missing \['all_to_all'\]"):
+    extra = dataclasses.replace(_kinds.KINDS["all_gather"], name="broadcast")
+    monkeypatch.setattr(_kinds, "KINDS", {**_kinds.KINDS, "broadcast": extra})
+    with pytest.raises(ImportError, match=r"missing \['broadcast'\]"):
         ops._ops()
 
 
-@pytest.mark.parametrize("name", ["all_gather", "reduce_scatter", "all_reduce"])
+@pytest.mark.parametrize("name", ["all_gather", "reduce_scatter", "all_reduce", "all_to_all"])
 def test_bench_op_calls_jax_symm_and_its_lax_twin(name):
     import jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -422,14 +425,15 @@ def test_plot_title_names_cpu_once_and_clears_the_subplots(tmp_path):
 def test_raw_timer_takes_names_and_checks_them():
     from jax_symm import diagnostics
     from jax_symm._native import ext
-    with pytest.raises(RuntimeError, match="unknown op 'all_to_all'"):
-        ext.nccl_time_raw([0], "all_to_all", 1024, "float32", 1, 1)
+    with pytest.raises(RuntimeError, match="unknown op 'broadcast' \\(all_gather, "
+                                           "reduce_scatter, all_reduce, all_to_all\\)"):
+        ext.nccl_time_raw([0], "broadcast", 1024, "float32", 1, 1)
     with pytest.raises(RuntimeError, match="no NCCL type for dtype 'complex64'"):
         ext.nccl_time_raw([0], "all_gather", 1024, "complex64", 1, 1)
     with pytest.raises(RuntimeError, match="whole number of bfloat16"):
         ext.nccl_time_raw([0], "all_reduce", 1023, "bfloat16", 1, 1)
     with pytest.raises(ValueError):
-        diagnostics.nccl_raw_time([], "all_to_all", 1024, "float32")
+        diagnostics.nccl_raw_time([], "broadcast", 1024, "float32")
     import jax
     if jax.default_backend() != "gpu":
         ok, why = diagnostics.nccl_available()

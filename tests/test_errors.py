@@ -90,6 +90,8 @@ _OPS = [
     ("all_gather", lambda a: jax_symm.all_gather(a, "x"), lambda a: jax.lax.all_gather(a, "x")),
     ("psum_scatter", lambda a: jax_symm.psum_scatter(a, "x", tiled=True),
      lambda a: jax.lax.psum_scatter(a, "x", tiled=True)),
+    ("all_to_all", lambda a: jax_symm.all_to_all(a, "x", 0, 0, tiled=True),
+     lambda a: jax.lax.all_to_all(a, "x", 0, 0, tiled=True)),
 ]
 
 
@@ -119,6 +121,8 @@ _TYPO_OPS = [
      lambda ax: (lambda a: jax.lax.all_gather(a, ax, tiled=True))),
     ("psum_scatter", lambda ax: (lambda a: jax_symm.psum_scatter(a, ax, tiled=True)),
      lambda ax: (lambda a: jax.lax.psum_scatter(a, ax, tiled=True))),
+    ("all_to_all", lambda ax: (lambda a: jax_symm.all_to_all(a, ax, 0, 0, tiled=True)),
+     lambda ax: (lambda a: jax.lax.all_to_all(a, ax, 0, 0, tiled=True))),
 ]
 
 

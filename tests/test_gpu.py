@@ -135,6 +135,24 @@ def test_all_gather_parity(dtype, mesh, rng):
             assert_same(ours, ref, dtype, n)
 
 
+@pytest.mark.parametrize("dtype", GATHER_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_all_to_all_parity(dtype, mesh, rng):
+    """ncclAlltoAll (or grouped send/recv) against lax, split != concat and
+    split == concat, tiled and untiled. Written without a GPU at hand: not
+    yet run on one."""
+    n = mesh.size
+    for local_shape, split, concat, tiled in [((n * 1000,), 0, 0, True), ((n * 3, 40), 0, 1, True),
+                                              ((3, n * 40), 1, 0, True), ((2, n, 40), 1, 2, False),
+                                              ((2, 3, n * 40), 2, 2, True)]:
+        x = random_array(rng, (local_shape[0] * n, *local_shape[1:]), dtype)
+        fn = lambda op: (lambda a: op(a, "x", split, concat, tiled=tiled))  # noqa: E731
+        ours = run(fn(jax_symm.all_to_all), x, mesh)
+        assert_same(ours, run(fn(jax.lax.all_to_all), x, mesh), dtype, n)
+    f = jax.jit(jax.shard_map(fn(jax_symm.all_to_all), mesh=mesh, in_specs=P("x"),
+                              out_specs=P("x")))
+    assert f"custom_call @{target('all_to_all')}" in f.lower(shard(x, mesh, P("x"))).as_text()
+
+
 @pytest.mark.parametrize("dtype", SUM_DTYPES, ids=lambda d: np.dtype(d).name)
 def test_reduce_scatter_parity(dtype, mesh, rng):
     n = mesh.size

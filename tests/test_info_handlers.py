@@ -14,9 +14,9 @@ import textwrap
 import pytest
 
 import jax_symm
-from jax_symm import _child_environment
+from jax_symm import _child_environment, _kinds
 
-NAMES = sorted(f"jax_symm_host_{op}" for op in ("all_gather", "reduce_scatter", "all_reduce"))
+NAMES = sorted(f"jax_symm_host_{op}" for op in _kinds.KINDS)
 
 
 def test_info_reports_the_cpu_handlers_registered():

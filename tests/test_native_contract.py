@@ -20,7 +20,7 @@ from jax_symm._native import ext
 
 def test_kinds_and_targets_come_from_cpp():
     kinds = ext.collective_kinds()
-    assert kinds == ("all_gather", "reduce_scatter", "all_reduce")
+    assert kinds == ("all_gather", "reduce_scatter", "all_reduce", "all_to_all")
     host, nccl = ext.host_targets(), ext.nccl_targets()
     assert tuple(host) == kinds and tuple(nccl) == kinds
     names = [n for t in (host, nccl) for n, _ in t.values()]
@@ -145,18 +145,27 @@ def test_kind_layouts_come_from_cpp():
     arenas and copies from its table: the two agree, kind by kind."""
     layouts = {k: tuple(v) for k, v in ext.collective_layouts().items()}
     assert layouts == {"all_gather": ("one", "world"), "reduce_scatter": ("world", "one"),
-                       "all_reduce": ("one", "one")}
+                       "all_reduce": ("one", "one"), "all_to_all": ("world", "world")}
     assert tuple(_kinds.KINDS) == ext.collective_kinds()
     for name, kind in _kinds.KINDS.items():
         assert (kind.chunks_in, kind.chunks_out) == layouts[name]
-        # a sum shrinks or keeps the data; only a gather grows it
-        assert kind.gathers == (layouts[name][1] == "world") and kind.sums != kind.gathers
+        # a sum never outputs world chunks (it shrinks or keeps the data)
+        assert not (kind.sums and kind.chunks_out == "world")
+
+
+def test_a_side_of_world_chunks_names_its_axis():
+    """The relayout needs the axis world chunks lie along, on each such side."""
+    with pytest.raises(ValueError, match="names its axis"):
+        _kinds.Kind("x", _kinds.WORLD, _kinds.WORLD, sums=False, lax_twin="all_to_all",
+                    split="split_axis")
+    with pytest.raises(ValueError, match="names its axis"):
+        _kinds.Kind("x", _kinds.ONE, _kinds.ONE, sums=False, lax_twin="psum", split="d")
 
 
 def test_a_table_that_differs_from_cpp_fails_the_import(monkeypatch):
     monkeypatch.setattr(_kinds, "KINDS", dict(
         _kinds.KINDS, all_reduce=_kinds.Kind("all_reduce", _kinds.WORLD, _kinds.ONE,
-                                             sums=True, lax_twin="psum")))
+                                             sums=True, lax_twin="psum", split="axes")))
     with pytest.raises(ImportError, match="do not match jax_symm/_kinds.py"):
         _kinds.check_against_native()
 
@@ -164,9 +173,9 @@ def test_a_table_that_differs_from_cpp_fails_the_import(monkeypatch):
 def test_rules_derived_from_the_table():
     """Every size rule, from the one table: host slot, NCCL arena, copies."""
     w, c = 4, 128  # whole cache lines (slots are rounded up to 64 bytes)
-    assert [_host.slot_bytes(k, c, w) for k in _kinds.KINDS] == [c, c * w, c]
-    assert [_nccl.arena_bytes_needed(k, c, w) for k in _kinds.KINDS] == [c * w, c * w, c]
-    assert [_dispatch.copied_mib_per_mib(k, w) for k in _kinds.KINDS] == [w + 1, w + 1, 2]
+    assert [_host.slot_bytes(k, c, w) for k in _kinds.KINDS] == [c, c * w, c, c * w]
+    assert [_nccl.arena_bytes_needed(k, c, w) for k in _kinds.KINDS] == [c * w, c * w, c, c * w]
+    assert [_dispatch.copied_mib_per_mib(k, w) for k in _kinds.KINDS] == [w + 1, w + 1, 2, 2 * w]
     assert _host.slot_bytes("all_reduce", 1, w) == 64  # a cache line at least
 
 
@@ -188,3 +197,4 @@ def test_chunk_of_a_call():
     assert _kinds.kind("all_gather").chunk_bytes(96, 4) == 96
     assert _kinds.kind("reduce_scatter").chunk_bytes(384, 4) == 96
     assert _kinds.kind("all_reduce").chunk_bytes(96, 4) == 96
+    assert _kinds.kind("all_to_all").chunk_bytes(384, 4) == 96

@@ -83,10 +83,12 @@ def test_the_running_jaxlibs_extension_matches_its_release():
     ("all_gather", 3, _nccl_path.WINDOW_RESULT),
     ("reduce_scatter", 3, _nccl_path.WINDOW_OPERAND),
     ("all_reduce", 3, 3),
+    ("all_to_all", 3, 3),
 ])
 def test_window_buffers_by_kind_and_nccl(kind, old, new):
     """NCCL 2.28 wants both buffers in windows; from 2.29 the all-gather's
-    receive and the reduce-scatter's send buffer suffice; all-reduce both."""
+    receive and the reduce-scatter's send buffer suffice; all-reduce both; the
+    all-to-all (no symmetric kernel) both."""
     assert _nccl_path.window_buffers(kind, OLD_NCCL) == old
     assert _nccl_path.window_buffers(kind, NEW_NCCL) == new
     assert _nccl_path.window_buffers(kind, FLOORS["half_window"]) == new
@@ -145,12 +147,13 @@ def test_xla_path_custom_calls(xla_path):
     def fn(v):
         g = jax_symm.all_gather(v, "x", tiled=True)
         s = jax_symm.psum_scatter(v, "x", tiled=True)
-        return g.sum() + s.sum() + jax_symm.psum(v, ("x", "y")).sum()
+        return (g.sum() + s.sum() + jax_symm.psum(v, ("x", "y")).sum()
+                + jax_symm.all_to_all(v, "x", 1, 0, tiled=True).sum())
 
     calls = _custom_calls(_cuda_text(fn, x))
     names = _nccl.xla_targets()
     assert [re.search(r"@(\w+)", c).group(1) for c in calls] == [
-        names["all_gather"], names["reduce_scatter"], names["all_reduce"]]
+        names["all_gather"], names["reduce_scatter"], names["all_reduce"], names["all_to_all"]]
     assert all(n.startswith("jax_symm_nccl_xla_captured_") for n in names.values())  # default
     for call in calls:
         # NCCL 2.28: both buffers in collective memory (space 7) and windows
@@ -161,6 +164,7 @@ def test_xla_path_custom_calls(xla_path):
         assert "window_flags = 1 : i64" in call and "arena_bytes" not in call, call
     assert "output_operand_aliases" not in calls[0] and "output_operand_aliases" not in calls[1]
     assert "output_operand_aliases" in calls[2]  # the all-reduce's one buffer
+    assert "output_operand_aliases" not in calls[3]  # NCCL never runs an all-to-all in place
 
 
 def test_xla_path_windows_only_what_newer_nccl_needs(xla_path, monkeypatch):

@@ -27,6 +27,10 @@ OPS = {
     "psum_scatter_tiled": (lambda v: jax_symm.psum_scatter(v, "i", scatter_dimension=1, tiled=True),
                            lambda v: lax.psum_scatter(v, "i", scatter_dimension=1, tiled=True),
                            "reduce_scatter"),
+    "all_to_all": (lambda v: jax_symm.all_to_all(v, "i", 0, 1),
+                   lambda v: lax.all_to_all(v, "i", 0, 1), "all_to_all"),
+    "all_to_all_tiled": (lambda v: jax_symm.all_to_all(v, "i", 1, 0, tiled=True),
+                         lambda v: lax.all_to_all(v, "i", 1, 0, tiled=True), "all_to_all"),
 }
 
 

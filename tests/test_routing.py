@@ -80,8 +80,11 @@ def test_gpu_attributes_and_one_decision_per_call(mesh, nccl_stub, routes, dim, 
     def fn(v):
         g = jax_symm.all_gather(v, "x", axis=dim, tiled=tiled)
         s = jax_symm.reduce_scatter(v, "x", scatter_dimension=dim, tiled=tiled)
-        return g.sum() + s.sum() + jax_symm.all_reduce(v, ("x", "y")).sum()
+        return (g.sum() + s.sum() + jax_symm.all_reduce(v, ("x", "y")).sum()
+                + jax_symm.all_to_all(v, "x", 1, 2 * dim, tiled=tiled).sum())
 
+    # The all-to-all: per device (4, 4, 3), split axis 1 of 4 rows over the
+    # 4 ranks of "x", so 4 chunks of 48 bytes in and out.
     calls = _nccl_calls(_cuda_text(fn, mesh, x))
     scattered = 192 // 4
     assert calls == [
@@ -94,8 +97,11 @@ def test_gpu_attributes_and_one_decision_per_call(mesh, nccl_stub, routes, dim, 
         ("jax_symm_nccl_all_reduce", {"arena_bytes": "dense<192> : tensor<1xi64>",
                                       "chunk_bytes": "192 : i64", "group_size": "8 : i64",
                                       "groups": "dense<[0, 1, 2, 3, 4, 5, 6, 7]> : tensor<8xi64>"}),
+        ("jax_symm_nccl_all_to_all", {"arena_bytes": "dense<192> : tensor<2xi64>",
+                                      "chunk_bytes": "48 : i64", "group_size": "4 : i64",
+                                      "groups": GROUPS}),
     ]
-    assert len(routes) == 3 and all(isinstance(r, _routing.Route) for r in routes)
+    assert len(routes) == 4 and all(isinstance(r, _routing.Route) for r in routes)
     assert [r.call.kind.name for r in routes] == list(_kinds.KINDS)
 
 

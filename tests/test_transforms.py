@@ -18,6 +18,10 @@ OPS = {
     "reduce_scatter": (lambda x: jax_symm.psum_scatter(x, "x", scatter_dimension=1, tiled=True),
                        lambda x: jax.lax.psum_scatter(x, "x", scatter_dimension=1, tiled=True)),
     "all_reduce": (lambda x: jax_symm.psum(x, "x"), lambda x: jax.lax.psum(x, "x")),
+    "all_to_all": (lambda x: jax_symm.all_to_all(x, "x", 1, 0, tiled=True),
+                   lambda x: jax.lax.all_to_all(x, "x", 1, 0, tiled=True)),
+    "all_to_all_same_axis": (lambda x: jax_symm.all_to_all(x, "x", 1, 1, tiled=True),
+                             lambda x: jax.lax.all_to_all(x, "x", 1, 1, tiled=True)),
 }
 
 

@@ -98,6 +98,11 @@ def _ar_feedback(a, y, world):
     return (y * (1.0 / world)).astype(a.dtype)
 
 
+def _a2a_reference(x, world):
+    # Rank r's input is W chunks; rank i's output is chunk i of every rank's.
+    return x.reshape(world, world, -1).transpose(1, 0, 2).reshape(-1)
+
+
 def _ar_reference(x, world):
     return np.tile(x.astype(np.float64).reshape(world, -1).sum(axis=0), world)
 
@@ -128,6 +133,13 @@ _MEASURE: dict[str, Measure] = {
         feedback=_ar_feedback,
         reference=_ar_reference,
         busbw_factor=lambda world: 2 * (world - 1) / world,
+    ),
+    "all_to_all": Measure(
+        call=lambda f, x, ax: f(x, ax, 0, 0, tiled=True),
+        # The result has the input's shape and new data every call.
+        feedback=lambda a, y, world: y,
+        reference=_a2a_reference,
+        busbw_factor=lambda world: (world - 1) / world,
     ),
 }
 

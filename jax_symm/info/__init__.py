@@ -60,6 +60,9 @@ def info() -> dict[str, Any]:
                            "pdl_fixed_version": _nccl.version_string(
                                nccl["pdl_fixed_version"]),
                            "gather_sends_in_place": nccl["gather_sends_in_place"],
+                           # What serves jax_symm.all_to_all: "ncclAlltoAll" or
+                           # "ncclSend/ncclRecv" (ffi/nccl_enqueue.h).
+                           "all_to_all": nccl.get("all_to_all", ""),
                            # A collective that makes no progress for this long is
                            # aborted (0: never), where communicators' stall_watch.
                            "stall_timeout_s": settings.gpu_timeout_s(),

@@ -105,7 +105,10 @@ Error HostWindow::Prepare(const WindowSpec& spec) {
   }
   const WindowKey key{spec.site, spec.members};
   std::lock_guard<std::mutex> lock(windows_mu);
-  if (Windows().count(key)) return Error::Success();
+  if (auto it = Windows().find(key); it != Windows().end()) {
+    ++it->second->pending_;  // held for this lowering's executable
+    return Error::Success();
+  }
 
   // One process reads inputs in place and needs only the header.
   const size_t total =
@@ -199,6 +202,7 @@ Error HostWindow::Prepare(const WindowSpec& spec) {
   // Alone, nobody else needs the name: unlink now, so that not even a
   // SIGKILL can leave the segment behind.
   if (config.single_process) window->segment_->UnlinkAndClose();
+  window->pending_ = 1;  // held for this lowering's executable
   Windows()[key] = window;
   Generations()[key] = spec.generation;
   return Error::Success();
@@ -266,6 +270,7 @@ bool HostWindow::Acquire(int64_t site, const std::vector<int64_t>& members) {
   auto it = Windows().find(WindowKey{site, members});
   if (it == Windows().end()) return false;
   ++it->second->users_;
+  if (it->second->pending_ > 0) --it->second->pending_;
   return true;
 }
 
@@ -274,7 +279,7 @@ void HostWindow::Release(int64_t site, const std::vector<int64_t>& members) {
   {
     std::lock_guard<std::mutex> lock(windows_mu);
     auto it = Windows().find(WindowKey{site, members});
-    if (it == Windows().end() || --it->second->users_ > 0) return;
+    if (it == Windows().end() || --it->second->users_ > 0 || it->second->pending_ > 0) return;
     window = it->second;
     Windows().erase(it);
   }

@@ -185,6 +185,10 @@ class HostWindow {
   CollectiveKind kind_ = CollectiveKind::kAllGather;
   bool creator_ = false;  // this process made the segment (and removes its name)
   int users_ = 0;         // executables using it (guarded by the windows' lock)
+  // Lowerings that prepared it and whose executables have not acquired it
+  // yet: it must outlive an older executable released in between (Python's
+  // collector may destroy that one while the new program compiles).
+  int pending_ = 0;
   std::vector<int64_t> members_;
   size_t slot_bytes_ = 0;
   Header* header_ = nullptr;

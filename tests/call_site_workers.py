@@ -115,6 +115,7 @@ def rebuilt_after_clear_caches(rounds: int) -> dict:
     again, `rounds` times (issue 28, finding 5). Process 0 makes the windows
     (it serves rank 0); it drops its program late in every other round, so
     that process 1 lowers anew while the old window's name still exists."""
+    import gc
     import time
 
     import jax
@@ -132,6 +133,10 @@ def rebuilt_after_clear_caches(rounds: int) -> dict:
             time.sleep(1.0)
         del f
         jax.clear_caches()
+        # The old executable (and so its windows) goes when Python's collector
+        # frees it; collected now, every process drops it before lowering anew
+        # (README: a rebuild pairs once the old executables are gone).
+        gc.collect()
     return {"wrong": wrong}
 
 

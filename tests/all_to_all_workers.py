@@ -26,25 +26,6 @@ def _random(rs, shape, name):
     return rs.standard_normal(shape).astype(np.float32).astype(dtype)
 
 
-def _expected(data, mesh, axes, split, concat, tiled):
-    names, dims = mesh.axis_names, tuple(mesh.shape[a] for a in mesh.axis_names)
-    locals_ = np.split(data, mesh.devices.size, axis=0)
-    out = [None] * len(locals_)
-    groups: dict = {}
-    for k in range(len(locals_)):
-        coords = dict(zip(names, np.unravel_index(k, dims)))
-        key = tuple(coords[a] for a in names if a not in axes)
-        index = int(np.ravel_multi_index([coords[a] for a in axes],
-                                         [mesh.shape[a] for a in axes]))
-        groups.setdefault(key, {})[index] = k
-    for members in groups.values():
-        ranks = [members[i] for i in range(len(members))]
-        for k, y in zip(ranks, _a2a_ref.all_to_all([locals_[k] for k in ranks], split, concat,
-                                                   tiled)):
-            out[k] = y
-    return np.concatenate(out, axis=0)
-
-
 def _same(out, expected) -> bool:
     for s in out.addressable_shards:
         got = np.asarray(s.data)
@@ -85,7 +66,7 @@ def check(seed: int) -> dict:
                 return f, jax.block_until_ready(f(x))
 
             f, ours = run(jax_symm.all_to_all)
-            expected = _expected(data, mesh, axes, s, c, tiled)
+            expected = _a2a_ref.on_mesh(data, mesh, axes, s, c, tiled)
             # lax's all-to-all (gloo), device by device.
             _, ref = run(jax.lax.all_to_all)
             by_device = {r.device: np.asarray(r.data) for r in ref.addressable_shards}

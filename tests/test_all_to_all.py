@@ -23,27 +23,6 @@ def _sharded(fn, mesh, spec):
     return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=spec, out_specs=spec))
 
 
-def _expected(x, mesh, axes, split, concat, tiled):
-    """numpy: x's rows are the devices' inputs in mesh order (P over every mesh
-    axis); each group over `axes` exchanges; outputs stacked the same way."""
-    names, dims = mesh.axis_names, tuple(mesh.shape[a] for a in mesh.axis_names)
-    locals_ = np.split(np.asarray(x), mesh.devices.size, axis=0)
-    out = [None] * len(locals_)
-    groups: dict = {}
-    for k in range(len(locals_)):
-        coords = dict(zip(names, np.unravel_index(k, dims)))
-        key = tuple(coords[a] for a in names if a not in axes)
-        index = int(np.ravel_multi_index([coords[a] for a in axes],
-                                         [mesh.shape[a] for a in axes]))
-        groups.setdefault(key, {})[index] = k
-    for members in groups.values():
-        ranks = [members[i] for i in range(len(members))]
-        for k, y in zip(ranks, _a2a_ref.all_to_all([locals_[k] for k in ranks], split, concat,
-                                                   tiled)):
-            out[k] = y
-    return np.concatenate(out, axis=0)
-
-
 def _check(rng, dtype, mesh, axes, local_shape, split, concat, tiled, hlo=False):
     """jax_symm vs lax vs numpy for one case; `split`/`concat` may be negative
     for jax_symm (lax gets them counted from the front: it mishandles
@@ -57,7 +36,7 @@ def _check(rng, dtype, mesh, axes, local_shape, split, concat, tiled, hlo=False)
     got = run_sharded(ours, x, mesh, spec, spec)
     world = int(np.prod([mesh.shape[a] for a in axes]))
     assert_same(got, run_sharded(ref, x, mesh, spec, spec), dtype, world)
-    np.testing.assert_array_equal(got, _expected(x, mesh, axes, s, c, tiled))
+    np.testing.assert_array_equal(got, _a2a_ref.on_mesh(x, mesh, axes, s, c, tiled))
     if hlo:
         text = _sharded(ours, mesh, spec).lower(shard(x, mesh, spec)).as_text()
         assert TARGET in text and "all_to_all" not in text.replace(TARGET, ""), text[-3000:]

@@ -82,19 +82,27 @@ def _load_extension():
 
 ext = _load_extension()  # re-exported for the other modules
 
-_API_LINE = re.compile(r"^#define XLA_FFI_API_(MAJOR|MINOR) (\d+)", re.M)
+_DEFINE = re.compile(r"^#define (\w+) (\d+)\s*$", re.M)
+
+
+def shipped_header_defines(filename: str, header_dir: str | None = None) -> dict[str, int]:
+    """The `#define NAME <integer>` lines of `xla/ffi/api/<filename>` as the
+    running jaxlib ships it (its headers describe the runtime they come
+    with; `header_dir`: another include folder); {} where there is none."""
+    try:
+        base = jax.ffi.include_dir() if header_dir is None else header_dir
+        with open(os.path.join(base, "xla", "ffi", "api", filename), encoding="utf-8") as f:
+            return {name: int(value) for name, value in _DEFINE.findall(f.read())}
+    except (OSError, AttributeError):
+        return {}
 
 
 def running_ffi_api() -> tuple[int, int] | None:
-    """(major, minor) of the XLA FFI API of the jaxlib that runs, read from the
-    headers it ships (they describe the runtime they come with), or None."""
-    try:
-        with open(os.path.join(jax.ffi.include_dir(), "xla", "ffi", "api", "c_api.h"),
-                  encoding="utf-8") as f:
-            found = dict(_API_LINE.findall(f.read()))
-        return int(found["MAJOR"]), int(found["MINOR"])
-    except (OSError, KeyError, AttributeError, ValueError):
+    """(major, minor) of the XLA FFI API of the jaxlib that runs, or None."""
+    found = shipped_header_defines("c_api.h")
+    if "XLA_FFI_API_MAJOR" not in found or "XLA_FFI_API_MINOR" not in found:
         return None
+    return found["XLA_FFI_API_MAJOR"], found["XLA_FFI_API_MINOR"]
 
 
 def build_mismatch(running: tuple[int, int] | None = None) -> str | None:
@@ -104,16 +112,17 @@ def build_mismatch(running: tuple[int, int] | None = None) -> str | None:
     running = running_ffi_api() if running is None else running
     if running is None or (built[0] == running[0] and built[1] <= running[1]):
         return None
-    return _mismatch_message(built, running)
+    return _mismatch_message(running)
 
 
-def _mismatch_message(built, running) -> str:
+def _mismatch_message(running) -> str:
     import jaxlib
 
     api = lambda v: ".".join(map(str, v)) if v else "unknown"  # noqa: E731
+    info = ext.build_info()
     return (
         f"jax_symm's handlers were built against the XLA FFI headers of "
-        f"{ext.build_info()['ffi_headers']} (FFI API {api(built)}), but the running "
+        f"{info['ffi_headers']} (FFI API {api(info['ffi_api'])}), but the running "
         f"jaxlib {jaxlib.__version__} has FFI API {api(running)} and refuses handlers "
         "newer than itself. Rebuild jax_symm: `pip install --force-reinstall --no-deps .` "
         "from its source (its build pins the oldest admitted jaxlib's headers), or "
@@ -129,8 +138,7 @@ def register_ffi_target(name: str, target, platform: str) -> None:
     except Exception as err:
         if "API version" not in str(err):
             raise
-        raise ImportError(_mismatch_message(tuple(ext.build_info()["ffi_api"]),
-                                            running_ffi_api()) + f" (XLA: {err})") from err
+        raise ImportError(_mismatch_message(running_ffi_api()) + f" (XLA: {err})") from err
 
 
 def check_build() -> None:

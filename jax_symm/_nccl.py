@@ -339,6 +339,13 @@ def arena_bytes_needed(kind: str, chunk_bytes: int, world: int) -> int:
     return chunk_bytes * _kinds.kind(kind).staged_chunks(world)
 
 
+def _call_attributes(groups: np.ndarray, chunk_bytes: int) -> dict:
+    """The attributes every call carries, on either path (ffi/ffi_call.h
+    CallAttrs)."""
+    return dict(groups=np.ascontiguousarray(groups.reshape(-1), dtype=np.int64),
+                group_size=np.int64(groups.shape[1]), chunk_bytes=np.int64(chunk_bytes))
+
+
 def lower(kind: str, ctx, x, *, groups: np.ndarray, chunk_bytes: int) -> list:
     """Creates communicators and grows arenas for `groups` (a (num_groups,
     group_size) int64 array of global device ids), then emits the custom call.
@@ -356,9 +363,7 @@ def lower(kind: str, ctx, x, *, groups: np.ndarray, chunk_bytes: int) -> list:
     _compat.pass_order_token(ctx)  # one stream per device keeps program order
     return list(rule(
         ctx, x,
-        groups=np.ascontiguousarray(groups.reshape(-1), dtype=np.int64),
-        group_size=np.int64(world),
-        chunk_bytes=np.int64(chunk_bytes),
+        **_call_attributes(groups, chunk_bytes),
         arena_bytes=arenas,
     ))
 
@@ -385,9 +390,7 @@ def lower_xla(kind: str, ctx, x, *, groups: np.ndarray, chunk_bytes: int) -> lis
     _compat.pass_order_token(ctx)  # one stream per device keeps program order
     return list(rule(
         ctx, x,
-        groups=np.ascontiguousarray(groups.reshape(-1), dtype=np.int64),
-        group_size=np.int64(groups.shape[1]),
-        chunk_bytes=np.int64(chunk_bytes),
+        **_call_attributes(groups, chunk_bytes),
         windows=np.int64(windows),
         communication_id=np.int64(XLA_COMMUNICATION_ID),
         window_flags=np.int64(ext.nccl_version_floors()["win_coll_symmetric"]),

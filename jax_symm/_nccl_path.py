@@ -20,15 +20,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import re
 
-import jax
 
 from . import _compat, settings
 
-# The extension's version, as the running jaxlib's own header declares it.
-_MINOR_LINE = re.compile(r"^#define XLA_FFI_Extension_Collectives_MinorVersion (\d+)", re.M)
-_MAJOR_LINE = re.compile(r"^#define XLA_FFI_Extension_Collectives_MajorVersion (\d+)", re.M)
 WINDOWS_MINOR = 2  # request_window / get_window (ffi/xla_collectives.h kWindowsMinor)
 
 # Which buffers of a call lie in windows (the handler's `windows` attribute).
@@ -44,19 +39,14 @@ class PathChoice:
 
 def collectives_extension(header_dir: str | None = None) -> tuple[int, int] | None:
     """(major, minor) of XLA's FFI collectives extension in the running jaxlib,
-    read from the header it ships (which describes the runtime it comes with),
-    or None where it ships none (jaxlib < 0.11)."""
-    try:
-        base = header_dir if header_dir is not None else jax.ffi.include_dir()
-        with open(os.path.join(base, "xla", "ffi", "api", "collectives_c_api.h"),
-                  encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, AttributeError):
-        return None
-    major, minor = _MAJOR_LINE.search(text), _MINOR_LINE.search(text)
-    if major is None or minor is None:
-        return None
-    return int(major.group(1)), int(minor.group(1))
+    as the header it ships declares it, or None where it ships none (jaxlib <
+    0.11)."""
+    from ._native import shipped_header_defines
+
+    found = shipped_header_defines("collectives_c_api.h", header_dir)
+    major = found.get("XLA_FFI_Extension_Collectives_MajorVersion")
+    minor = found.get("XLA_FFI_Extension_Collectives_MinorVersion")
+    return None if major is None or minor is None else (major, minor)
 
 
 def decide(requested: str, extension: tuple[int, int] | None,

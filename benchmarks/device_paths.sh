@@ -59,7 +59,7 @@ print('$c', 'jax', jax.__version__, 'build', jax_symm._native.ext.build_info(),
     done ;;
   gpu1-*)
     IFS=- read -r _ jax path nccl <<< "$part"
-    run_tests "$part" 240 "$jax" "$path" "$nccl" "$R/tests/test_gpu.py" "$R/tests/test_native_contract.py" ;;
+    run_tests "$part" 240 "$jax" "$path" "$nccl" "$R/tests/test_gpu.py" "$R/tests/test_native_contract.py" -s ;;
   faults-*)
     IFS=- read -r _ jax path nccl <<< "$part"
     run_tests "$part" 420 "$jax" "$path" "$nccl" "$R/tests/test_gpu_multirank.py" -k "killed or stalled" -s ;;

@@ -106,6 +106,31 @@ def test_xla_path_adds_no_copies_per_call(mesh, rng):
     assert long == short, (short, long)
 
 
+@pytest.mark.skipif(PATH != "xla", reason="the XLA path")
+def test_tp_step_copies_on_the_xla_path():
+    """The tensor-parallel example's jitted training step: its jax_symm
+    calls' operands are computed inside the step, so calling jax_symm adds no
+    copy to the optimized program over the same step with lax's collectives
+    (printed beside the step with no collectives at all)."""
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
+    import tp_transformer as tp
+
+    d = tp.Dims(seq=64, dim=64, heads=8, ffn=128)
+    mesh, params, data = tp.setup(d, n_batches=1)
+    counts, texts = {}, {}
+    for how in ("lax", "jax_symm", "local"):
+        lowered = tp.make_train_step(mesh, d, how=how).lower(params, *data[0])
+        texts[how] = lowered.as_text()
+        counts[how] = len(re.findall(r"= \S+ copy(-start)?\(", lowered.compile().as_text()))
+    print(f"\ncopies in the TP step's optimized HLO: {counts}")
+    assert texts["jax_symm"].count(f"custom_call @{target('all_gather')}") >= 2
+    assert texts["jax_symm"].count(f"custom_call @{target('reduce_scatter')}") >= 2
+    assert counts["jax_symm"] <= counts["lax"], counts
+
+
 def test_info_reports_the_loaded_nccls_rules(mesh, rng):
     """The PDL floor applied to the NCCL actually loaded, and no stall bound
     (nor its per-call cost) unless JAX_SYMM_GPU_TIMEOUT_S asks for one."""

@@ -12,7 +12,9 @@
 #          multi-rank suite (2 or 4 processes sharing the GPU), jax "img"
 #          (the image's 0.11.2) or "new" (0.12.1), path xla or own, NCCL "img"
 #          (2.28.9) or "new" (2.32.3); faults-<jax>-<path>-<nccl>: the killed- and
-#          stalled-peer tests
+#          stalled-peer tests; a2a-<jax>-<path>-<nccl>: the all-to-all's GPU
+#          tests (1 rank, 2 and 4 ranks) with grouped ncclSend/ncclRecv serving
+#          it (JAX_SYMM_NCCL_ALL_TO_ALL=send_recv), ncclAlltoAll's fallback
 # Logs go to $OUT (device tool) or ./device_out.
 set -uo pipefail
 OUT=${OUT:-device_out}; mkdir -p "$OUT"
@@ -27,7 +29,7 @@ env_for() {  # jax path nccl -> PYTHONPATH and JAX_SYMM_NCCL_PATH for a run
 }
 run_tests() {  # name timeout jax path nccl pytest-args...
   local name=$1 limit=$2 jax=$3 path=$4 nccl=$5; shift 5
-  (cd /tmp && env $(env_for "$jax" "$path" "$nccl") timeout "$limit" python3 -m pytest -q -rfE \
+  (cd /tmp && env $(env_for "$jax" "$path" "$nccl") ${EXTRA_ENV:-} timeout "$limit" python3 -m pytest -q -rfE \
      --rootdir "$R" -p no:cacheprovider "$@") > "$OUT/$name.log" 2>&1
   echo "== $name rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed|^path" "$OUT/$name.log" | head -12
 }
@@ -60,6 +62,12 @@ print('$c', 'jax', jax.__version__, 'build', jax_symm._native.ext.build_info(),
   gpu1-*)
     IFS=- read -r _ jax path nccl <<< "$part"
     run_tests "$part" 240 "$jax" "$path" "$nccl" "$R/tests/test_gpu.py" "$R/tests/test_native_contract.py" -s ;;
+  a2a-*)
+    IFS=- read -r _ jax path nccl <<< "$part"
+    EXTRA_ENV=JAX_SYMM_NCCL_ALL_TO_ALL=send_recv run_tests "$part-1" 240 "$jax" "$path" "$nccl" \
+      "$R/tests/test_gpu.py" -k "all_to_all or loaded_nccls_rules"
+    EXTRA_ENV=JAX_SYMM_NCCL_ALL_TO_ALL=send_recv run_tests "$part-w" 400 "$jax" "$path" "$nccl" \
+      "$R/tests/test_gpu_multirank.py" -k "all_to_all or suite_report" -s ;;
   faults-*)
     IFS=- read -r _ jax path nccl <<< "$part"
     run_tests "$part" 420 "$jax" "$path" "$nccl" "$R/tests/test_gpu_multirank.py" -k "killed or stalled" -s ;;

@@ -272,10 +272,7 @@ NB_MODULE(_jax_symm, m) {
         d["pdl_fixed_version"] = jax_symm::kPdlFixedVersion;
         d["revoke"] = api->ncclCommRevoke != nullptr;
         // What serves jax_symm.all_to_all (nccl_enqueue.h EnqueueAllToAll).
-        d["all_to_all"] = api->ncclAlltoAll != nullptr ? "ncclAlltoAll"
-                          : (api->ncclSend != nullptr && api->ncclRecv != nullptr)
-                              ? "ncclSend/ncclRecv"
-                              : "";
+        d["all_to_all"] = jax_symm::AllToAllServer(*api);
         return d;
       },
       nb::arg("nccl_hint"),
@@ -296,6 +293,10 @@ NB_MODULE(_jax_symm, m) {
   m.def("nccl_set_stall_timeout", [](double seconds) { Raise(jax_symm::NcclSetStallTimeout(seconds)); }, nb::arg("seconds"),
         "The longest a collective may make no progress before the watchdog aborts its "
         "communicator (0: no bound).");
+
+  m.def("nccl_set_all_to_all_send_recv", &jax_symm::SetAllToAllBySendRecv, nb::arg("on"),
+        "Whether grouped ncclSend/ncclRecv serve the all-to-all even where the loaded "
+        "NCCL has ncclAlltoAll (JAX_SYMM_NCCL_ALL_TO_ALL=send_recv).");
 
   m.def("nccl_unique_id", []() {
     std::string id = Value(jax_symm::NcclNewUniqueId());

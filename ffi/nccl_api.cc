@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 #include <link.h>
 
+#include <atomic>
 #include <mutex>
 
 namespace jax_symm {
@@ -47,6 +48,19 @@ Error NcclCheck(ncclResult_t result, const char* what, ncclComm_t comm) {
 const NcclApi* LoadedNcclApi() {
   std::lock_guard<std::mutex> lock(api_mu);
   return loaded_api;
+}
+
+namespace {
+std::atomic<bool> all_to_all_by_send_recv{false};
+}  // namespace
+
+void SetAllToAllBySendRecv(bool on) { all_to_all_by_send_recv.store(on); }
+bool AllToAllBySendRecv() { return all_to_all_by_send_recv.load(std::memory_order_relaxed); }
+
+const char* AllToAllServer(const NcclApi& api) {
+  if (api.ncclAlltoAll != nullptr && !AllToAllBySendRecv()) return "ncclAlltoAll";
+  if (api.ncclSend != nullptr && api.ncclRecv != nullptr) return "ncclSend/ncclRecv";
+  return "";
 }
 
 ErrorOr<const NcclApi*> LoadNcclApi(const std::string& nccl_hint) {

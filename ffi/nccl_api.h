@@ -134,6 +134,15 @@ struct NcclApi {
   bool scatter_receives_in_place() const { return ScatterReceivesInPlace(nccl_version); }
 };
 
+// JAX_SYMM_NCCL_ALL_TO_ALL=send_recv (settings.py): the grouped sends serve
+// the all-to-all even where ncclAlltoAll exists, so that fallback can be run
+// on any NCCL. Set before the first call; read on every all-to-all.
+void SetAllToAllBySendRecv(bool on);
+bool AllToAllBySendRecv();
+// What serves the all-to-all with `api` loaded: "ncclAlltoAll",
+// "ncclSend/ncclRecv", or "" (neither: XLA's all-to-all serves).
+const char* AllToAllServer(const NcclApi& api);
+
 // Resolves the API once. `nccl_hint` is the wheel's libnccl.so.2, used only
 // when no libnccl.so.2 is loaded in the process yet.
 ErrorOr<const NcclApi*> LoadNcclApi(const std::string& nccl_hint);

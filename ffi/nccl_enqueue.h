@@ -54,7 +54,7 @@ inline const char* NcclCallName(CollectiveKind kind) {
 // rank i. Never in place (NCCL refuses that).
 inline ncclResult_t EnqueueAllToAll(const NcclApi& api, const NcclCall& c, ncclComm_t comm,
                                     CUstream stream) {
-  if (api.ncclAlltoAll != nullptr) {
+  if (api.ncclAlltoAll != nullptr && !AllToAllBySendRecv()) {
     return api.ncclAlltoAll(c.send, c.recv, c.count, c.type, comm, stream);
   }
   if (api.ncclSend == nullptr || api.ncclRecv == nullptr) return 5;  // ncclInvalidArgument

@@ -70,6 +70,7 @@ def xla_targets() -> dict[str, str]:
 @functools.cache
 def load() -> dict:
     """Loads NCCL (JAX's copy) and registers the GPU handlers; idempotent."""
+    ext.nccl_set_all_to_all_send_recv(settings.nccl_all_to_all() == "send_recv")
     info = ext.nccl_load(_wheel_nccl())
     for name, capsule in ext.nccl_targets().values():
         register_ffi_target(name, capsule, platform="CUDA")
@@ -234,18 +235,9 @@ def aborted() -> list[str]:
 _SUMMABLE = _kinds.SUM_DTYPES["nccl"]
 
 
-# Kinds whose NCCL handlers have not yet run on a GPU: XLA's collective serves
-# them there, with a warning, until a device run passes their GPU tests
-# (tests/test_gpu.py and the multi-rank suite lift this to test them).
-UNVERIFIED_ON_GPU = frozenset({"all_to_all"})
-
-
 def unusable_reason(kind: str, dtype) -> str | None:
     """None if NCCL can serve this call at all; otherwise a one-line
     user-facing reason why XLA's collective is used instead."""
-    if kind in UNVERIFIED_ON_GPU:
-        return (f"jax_symm: jax_symm.{kind} has not run on a GPU yet; it uses XLA's own "
-                "collective there (the CPU transport serves it).")
     try:
         info = load()
     except RuntimeError as e:
@@ -254,6 +246,9 @@ def unusable_reason(kind: str, dtype) -> str | None:
     if not info["symmetric_windows"]:
         return (f"jax_symm: NCCL {version_string(info['version'])} has no symmetric windows "
                 f"(needs >= 2.27.3); jax_symm.{kind} uses XLA's own collective.")
+    if kind == "all_to_all" and not info.get("all_to_all", "ncclAlltoAll"):
+        return (f"jax_symm: NCCL {version_string(info['version'])} has neither ncclAlltoAll "
+                "nor ncclSend/ncclRecv; jax_symm.all_to_all uses XLA's own collective.")
     if _kinds.kind(kind).sums and np.dtype(dtype) not in _SUMMABLE:
         return (f"jax_symm: NCCL cannot sum {np.dtype(dtype).name} (it has no such type); "
                 f"jax_symm.{kind} uses XLA's own collective.")

@@ -27,6 +27,7 @@ it), passed to the C++ core explicitly:
 | ``JAX_SYMM_PATIENCE_US`` | 5000 | longest wait for peers on XLA's own thread before a CPU call's wait moves to jax_symm's thread pool (0: move at once) |
 | ``JAX_SYMM_ARENA_MB`` | 64 | smallest symmetric arena per NCCL communicator (GPU) |
 | ``JAX_SYMM_NCCL_PATH`` | auto | GPU: ``xla`` runs NCCL on XLA's communicator and collective memory (no copies; needs jaxlib's collectives extension with windows, jaxlib >= 0.12.1), ``own`` on jax_symm's communicators and arenas; ``auto``: ``xla`` where the running jaxlib has it (``_nccl_path.py``) |
+| ``JAX_SYMM_NCCL_ALL_TO_ALL`` | auto | GPU: what serves ``all_to_all``: ``auto`` ``ncclAlltoAll`` where the loaded NCCL has it (2.28.3+), else one grouped ``ncclSend``/``ncclRecv`` per peer; ``send_recv``: the grouped sends always (runs that fallback on a newer NCCL) |
 | ``JAX_SYMM_NCCL_XLA_CAPTURE`` | 1 | GPU, XLA path: its handlers are declared command-buffer compatible (XLA captures them into CUDA graphs); 0: not |
 
 Each is range-checked when read: not a number, nan, inf or outside its range
@@ -163,6 +164,19 @@ def nccl_path() -> str:
     if value not in NCCL_PATHS:
         raise ValueError(f"jax_symm: JAX_SYMM_NCCL_PATH={value!r} is not one of "
                          f"{', '.join(NCCL_PATHS)}")
+    return value
+
+
+NCCL_ALL_TO_ALL = ("auto", "send_recv")
+
+
+def nccl_all_to_all() -> str:
+    """JAX_SYMM_NCCL_ALL_TO_ALL: "auto" (ncclAlltoAll where NCCL has it, else
+    grouped ncclSend/ncclRecv) or "send_recv" (always the grouped sends)."""
+    value = os.environ.get("JAX_SYMM_NCCL_ALL_TO_ALL", "").strip().lower() or "auto"
+    if value not in NCCL_ALL_TO_ALL:
+        raise ValueError(f"jax_symm: JAX_SYMM_NCCL_ALL_TO_ALL={value!r} is not one of "
+                         f"{', '.join(NCCL_ALL_TO_ALL)}")
     return value
 
 

@@ -387,8 +387,6 @@ def suite(seed: int) -> dict:
 
     import jax_symm
 
-    # all_to_all's NCCL handlers are gated off GPUs until they pass here.
-    jax_symm._nccl.UNVERIFIED_ON_GPU = frozenset()
     world = jax.device_count()
     rs = np.random.RandomState(seed)
     out = {}
@@ -405,7 +403,7 @@ def suite(seed: int) -> dict:
     info = jax_symm.info()["nccl"]
     path = jax_symm._nccl_path.choice().path
     everyone = np.asarray([[d.id for d in jax.devices()]], dtype=np.int64)
-    out["_info"] = dict(version=info["version"], path=path,
+    out["_info"] = dict(version=info["version"], path=path, all_to_all=info["all_to_all"],
                         spans_nccl_hosts=bool(jax_symm._nccl.groups_span_nccl_hosts(everyone)),
                         communicators=[
         {k: c[k] for k in ("members", "arena_bytes", "symmetric_windows", "symmetric_kernels")}

@@ -143,6 +143,10 @@ def test_info_reports_the_loaded_nccls_rules(mesh, rng):
     rules = ext.nccl_copy_rules(major * 10000 + minor * 100 + patch)
     assert info["gather_sends_in_place"] == rules["gather_sends_in_place"], info
     assert info["pdl_fixed_version"] == "2.30.7", info
+    forced = os.environ.get("JAX_SYMM_NCCL_ALL_TO_ALL") == "send_recv"
+    has_alltoall = (major, minor, patch) >= (2, 28, 3)
+    assert info["all_to_all"] == ("ncclAlltoAll" if has_alltoall and not forced
+                                  else "ncclSend/ncclRecv"), info
     bounded = float(os.environ.get("JAX_SYMM_GPU_TIMEOUT_S") or 0) > 0
     assert (info["stall_timeout_s"] > 0) == bounded, info
     assert all(c["stall_watch"] == bounded for c in info["communicators"]), info
@@ -161,12 +165,9 @@ def test_all_gather_parity(dtype, mesh, rng):
 
 
 @pytest.mark.parametrize("dtype", GATHER_DTYPES, ids=lambda d: np.dtype(d).name)
-def test_all_to_all_parity(dtype, mesh, rng, monkeypatch):
-    """ncclAlltoAll (or grouped send/recv) against lax, split != concat and
-    split == concat, tiled and untiled. Written without a GPU at hand: not
-    yet run on one (so the gate that hands all_to_all to XLA on GPUs is
-    lifted here)."""
-    monkeypatch.setattr(_nccl, "UNVERIFIED_ON_GPU", frozenset())
+def test_all_to_all_parity(dtype, mesh, rng):
+    """ncclAlltoAll (or grouped send/recv: JAX_SYMM_NCCL_ALL_TO_ALL) against
+    lax, split != concat and split == concat, tiled and untiled."""
     n = mesh.size
     for local_shape, split, concat, tiled in [((n * 1000,), 0, 0, True), ((n * 3, 40), 0, 1, True),
                                               ((3, n * 40), 1, 0, True), ((2, n, 40), 1, 2, False),

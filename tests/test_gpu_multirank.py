@@ -100,7 +100,7 @@ def test_suite_report(world):
     print(f"\nworld {world}: NCCL {info['version']}; communicators "
           f"{json.dumps(info['communicators'])}")
     assert not info["aborted"], info
-    print(f"path: {info['path']}")
+    print(f"path: {info['path']}; all_to_all served by {info['all_to_all']}")
     assert bool(info["communicators"]) == (info["path"] == "own"), info
 
 
@@ -126,10 +126,23 @@ def _killed(tmp_path, use_lax: bool, when: str, grace: float):
 @pytest.mark.parametrize("when", ["mid", "between"])
 def test_killed_peer_raises_in_the_survivor(tmp_path, when):
     """Process 1 SIGKILLs itself during (or between) steps of collectives; the
-    survivor gets an exception naming the cause within 10 s of the kill."""
+    survivor gets an exception naming the cause within 10 s of the kill.
+
+    On the XLA path the communicators are XLA's, which jax_symm's peer watch
+    does not abort: a dead peer is XLA's to notice, as with lax. What the
+    survivor sees there is recorded (printed), not asserted."""
     if _nccl_path.choice().path == "xla":
-        pytest.skip("the XLA path runs on XLA's communicators, which jax_symm's peer "
-                    "watch does not abort: a dead peer is XLA's to notice")
+        grace = 20.0
+        err, killed, report = _killed(tmp_path, False, when, grace=grace)
+        assert err.returncodes[1] == -signal.SIGKILL, str(err)
+        if report is None or report["message"] is None:
+            print(f"\njax_symm (XLA path), kill {when}: no exception in the survivor within "
+                  f"{grace:g} s (stopped by the launcher: {err.returncodes})")
+        else:
+            print(f"\njax_symm (XLA path), kill {when}: {report['type']} "
+                  f"{report['t_raised'] - killed['t_killed']:.2f} s after the kill: "
+                  f"{report['message'][:300]}")
+        return
     err, killed, report = _killed(tmp_path, False, when, grace=30)
     assert err.returncodes[1] == -signal.SIGKILL, str(err)
     assert report is not None, f"the survivor reported nothing:\n{err}"

@@ -119,7 +119,6 @@ def xla_path(monkeypatch):
     monkeypatch.setattr(_nccl, "load", lambda: {"version": OLD_NCCL, "symmetric_windows": True,
                                                 "path": ""})
     monkeypatch.setattr(_nccl_path, "choice", lambda: _nccl_path.PathChoice("xla", "test"))
-    monkeypatch.setattr(_nccl, "UNVERIFIED_ON_GPU", frozenset())  # lowering is checked here
 
     def no_own_setup(*args):
         raise AssertionError("the XLA path sets up no communicator or arena of its own")

@@ -30,7 +30,6 @@ def nccl_stub(monkeypatch):
                                                 "path": ""})
     # jax_symm's own communicators and arenas (tests/test_nccl_path.py: the XLA path)
     monkeypatch.setattr(_nccl_path, "choice", lambda: _nccl_path.PathChoice("own", "test"))
-    monkeypatch.setattr(_nccl, "UNVERIFIED_ON_GPU", frozenset())  # lowering is checked here
     monkeypatch.setattr(_nccl, "ensure_groups", lambda groups: None)
     monkeypatch.setattr(_nccl, "ensure_arenas",
                         lambda groups, n: np.full(groups.shape[0], n, np.int64))
@@ -143,14 +142,13 @@ def test_host_refusal_is_none_in_one_process():
     assert _routing.TRANSPORTS["cpu"].refusal(call) is None
 
 
-@pytest.mark.filterwarnings("ignore:jax_symm. jax_symm.all_to_all has not run on a GPU")
-def test_kinds_not_yet_run_on_a_gpu_go_to_xla(mesh, routes, monkeypatch):
-    """all_to_all's NCCL handlers have not run on a GPU: XLA's all-to-all
-    serves it there (with the reason) until a device run lifts the gate."""
-    monkeypatch.setattr(_nccl, "load", lambda: {"version": 22809, "symmetric_windows": True,
-                                                "path": ""})
-    assert "all_to_all" in _nccl.UNVERIFIED_ON_GPU
+@pytest.mark.filterwarnings("ignore:jax_symm. NCCL 2.6.4 has neither ncclAlltoAll")
+def test_all_to_all_without_an_nccl_all_to_all_goes_to_xla(mesh, routes, monkeypatch):
+    """An NCCL with neither ncclAlltoAll nor ncclSend/ncclRecv: XLA's
+    all-to-all serves jax_symm.all_to_all, and the route says why."""
+    monkeypatch.setattr(_nccl, "load", lambda: {"version": 20604, "symmetric_windows": True,
+                                                "path": "", "all_to_all": ""})
     text = _cuda_text(lambda v: jax_symm.all_to_all(v, "x", 0, 0, tiled=True).sum(), mesh,
                       jnp.ones((16, 4, 6), jnp.float32))
     assert _nccl_calls(text) == [] and "all_to_all" in text
-    assert routes[0].call is None and "has not run on a GPU" in routes[0].why
+    assert routes[0].call is None and "neither ncclAlltoAll" in routes[0].why

@@ -85,3 +85,26 @@ def test_the_native_stall_bound_refuses_nonsense(value):
 
     with pytest.raises(RuntimeError, match="JAX_SYMM_GPU_TIMEOUT_S"):
         ext.nccl_set_stall_timeout(value)
+
+
+# (variable, reader, values refused, (value, what the reader returns) accepted)
+_CHOICES = [
+    ("JAX_SYMM_NCCL_PATH", settings.nccl_path, ["XLA2", "1", "none"],
+     [("", "auto"), ("XLA", "xla"), ("own", "own")]),
+    ("JAX_SYMM_NCCL_ALL_TO_ALL", settings.nccl_all_to_all, ["sendrecv", "1", "alltoall"],
+     [("", "auto"), ("send_recv", "send_recv"), (" AUTO ", "auto")]),
+    ("JAX_SYMM_NCCL_XLA_CAPTURE", settings.nccl_xla_capture, ["yes", "2", "true"],
+     [("", True), ("0", False), ("1", True)]),
+]
+
+
+@pytest.mark.parametrize("name,read,bad,good", _CHOICES, ids=[c[0] for c in _CHOICES])
+def test_each_choice_refuses_what_it_does_not_know(monkeypatch, name, read, bad, good):
+    for text in bad:
+        monkeypatch.setenv(name, text)
+        with pytest.raises(ValueError, match=name) as err:
+            read()
+        assert repr(text.strip().lower()) in str(err.value) or repr(text) in str(err.value)
+    for text, want in good:
+        monkeypatch.setenv(name, text)
+        assert read() == want, (name, text)

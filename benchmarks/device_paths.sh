@@ -8,6 +8,8 @@
 #   probe  one XLA-path call of each kind with NCCL's registration and tuning log
 #   time   per-call times at world 1, lax and both paths side by side (probe_paths.py --time),
 #          with the XLA path's handlers uncaptured and captured into CUDA graphs
+#   trace  memcpy and NCCL kernels per jax_symm call in a profiler trace of a
+#          captured chain (trace_copies.py), per path and NCCL
 #   gpu1-<jax>-<path>-<nccl>, w2-..., w4-...: the 1-rank GPU tests or the
 #          multi-rank suite (2 or 4 processes sharing the GPU), jax "img"
 #          (the image's 0.11.2) or "new" (0.12.1), path xla or own, NCCL "img"
@@ -58,6 +60,12 @@ print('$c', 'jax', jax.__version__, 'build', jax_symm._native.ext.build_info(),
       (cd /tmp && env $(env_for new xla "${TIME_NCCL:-img}") JAX_SYMM_NCCL_XLA_CAPTURE=$cap JAX_SYMM_SINGLETON_CALLS=1 JAX_SYMM_FORCE_WINDOW=1 \
         timeout 240 python3 "$R/benchmarks/probe_paths.py" --time) > "$OUT/time_cap$cap-${TIME_NCCL:-img}.log" 2>&1
       echo "== time capture=$cap rc=$?"; grep -E "^TIME|Error" "$OUT/time_cap$cap-${TIME_NCCL:-img}.log" | head -12
+    done ;;
+  trace)
+    for c in "new xla new" "new xla img" "img own img"; do
+      (cd /tmp && env $(env_for $c) JAX_SYMM_SINGLETON_CALLS=1 timeout 200 \
+        python3 "$R/benchmarks/trace_copies.py") > "$OUT/trace-${c// /-}.log" 2>&1
+      echo "== trace $c rc=$?"; grep -E "^TRACE|Error" "$OUT/trace-${c// /-}.log" | cut -c1-600 | head -8
     done ;;
   gpu1-*)
     IFS=- read -r _ jax path nccl <<< "$part"

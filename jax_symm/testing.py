@@ -353,7 +353,8 @@ def run_multiprocess(fn: Callable[..., Any] | str, *, num_processes: int = 2,
                      sys_path: Sequence[str] = (),
                      echo_output: bool = False, platform: str = "cpu",
                      share_gpus: bool | None = None,
-                     failure_grace_s: float = 0.0) -> MultiProcessResults:
+                     failure_grace_s: float = 0.0,
+                     heartbeat_timeout_s: int | None = None) -> MultiProcessResults:
     """Runs ``fn(*args, **kwargs)`` in `num_processes` JAX processes; returns their results.
 
     Every process sees `devices_per_process` devices (CPU: 2 unless given;
@@ -368,7 +369,10 @@ def run_multiprocess(fn: Callable[..., Any] | str, *, num_processes: int = 2,
     after `timeout_s` seconds; no worker outlives the call. After the first
     failure the others get `failure_grace_s` more seconds to finish on their
     own (fault tests: how survivors react to a dead peer) before they are
-    stopped.
+    stopped. `heartbeat_timeout_s` is passed to ``jax.distributed.initialize``
+    (``heartbeat_timeout_seconds``, jax's default 100 s when None): how long
+    jax's coordination service waits for a silent process before it declares
+    it dead and ends the others.
     """
     if platform not in ("cpu", "gpu"):
         raise ValueError(f"platform must be 'cpu' or 'gpu', not {platform!r}")
@@ -378,6 +382,10 @@ def run_multiprocess(fn: Callable[..., Any] | str, *, num_processes: int = 2,
         devices_per_process = 1 if platform == "gpu" else 2
     if num_processes < 1 or devices_per_process < 1:
         raise ValueError("num_processes and devices_per_process must be >= 1")
+    if heartbeat_timeout_s is not None and not (
+            isinstance(heartbeat_timeout_s, int) and heartbeat_timeout_s >= 1):
+        raise ValueError(f"heartbeat_timeout_s must be a whole number of seconds >= 1, "
+                         f"not {heartbeat_timeout_s!r}")
     spec, paths = _fn_spec(fn)
     paths = [os.path.abspath(p) for p in sys_path] + paths
     child_env = _child_env(env, platform, devices_per_process)
@@ -408,6 +416,8 @@ def run_multiprocess(fn: Callable[..., Any] | str, *, num_processes: int = 2,
                        "--input", in_path, "--output", outs[i]]
                 for p in paths:
                     cmd += ["--path", p]
+                if heartbeat_timeout_s is not None:
+                    cmd += ["--heartbeat-timeout-s", str(heartbeat_timeout_s)]
                 with open(logs[i], "wb") as log:
                     procs.append(subprocess.Popen(
                         cmd, stdin=subprocess.DEVNULL, stdout=log,
@@ -565,6 +575,7 @@ def _worker_main(argv: Sequence[str]) -> None:
     ap.add_argument("--input", required=True)
     ap.add_argument("--output", required=True)
     ap.add_argument("--path", action="append", default=[])
+    ap.add_argument("--heartbeat-timeout-s", type=int, default=None)
     a = ap.parse_args(argv)
 
     # Stacks on SIGUSR1 (sent by the launcher before it kills a stuck worker),
@@ -585,8 +596,11 @@ def _worker_main(argv: Sequence[str]) -> None:
             # (otherwise the parent put --xla_force_host_platform_device_count in XLA_FLAGS)
             if "jax_cpu_collectives_implementation" in jax.config.values:
                 jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        heartbeat = ({} if a.heartbeat_timeout_s is None
+                     else {"heartbeat_timeout_seconds": a.heartbeat_timeout_s})
         jax.distributed.initialize(coordinator_address=a.coordinator,
-                                   num_processes=a.num_processes, process_id=a.process_id)
+                                   num_processes=a.num_processes, process_id=a.process_id,
+                                   **heartbeat)
         # After initialize, which installs jax's own (preemption) SIGTERM hook:
         # exit at once, unlinking jax_symm's shared memory. (A thread blocked
         # in C++ never gets here; the launcher's SIGKILL follows.)

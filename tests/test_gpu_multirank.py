@@ -20,6 +20,7 @@ import json
 import os
 import signal
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -107,12 +108,13 @@ def test_suite_report(world):
 # ------------------------------------------------------------- a peer that dies
 
 
-def _killed(tmp_path, use_lax: bool, when: str, grace: float):
+def _killed(tmp_path, use_lax: bool, when: str, grace: float, heartbeat: int | None = None):
     with pytest.raises(MultiProcessError) as err:
         run_multiprocess(gw.killed_peer, num_processes=2, platform="gpu", share_gpus=True,
                          args=(str(tmp_path), use_lax, when, 3, 400), timeout_s=120,
-                         failure_grace_s=grace,
+                         failure_grace_s=grace, heartbeat_timeout_s=heartbeat,
                          env={"NCCL_DEBUG": "WARN", "NCCL_DEBUG_TIMESTAMP_LEVELS": "WARN"})
+    err.value.t_end = time.time()  # when the launcher saw the last process end
     print(f"\n--- survivor's log ({'lax' if use_lax else 'jax_symm'}, {when}) ---\n"
           + "\n".join(err.value.logs[0].splitlines()[-25:]))
     assert (tmp_path / "killed.json").exists(), f"process 1 never reached the kill:\n{err.value}"
@@ -132,16 +134,7 @@ def test_killed_peer_raises_in_the_survivor(tmp_path, when):
     does not abort: a dead peer is XLA's to notice, as with lax. What the
     survivor sees there is recorded (printed), not asserted."""
     if _nccl_path.choice().path == "xla":
-        grace = 20.0
-        err, killed, report = _killed(tmp_path, False, when, grace=grace)
-        assert err.returncodes[1] == -signal.SIGKILL, str(err)
-        if report is None or report["message"] is None:
-            print(f"\njax_symm (XLA path), kill {when}: no exception in the survivor within "
-                  f"{grace:g} s (stopped by the launcher: {err.returncodes})")
-        else:
-            print(f"\njax_symm (XLA path), kill {when}: {report['type']} "
-                  f"{report['t_raised'] - killed['t_killed']:.2f} s after the kill: "
-                  f"{report['message'][:300]}")
+        _record_xla_s_own_bound(tmp_path, False, when)
         return
     err, killed, report = _killed(tmp_path, False, when, grace=30)
     assert err.returncodes[1] == -signal.SIGKILL, str(err)
@@ -161,19 +154,37 @@ def test_killed_peer_raises_in_the_survivor(tmp_path, when):
     assert "aborted" in report["message"] and "process 1" in report["message"], report
 
 
+# jax's coordination service declares a silent process dead after its
+# heartbeat timeout (jax.distributed.initialize's heartbeat_timeout_seconds,
+# 100 s by default) and then ends the others: the only bound on a survivor
+# blocked in XLA's communicators. A short one here, to measure it.
+HEARTBEAT_S = 10
+
+
+def _record_xla_s_own_bound(tmp_path, use_lax: bool, when: str) -> None:
+    """A peer killed where XLA's communicators serve (lax, or jax_symm's XLA
+    path): what the survivor sees, and when, printed (XLA's behaviour is
+    XLA's); asserted only that it ends within the heartbeat bound plus slack."""
+    who = "lax" if use_lax else "jax_symm (XLA path)"
+    err, killed, report = _killed(tmp_path, use_lax, when, grace=HEARTBEAT_S + 40,
+                                  heartbeat=HEARTBEAT_S)
+    assert err.returncodes[1] == -signal.SIGKILL, str(err)
+    ended = err.t_end - killed["t_killed"]
+    if report is None or report["message"] is None:
+        print(f"\n{who}, kill {when}: no exception in the survivor; it ended "
+              f"({err.returncodes[0]}) {ended:.1f} s after the kill (heartbeat timeout "
+              f"{HEARTBEAT_S} s)")
+    else:
+        print(f"\n{who}, kill {when}: {report['type']} "
+              f"{report['t_raised'] - killed['t_killed']:.2f} s after the kill: "
+              f"{report['message'][:300]}")
+    assert ended < HEARTBEAT_S + 40, (ended, str(err))
+
+
 @pytest.mark.timeout(200)
 def test_killed_peer_with_lax_for_comparison(tmp_path):
-    """The same with XLA's own collectives: recorded, not asserted (XLA's
-    behaviour is XLA's)."""
-    grace = 20.0
-    err, killed, report = _killed(tmp_path, True, "mid", grace=grace)
-    if report is None or report["message"] is None:
-        print(f"\nlax, kill mid: no exception in the survivor within {grace:g} s "
-              f"(stopped by the launcher: {err.returncodes})")
-    else:
-        print(f"\nlax, kill mid: {report['type']} {report['t_raised'] - killed['t_killed']:.2f}"
-              f" s after the kill: {report['message'][:300]}")
-    assert err.returncodes[1] == -signal.SIGKILL
+    """The same with XLA's own collectives."""
+    _record_xla_s_own_bound(tmp_path, True, "mid")
 
 
 # ------------------------------------------------ a peer that is alive but stuck

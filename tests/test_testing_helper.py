@@ -133,3 +133,15 @@ def test_run_multiprocess_on_gpu_without_a_gpu_says_so(monkeypatch):
         run_multiprocess(report, platform="tpu")
     with pytest.raises(ValueError, match="share_gpus applies"):
         run_multiprocess(report, share_gpus=True)
+
+
+@pytest.mark.timeout(150)
+def test_heartbeat_timeout_reaches_jax_distributed_initialize():
+    """A job started with a heartbeat bound runs (jax.distributed.initialize
+    takes it); a bound that is not a whole number of seconds is refused."""
+    out = run_multiprocess(report, num_processes=2, devices_per_process=1, args=("hb",),
+                           timeout_s=120, heartbeat_timeout_s=7)
+    assert [p for _, p, _ in out] == [0, 1]
+    for bad in (0, 1.5, "10"):
+        with pytest.raises(ValueError, match="heartbeat_timeout_s"):
+            run_multiprocess(report, heartbeat_timeout_s=bad)

@@ -72,66 +72,6 @@ inline Error CheckSeconds(const char* name, double value, double low, bool low_o
     if (jax_symm_err_.failure()) return jax_symm_err_; \
   } while (0)
 
-// The kinds of collective a window serves; part of the window's identity so
-// that an all-gather and a reduce-scatter never share a buffer by accident.
-// Python names them only by the strings below (the module exports them).
-enum class CollectiveKind : int64_t {
-  kAllGather = 0, kReduceScatter = 1, kAllReduce = 2, kAllToAll = 3
-};
-inline constexpr CollectiveKind kCollectiveKinds[] = {
-    CollectiveKind::kAllGather, CollectiveKind::kReduceScatter, CollectiveKind::kAllReduce,
-    CollectiveKind::kAllToAll};
-
-inline const char* CollectiveKindName(CollectiveKind kind) {
-  switch (kind) {
-    case CollectiveKind::kAllGather: return "all_gather";
-    case CollectiveKind::kReduceScatter: return "reduce_scatter";
-    case CollectiveKind::kAllReduce: return "all_reduce";
-    case CollectiveKind::kAllToAll: return "all_to_all";
-  }
-  return "?";
-}
-
-// How many chunks each kind reads and writes per rank: one, or one per rank
-// of the group. The handlers check buffers against it (ffi_call.h); Python's
-// table of kinds (jax_symm/_kinds.py) is checked against it at import.
-enum class Chunks { kOne, kWorld };
-struct KindLayout {
-  Chunks in;
-  Chunks out;
-};
-
-inline KindLayout LayoutOf(CollectiveKind kind) {
-  switch (kind) {
-    case CollectiveKind::kAllGather: return {Chunks::kOne, Chunks::kWorld};
-    case CollectiveKind::kReduceScatter: return {Chunks::kWorld, Chunks::kOne};
-    case CollectiveKind::kAllReduce: return {Chunks::kOne, Chunks::kOne};
-    // Chunk j of the input goes to rank j; chunk i of the output came from rank i.
-    case CollectiveKind::kAllToAll: return {Chunks::kWorld, Chunks::kWorld};
-  }
-  return {Chunks::kOne, Chunks::kOne};
-}
-
-inline const char* ChunksName(Chunks chunks) {
-  return chunks == Chunks::kWorld ? "world" : "one";
-}
-
-// The kinds' names, for messages: "all_gather, reduce_scatter, ...".
-inline std::string CollectiveKindNames() {
-  std::string names;
-  for (CollectiveKind kind : kCollectiveKinds) {
-    names += (names.empty() ? "" : ", ") + std::string(CollectiveKindName(kind));
-  }
-  return names;
-}
-
-inline ErrorOr<CollectiveKind> CollectiveKindByName(const std::string& name) {
-  for (CollectiveKind kind : kCollectiveKinds) {
-    if (name == CollectiveKindName(kind)) return kind;
-  }
-  return InvalidArgument("unknown collective '" + name + "' (" + CollectiveKindNames() + ")");
-}
-
 // One call site's view of the data, independent of transport.
 //
 // Every collective here moves `world` contiguous chunks of `chunk` bytes along

@@ -156,13 +156,11 @@ auto BindNcclCall() {
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(NcclAllGather, NcclHandler<CollectiveKind::kAllGather>,
-                              BindNcclCall(), {ffi::Traits::kCmdBufferCompatible});
-XLA_FFI_DEFINE_HANDLER_SYMBOL(NcclReduceScatter, NcclHandler<CollectiveKind::kReduceScatter>,
-                              BindNcclCall(), {ffi::Traits::kCmdBufferCompatible});
-XLA_FFI_DEFINE_HANDLER_SYMBOL(NcclAllReduce, NcclHandler<CollectiveKind::kAllReduce>,
-                              BindNcclCall(), {ffi::Traits::kCmdBufferCompatible});
-XLA_FFI_DEFINE_HANDLER_SYMBOL(NcclAllToAll, NcclHandler<CollectiveKind::kAllToAll>,
-                              BindNcclCall(), {ffi::Traits::kCmdBufferCompatible});
+// Nccl<Name> for each row of the table of kinds (ffi_kinds.h).
+#define JAX_SYMM_DEFINE_NCCL_HANDLER(Name, ...)                                     \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(Nccl##Name, NcclHandler<CollectiveKind::k##Name>, \
+                                BindNcclCall(), {ffi::Traits::kCmdBufferCompatible});
+JAX_SYMM_COLLECTIVE_KINDS(JAX_SYMM_DEFINE_NCCL_HANDLER)
+#undef JAX_SYMM_DEFINE_NCCL_HANDLER
 
 }  // namespace jax_symm

@@ -143,17 +143,16 @@ auto BindExecute() {
 
 }  // namespace
 
-#define JAX_SYMM_XLA_PATH_HANDLERS(Name, Kind)                                              \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NcclXla##Name##Prepare, Prepare<Kind>, BindPrepare());     \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NcclXla##Name, Execute<Kind>, BindExecute());             \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NcclXla##Name##Captured, Execute<Kind>, BindExecute(),     \
-                                {ffi::Traits::kCmdBufferCompatible});
-
-JAX_SYMM_XLA_PATH_HANDLERS(AllGather, CollectiveKind::kAllGather)
-JAX_SYMM_XLA_PATH_HANDLERS(ReduceScatter, CollectiveKind::kReduceScatter)
-JAX_SYMM_XLA_PATH_HANDLERS(AllReduce, CollectiveKind::kAllReduce)
-JAX_SYMM_XLA_PATH_HANDLERS(AllToAll, CollectiveKind::kAllToAll)
-
+// NcclXla<Name>Prepare, NcclXla<Name> and NcclXla<Name>Captured for each row
+// of the table of kinds (ffi_kinds.h).
+#define JAX_SYMM_XLA_PATH_HANDLERS(Name, ...)                                                \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NcclXla##Name##Prepare, Prepare<CollectiveKind::k##Name>,   \
+                                BindPrepare());                                             \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NcclXla##Name, Execute<CollectiveKind::k##Name>,            \
+                                BindExecute());                                             \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NcclXla##Name##Captured, Execute<CollectiveKind::k##Name>,  \
+                                BindExecute(), {ffi::Traits::kCmdBufferCompatible});
+JAX_SYMM_COLLECTIVE_KINDS(JAX_SYMM_XLA_PATH_HANDLERS)
 #undef JAX_SYMM_XLA_PATH_HANDLERS
 
 }  // namespace jax_symm

@@ -6,8 +6,10 @@ NCCL arena (`_nccl`), the copies of the cost model (`_dispatch`), the
 leading-axis relayout (`_lowering`: which parameters name the input axis cut
 into world chunks and the output axis they are stacked along) and whether a
 dtype needs a sum. C++ has
-its own table (ffi/ffi_common.h `LayoutOf`, with which the handlers check
-buffers); the two are compared at import, so they cannot drift apart.
+its own table (ffi/ffi_kinds.h `JAX_SYMM_COLLECTIVE_KINDS`: the handlers
+check buffers with its layouts and ask NCCL for a type only where it sums);
+the two are compared at import (names, order, layouts, sums), so they cannot
+drift apart.
 
 The dtypes each transport sums come from C++ too (ffi/host_reduce.cc
 `kHostSumTypes`, ffi/nccl_types.h `kNcclSumTypes`), the lists the kernels
@@ -99,15 +101,16 @@ def kind(name: str) -> Kind:
 
 
 def check_against_native() -> None:
-    """ImportError if the C++ module's kinds or layouts differ from `KINDS`
-    (a stale build, or one table edited without the other)."""
+    """ImportError if the C++ module's kinds, layouts or sums differ from
+    `KINDS` (a stale build, or one table edited without the other)."""
     native = tuple(ext.collective_kinds())
-    layouts = dict(ext.collective_layouts())
-    ours = {k.name: (k.chunks_in, k.chunks_out) for k in KINDS.values()}
-    if native != tuple(KINDS) or {n: tuple(v) for n, v in layouts.items()} != ours:
+    sums = dict(ext.collective_sums())
+    theirs = {n: (*v, sums.get(n)) for n, v in ext.collective_layouts().items()}
+    ours = {k.name: (k.chunks_in, k.chunks_out, k.sums) for k in KINDS.values()}
+    if native != tuple(KINDS) or theirs != ours:
         raise ImportError(
-            f"jax_symm: the compiled extension's collectives {native} with layouts "
-            f"{layouts} do not match jax_symm/_kinds.py's {ours}. Rebuild it "
+            f"jax_symm: the compiled extension's collectives {native} with (layout, sums) "
+            f"{theirs} do not match jax_symm/_kinds.py's {ours}. Rebuild it "
             "(pip install .), or edit both tables together.")
 
 

@@ -4,6 +4,7 @@ what its handler decodes. Runs on CPU: the NCCL handler's attribute decoding
 is checked by registering its capsule on the CPU platform, where XLA decodes
 everything it can and reports each operand it cannot (the CUDA stream)."""
 
+import dataclasses
 import re
 
 import numpy as np
@@ -147,6 +148,7 @@ def test_kind_layouts_come_from_cpp():
     assert layouts == {"all_gather": ("one", "world"), "reduce_scatter": ("world", "one"),
                        "all_reduce": ("one", "one"), "all_to_all": ("world", "world")}
     assert tuple(_kinds.KINDS) == ext.collective_kinds()
+    assert ext.collective_sums() == {k.name: k.sums for k in _kinds.KINDS.values()}
     for name, kind in _kinds.KINDS.items():
         assert (kind.chunks_in, kind.chunks_out) == layouts[name]
         # a sum never outputs world chunks (it shrinks or keeps the data)
@@ -162,10 +164,19 @@ def test_a_side_of_world_chunks_names_its_axis():
         _kinds.Kind("x", _kinds.ONE, _kinds.ONE, sums=False, lax_twin="psum", split="d")
 
 
-def test_a_table_that_differs_from_cpp_fails_the_import(monkeypatch):
-    monkeypatch.setattr(_kinds, "KINDS", dict(
-        _kinds.KINDS, all_reduce=_kinds.Kind("all_reduce", _kinds.WORLD, _kinds.ONE,
-                                             sums=True, lax_twin="psum", split="axes")))
+@pytest.mark.parametrize("edit", ["layout", "sums", "missing row", "order"])
+def test_a_table_that_differs_from_cpp_fails_the_import(monkeypatch, edit):
+    kinds = dict(_kinds.KINDS)
+    if edit == "layout":
+        kinds["all_reduce"] = _kinds.Kind("all_reduce", _kinds.WORLD, _kinds.ONE, sums=True,
+                                          lax_twin="psum", split="axes")
+    elif edit == "sums":
+        kinds["all_to_all"] = dataclasses.replace(kinds["all_to_all"], sums=True)
+    elif edit == "missing row":
+        del kinds["all_to_all"]
+    else:
+        kinds = dict(reversed(kinds.items()))
+    monkeypatch.setattr(_kinds, "KINDS", kinds)
     with pytest.raises(ImportError, match="do not match jax_symm/_kinds.py"):
         _kinds.check_against_native()
 

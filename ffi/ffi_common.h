@@ -65,6 +65,55 @@ inline Error CheckSeconds(const char* name, double value, double low, bool low_o
                    std::to_string(kMaxWaitSeconds) + "]");
 }
 
+// The name of an XLA element type in messages: numpy's (ml_dtypes' for the
+// narrow floats and integers), "bfloat16" rather than its enum number; a
+// type these headers do not know is named by its number.
+inline std::string DataTypeName(ffi::DataType dtype) {
+  using T = ffi::DataType;
+  struct Named {
+    T dtype;
+    const char* name;
+  };
+  static constexpr Named kNames[] = {
+      {T::INVALID, "invalid"},
+      {T::PRED, "bool"},
+      {T::S1, "int1"},
+      {T::S2, "int2"},
+      {T::S4, "int4"},
+      {T::S8, "int8"},
+      {T::S16, "int16"},
+      {T::S32, "int32"},
+      {T::S64, "int64"},
+      {T::U1, "uint1"},
+      {T::U2, "uint2"},
+      {T::U4, "uint4"},
+      {T::U8, "uint8"},
+      {T::U16, "uint16"},
+      {T::U32, "uint32"},
+      {T::U64, "uint64"},
+      {T::F16, "float16"},
+      {T::F32, "float32"},
+      {T::F64, "float64"},
+      {T::BF16, "bfloat16"},
+      {T::C64, "complex64"},
+      {T::C128, "complex128"},
+      {T::TOKEN, "token"},
+      {T::F8E5M2, "float8_e5m2"},
+      {T::F8E4M3, "float8_e4m3"},
+      {T::F8E4M3FN, "float8_e4m3fn"},
+      {T::F8E4M3B11FNUZ, "float8_e4m3b11fnuz"},
+      {T::F8E5M2FNUZ, "float8_e5m2fnuz"},
+      {T::F8E4M3FNUZ, "float8_e4m3fnuz"},
+      {T::F8E3M4, "float8_e3m4"},
+      {T::F4E2M1FN, "float4_e2m1fn"},
+      {T::F8E8M0FNU, "float8_e8m0fnu"},
+  };
+  for (const Named& n : kNames) {
+    if (n.dtype == dtype) return n.name;
+  }
+  return "number " + std::to_string(static_cast<int>(dtype));
+}
+
 // Propagates a failed ffi::Error out of the calling function.
 #define JAX_SYMM_RETURN_IF_ERROR(expr)          \
   do {                                          \

@@ -209,3 +209,19 @@ def test_chunk_of_a_call():
     assert _kinds.kind("reduce_scatter").chunk_bytes(384, 4) == 96
     assert _kinds.kind("all_reduce").chunk_bytes(96, 4) == 96
     assert _kinds.kind("all_to_all").chunk_bytes(384, 4) == 96
+
+
+def test_a_native_error_names_the_dtype(monkeypatch):
+    """C++ names an element type as numpy does, not by XLA's enum number:
+    here the host sum's last line of defence, reached past Python's dtype
+    check (which refuses float8 sums at trace time)."""
+    from jax.sharding import PartitionSpec as P
+    from _util import cpu_mesh, shard
+
+    f8 = np.dtype(jnp.float8_e4m3fn)
+    monkeypatch.setattr(_kinds, "SUMMABLE", _kinds.SUMMABLE | {f8})
+    mesh = cpu_mesh((2,), ("x",))
+    f = jax.jit(jax.shard_map(lambda a: jax_symm.psum(a, "x"), mesh=mesh, in_specs=P("x"),
+                              out_specs=P("x")))
+    with pytest.raises(Exception, match=r"no host sum for element type float8_e4m3fn(?!\w)"):
+        f(shard(np.ones(64, f8), mesh, P("x"))).block_until_ready()

@@ -20,6 +20,7 @@
 #include "nccl_comms.h"
 #include "nccl_timer.h"
 #include "nccl_types.h"
+#include "nccl_versions.h"
 #include "nccl_xla_collectives.h"
 
 namespace nb = nanobind;
@@ -141,14 +142,17 @@ NB_MODULE(_jax_symm, m) {
   }, "{op: (FFI target name, handler capsule)} of the NCCL transport (XLA:GPU).");
   m.def("nccl_version_floors", []() {
     nb::dict d;
-    d["half_window"] = jax_symm::kHalfWindowVersion;
-    d["pdl_fixed"] = jax_symm::kPdlFixedVersion;
+    for (const jax_symm::NcclVersionFloor& floor : jax_symm::kNcclVersionFloors) {
+      d[floor.name] = floor.version;
+    }
     d["win_coll_symmetric"] = jax_symm::kNcclWinCollSymmetric;
     return d;
-  }, "NCCL versions where its symmetric kernels' rules change (nccl_api.h: "
-     "'half_window', from which only the all-gather's receive and the "
-     "reduce-scatter's send buffer need a window; 'pdl_fixed', from which its "
-     "kernels wait for their input's producer), and NCCL_WIN_COLL_SYMMETRIC.");
+  }, "NCCL versions (ncclGetVersion codes) where what jax_symm does changes "
+     "(nccl_versions.h: 'symmetric_windows', 'all_to_all' (ncclAlltoAll), 'half_window' "
+     "(from it only the all-gather's receive and the reduce-scatter's send buffer need a "
+     "window), 'multi_node_symmetric' (symmetric kernels over several NCCL hosts), "
+     "'pdl_fixed' (from it NCCL's kernels wait for their input's producer)), and "
+     "NCCL_WIN_COLL_SYMMETRIC.");
   m.def("nccl_xla_targets", [](bool captured) {
     const std::string prefix = captured ? "jax_symm_nccl_xla_captured_" : "jax_symm_nccl_xla_";
     nb::dict d;

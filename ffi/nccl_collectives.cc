@@ -87,7 +87,7 @@ Error NcclCollective(CollectiveKind kind, CUstream stream, int32_t ordinal,
   char* win = r.arena_base;
   const char* src = static_cast<const char*>(in.untyped_data());
   char* dst = static_cast<char*>(out.untyped_data());
-  // Which copies NCCL lets us skip, and which the PDL bug keeps (nccl_api.h).
+  // Which copies NCCL lets us skip, and which the PDL bug keeps (nccl_versions.h).
   const bool send_in_place = api.gather_sends_in_place();
   const bool receive_in_place = api.scatter_receives_in_place();
 

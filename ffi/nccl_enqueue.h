@@ -62,10 +62,10 @@ inline ncclResult_t EnqueueAllReduce(const NcclApi& api, const NcclCall& c, nccl
   return api.ncclAllReduce(c.send, c.recv, c.count, c.type, kNcclSum, comm, stream);
 }
 
-// The all-to-all: NCCL's own where the loaded NCCL has it (2.28.3+), else
-// one send and one receive per peer in a group, which NCCL runs as one
-// operation. Chunk j of `send` goes to rank j; chunk i of `recv` comes from
-// rank i. Never in place (NCCL refuses that).
+// The all-to-all: NCCL's own where the loaded NCCL has it (2.28.3+,
+// kAllToAllVersion), else one send and one receive per peer in a group,
+// which NCCL runs as one operation. Chunk j of `send` goes to rank j; chunk
+// i of `recv` comes from rank i. Never in place (NCCL refuses that).
 inline ncclResult_t EnqueueAllToAll(const NcclApi& api, const NcclCall& c, ncclComm_t comm,
                                     CUstream stream) {
   if (api.ncclAlltoAll != nullptr && !AllToAllBySendRecv()) {

@@ -27,7 +27,7 @@ struct NcclXlaCallAttrs {
   int64_t windows;           // kWindowOperand | kWindowResult: which buffers lie in windows
   int64_t communication_id;  // XLA's clique: the same for every call of a group
   int64_t window_flags;      // passed to XLA's window registration (ncclCommWindowRegister)
-  int64_t pdl_fence;         // 1: break PDL before the NCCL call (NCCL < 2.30.7, nccl_api.h)
+  int64_t pdl_fence;         // 1: break PDL before the NCCL call (NCCL < 2.30.7, nccl_versions.h)
   NcclXlaCallAttrs(Int64Span groups, int64_t group_size, int64_t chunk_bytes, int64_t windows,
                    int64_t communication_id, int64_t window_flags, int64_t pdl_fence)
       : call{groups, group_size, chunk_bytes},

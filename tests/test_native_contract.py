@@ -44,9 +44,9 @@ def test_arena_rule():
     (23203, True, True),    # 2.32.3: what pip brings today
 ])
 def test_nccl_copy_rules_follow_the_pdl_floor(version, gather_in_place, scatter_in_place):
-    """The version floor of README "NCCL versions", decided in C++ beside the
-    copies it governs: below 2.30.7 a memcpy always precedes NCCL's kernel,
-    so the missing grid-dependency sync cannot bite."""
+    """The version floors of README "NCCL versions", decided in C++
+    (ffi/nccl_versions.h): below 2.30.7 a memcpy always precedes NCCL's
+    kernel, so the missing grid-dependency sync cannot bite."""
     rules = ext.nccl_copy_rules(version)
     assert rules == {"gather_sends_in_place": gather_in_place,
                      "scatter_receives_in_place": scatter_in_place}

@@ -114,6 +114,49 @@ def check_against_native() -> None:
             "(pip install .), or edit both tables together.")
 
 
+def check_one_per_kind(where: str, names) -> None:
+    """ImportError unless `names` (a table keyed by kind name) are exactly the
+    kinds of `KINDS`: a kind missing from it fails at import, not at a call."""
+    names = list(names)
+    missing = [k for k in KINDS if k not in names]
+    extra = [n for n in names if n not in KINDS]
+    if missing or extra:
+        raise ImportError(f"jax_symm: {where} must have one entry per kind of "
+                          f"_kinds.KINDS; missing {missing}, not kinds {extra}")
+
+
+def check_op_registry() -> None:
+    """ImportError unless every kind has what each layer keeps of it apart
+    from this table: its primitive (`_primitives`, "jax_symm_<kind>"), its
+    public op (`jax_symm.<kind>`), lax's twin primitive (`_compat`, lax's
+    fallback at lowering) and function (`jax.lax.<lax_function>`), the
+    scope's reroute of that twin (`scope._REROUTES`) and the cost model's
+    figure (`_dispatch._SAVED_AT_ZERO_US`). jax_symm/__init__.py calls it
+    once every op is imported; the bench checks its own measures
+    (`bench/ops.py`)."""
+    import jax
+    import jax_symm
+    from . import _compat, _dispatch, _primitives, scope
+
+    def lax_has(kind: Kind) -> bool:
+        try:
+            _compat.lax_primitive(kind.lax_twin)
+        except KeyError:
+            return False
+        return callable(getattr(jax.lax, kind.lax_function, None))
+
+    prims = [v.name for n, v in vars(_primitives).items() if n.endswith("_p")]
+    check_one_per_kind("_primitives.py (jax_symm_<kind>)",
+                       [p.removeprefix("jax_symm_") for p in prims])
+    check_one_per_kind("jax_symm's public ops",
+                       [n for n in KINDS if callable(getattr(jax_symm, n, None))])
+    check_one_per_kind("_compat's lax primitives and jax.lax (each kind's lax twin)",
+                       [k.name for k in KINDS.values() if lax_has(k)])
+    check_one_per_kind("scope._REROUTES (each kind's lax twin)",
+                       [k.name for k in KINDS.values() if k.lax_twin in scope._REROUTES])
+    check_one_per_kind("_dispatch._SAVED_AT_ZERO_US", _dispatch._SAVED_AT_ZERO_US)
+
+
 def _dtypes(names) -> frozenset:
     return frozenset(np.dtype(jnp.dtype(n)) for n in names)
 

@@ -225,3 +225,39 @@ def test_a_native_error_names_the_dtype(monkeypatch):
                               out_specs=P("x")))
     with pytest.raises(Exception, match=r"no host sum for element type float8_e4m3fn(?!\w)"):
         f(shard(np.ones(64, f8), mesh, P("x"))).block_until_ready()
+
+
+# ---- what each layer keeps per kind (jax_symm/__init__.py checks it at import) ----
+
+def test_every_kind_has_its_primitive_op_twin_reroute_and_cost_figure():
+    _kinds.check_op_registry()  # what the import ran
+    from jax_symm.bench import ops
+
+    assert tuple(ops.OPS) == tuple(_kinds.KINDS)
+
+
+@pytest.mark.parametrize("layer", ["_primitives", "public ops", "lax", "scope", "_dispatch"])
+def test_a_kind_missing_from_a_layer_fails_the_import(monkeypatch, layer):
+    """Each layer that keeps something per kind, without all_to_all's."""
+    from jax_symm import _primitives, scope
+
+    if layer == "_primitives":
+        monkeypatch.delattr(_primitives, "all_to_all_p")
+    elif layer == "public ops":
+        monkeypatch.delattr(jax_symm, "all_to_all")
+    elif layer == "lax":
+        monkeypatch.setitem(_kinds.KINDS, "all_to_all", dataclasses.replace(
+            _kinds.KINDS["all_to_all"], lax_twin="ragged_all_to_all"))
+    elif layer == "scope":
+        monkeypatch.delitem(scope._REROUTES, "all_to_all")
+    else:
+        monkeypatch.delitem(_dispatch._SAVED_AT_ZERO_US, "all_to_all")
+    with pytest.raises(ImportError, match=re.escape(layer) + r".*missing \['all_to_all'\]"):
+        _kinds.check_op_registry()
+
+
+def test_a_new_row_without_its_layers_fails_the_import(monkeypatch):
+    monkeypatch.setitem(_kinds.KINDS, "broadcast", _kinds.Kind(
+        "broadcast", _kinds.ONE, _kinds.ONE, sums=False, lax_twin="psum"))
+    with pytest.raises(ImportError, match=r"missing \['broadcast'\]"):
+        _kinds.check_op_registry()

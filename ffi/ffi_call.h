@@ -8,6 +8,7 @@
 
 #include "ffi_common.h"
 #include "ffi_devices.h"
+#include "ffi_kinds.h"
 
 namespace jax_symm {
 

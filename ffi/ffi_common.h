@@ -65,72 +65,61 @@ inline Error CheckSeconds(const char* name, double value, double low, bool low_o
                    std::to_string(kMaxWaitSeconds) + "]");
 }
 
+// The name of an XLA element type in messages: numpy's (ml_dtypes' for the
+// narrow floats and integers), "bfloat16" rather than its enum number; a
+// type these headers do not know is named by its number.
+inline std::string DataTypeName(ffi::DataType dtype) {
+  using T = ffi::DataType;
+  struct Named {
+    T dtype;
+    const char* name;
+  };
+  static constexpr Named kNames[] = {
+      {T::INVALID, "invalid"},
+      {T::PRED, "bool"},
+      {T::S1, "int1"},
+      {T::S2, "int2"},
+      {T::S4, "int4"},
+      {T::S8, "int8"},
+      {T::S16, "int16"},
+      {T::S32, "int32"},
+      {T::S64, "int64"},
+      {T::U1, "uint1"},
+      {T::U2, "uint2"},
+      {T::U4, "uint4"},
+      {T::U8, "uint8"},
+      {T::U16, "uint16"},
+      {T::U32, "uint32"},
+      {T::U64, "uint64"},
+      {T::F16, "float16"},
+      {T::F32, "float32"},
+      {T::F64, "float64"},
+      {T::BF16, "bfloat16"},
+      {T::C64, "complex64"},
+      {T::C128, "complex128"},
+      {T::TOKEN, "token"},
+      {T::F8E5M2, "float8_e5m2"},
+      {T::F8E4M3, "float8_e4m3"},
+      {T::F8E4M3FN, "float8_e4m3fn"},
+      {T::F8E4M3B11FNUZ, "float8_e4m3b11fnuz"},
+      {T::F8E5M2FNUZ, "float8_e5m2fnuz"},
+      {T::F8E4M3FNUZ, "float8_e4m3fnuz"},
+      {T::F8E3M4, "float8_e3m4"},
+      {T::F4E2M1FN, "float4_e2m1fn"},
+      {T::F8E8M0FNU, "float8_e8m0fnu"},
+  };
+  for (const Named& n : kNames) {
+    if (n.dtype == dtype) return n.name;
+  }
+  return "number " + std::to_string(static_cast<int>(dtype));
+}
+
 // Propagates a failed ffi::Error out of the calling function.
 #define JAX_SYMM_RETURN_IF_ERROR(expr)          \
   do {                                          \
     ::xla::ffi::Error jax_symm_err_ = (expr);   \
     if (jax_symm_err_.failure()) return jax_symm_err_; \
   } while (0)
-
-// The kinds of collective a window serves; part of the window's identity so
-// that an all-gather and a reduce-scatter never share a buffer by accident.
-// Python names them only by the strings below (the module exports them).
-enum class CollectiveKind : int64_t {
-  kAllGather = 0, kReduceScatter = 1, kAllReduce = 2, kAllToAll = 3
-};
-inline constexpr CollectiveKind kCollectiveKinds[] = {
-    CollectiveKind::kAllGather, CollectiveKind::kReduceScatter, CollectiveKind::kAllReduce,
-    CollectiveKind::kAllToAll};
-
-inline const char* CollectiveKindName(CollectiveKind kind) {
-  switch (kind) {
-    case CollectiveKind::kAllGather: return "all_gather";
-    case CollectiveKind::kReduceScatter: return "reduce_scatter";
-    case CollectiveKind::kAllReduce: return "all_reduce";
-    case CollectiveKind::kAllToAll: return "all_to_all";
-  }
-  return "?";
-}
-
-// How many chunks each kind reads and writes per rank: one, or one per rank
-// of the group. The handlers check buffers against it (ffi_call.h); Python's
-// table of kinds (jax_symm/_kinds.py) is checked against it at import.
-enum class Chunks { kOne, kWorld };
-struct KindLayout {
-  Chunks in;
-  Chunks out;
-};
-
-inline KindLayout LayoutOf(CollectiveKind kind) {
-  switch (kind) {
-    case CollectiveKind::kAllGather: return {Chunks::kOne, Chunks::kWorld};
-    case CollectiveKind::kReduceScatter: return {Chunks::kWorld, Chunks::kOne};
-    case CollectiveKind::kAllReduce: return {Chunks::kOne, Chunks::kOne};
-    // Chunk j of the input goes to rank j; chunk i of the output came from rank i.
-    case CollectiveKind::kAllToAll: return {Chunks::kWorld, Chunks::kWorld};
-  }
-  return {Chunks::kOne, Chunks::kOne};
-}
-
-inline const char* ChunksName(Chunks chunks) {
-  return chunks == Chunks::kWorld ? "world" : "one";
-}
-
-// The kinds' names, for messages: "all_gather, reduce_scatter, ...".
-inline std::string CollectiveKindNames() {
-  std::string names;
-  for (CollectiveKind kind : kCollectiveKinds) {
-    names += (names.empty() ? "" : ", ") + std::string(CollectiveKindName(kind));
-  }
-  return names;
-}
-
-inline ErrorOr<CollectiveKind> CollectiveKindByName(const std::string& name) {
-  for (CollectiveKind kind : kCollectiveKinds) {
-    if (name == CollectiveKindName(kind)) return kind;
-  }
-  return InvalidArgument("unknown collective '" + name + "' (" + CollectiveKindNames() + ")");
-}
 
 // One call site's view of the data, independent of transport.
 //

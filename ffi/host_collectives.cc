@@ -255,14 +255,12 @@ auto BindHostCall() {
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HostCallInstantiate, HostInstantiate,
                               ffi::Ffi::BindInstantiate().Attrs<HostCallAttrs>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(HostAllGather, HostHandler<CollectiveKind::kAllGather>,
-                              BindHostCall());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(HostReduceScatter, HostHandler<CollectiveKind::kReduceScatter>,
-                              BindHostCall());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(HostAllReduce, HostHandler<CollectiveKind::kAllReduce>,
-                              BindHostCall());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(HostAllToAll, HostHandler<CollectiveKind::kAllToAll>,
-                              BindHostCall());
+// Host<Name> for each row of the table of kinds (ffi_kinds.h).
+#define JAX_SYMM_DEFINE_HOST_HANDLER(Name, ...)                                     \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(Host##Name, HostHandler<CollectiveKind::k##Name>, \
+                                BindHostCall());
+JAX_SYMM_COLLECTIVE_KINDS(JAX_SYMM_DEFINE_HOST_HANDLER)
+#undef JAX_SYMM_DEFINE_HOST_HANDLER
 
 XLA_FFI_TypeId* HostCallStateTypeId() { return &HostCallState::id; }
 const XLA_FFI_TypeInfo* HostCallStateTypeInfo() { return &host_call_state_info; }

@@ -130,8 +130,7 @@ size_t Blocks(size_t count, size_t per) { return count == 0 ? 0 : (count + per -
 // An element type without a width has no sum (the Python layer refuses it at
 // trace time; this is the last line of defence before a division by it).
 Error NoSum(ffi::DataType dtype) {
-  return InvalidArgument("no host sum for element type " +
-                         std::to_string(static_cast<int>(dtype)));
+  return InvalidArgument("no host sum for element type " + DataTypeName(dtype));
 }
 
 }  // namespace

@@ -162,8 +162,7 @@ Error Sum(ffi::DataType dtype, const std::vector<char*>& dsts,
       return Error::Success();
     }
   }
-  return InvalidArgument("no host sum for element type " +
-                         std::to_string(static_cast<int>(dtype)));
+  return InvalidArgument("no host sum for element type " + DataTypeName(dtype));
 }
 
 std::vector<std::string> SummableTypeNames() {

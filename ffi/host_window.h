@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "ffi_common.h"
+#include "ffi_kinds.h"
 #include "host_segment.h"
 
 namespace jax_symm {

@@ -1,6 +1,6 @@
 // The Python extension `jax_symm._jax_symm`: FFI handler capsules and the
 // set-up calls that lowering makes outside any handler.
-#include <initializer_list>
+#include <iterator>
 #include <stdexcept>
 #include <utility>
 
@@ -20,6 +20,7 @@
 #include "nccl_comms.h"
 #include "nccl_timer.h"
 #include "nccl_types.h"
+#include "nccl_versions.h"
 #include "nccl_xla_collectives.h"
 
 namespace nb = nanobind;
@@ -59,22 +60,34 @@ T Value(jax_symm::ErrorOr<T> v) {
   return std::move(*v);
 }
 
-// {op: (FFI target name, handler capsule)} for one transport. The names are
-// made here, next to the handlers they name; Python registers what it gets
-// and emits custom calls with these names.
-template <typename Fn>
-nb::dict Targets(const char* prefix,
-                 std::initializer_list<std::pair<jax_symm::CollectiveKind, Fn*>> handlers) {
+using Handler = XLA_FFI_Error*(XLA_FFI_CallFrame*);
+
+// Each kind's handlers, one entry per row of the table of kinds
+// (ffi_kinds.h), in its order: a row without its handlers fails to compile.
+struct KindHandlers {
+  Handler* host;
+  Handler* nccl;
+  Handler* nccl_xla_prepare;
+  Handler* nccl_xla_execute;
+  Handler* nccl_xla_captured;
+};
+constexpr KindHandlers kKindHandlers[] = {
+#define JAX_SYMM_KIND_HANDLERS(Name, ...)                                              \
+  {jax_symm::Host##Name, jax_symm::Nccl##Name, jax_symm::NcclXla##Name##Prepare, \
+   jax_symm::NcclXla##Name, jax_symm::NcclXla##Name##Captured},
+    JAX_SYMM_COLLECTIVE_KINDS(JAX_SYMM_KIND_HANDLERS)
+#undef JAX_SYMM_KIND_HANDLERS
+};
+static_assert(std::size(kKindHandlers) == jax_symm::kNumKinds);
+
+// {op: (FFI target name, handler capsule)} for one transport's `handler`.
+// The names are made here, next to the handlers they name; Python registers
+// what it gets and emits custom calls with these names.
+nb::dict Targets(const std::string& prefix, Handler* KindHandlers::*handler) {
   nb::dict d;
-  for (jax_symm::CollectiveKind kind : jax_symm::kCollectiveKinds) {
-    Fn* fn = nullptr;
-    for (const auto& [k, handler] : handlers) {
-      if (k == kind) fn = handler;
-    }
-    const char* op = jax_symm::CollectiveKindName(kind);
-    // A kind without a handler is a build mistake: refuse it at import.
-    if (fn == nullptr) throw std::logic_error(std::string(prefix) + op + " has no handler");
-    d[op] = nb::make_tuple(std::string(prefix) + op, Capsule(fn));
+  for (size_t i = 0; i < jax_symm::kNumKinds; ++i) {
+    const char* op = jax_symm::kKindRows[i].name;
+    d[op] = nb::make_tuple(prefix + op, Capsule(kKindHandlers[i].*handler));
   }
   return d;
 }
@@ -94,20 +107,23 @@ NB_MODULE(_jax_symm, m) {
      "newer than itself.");
   m.def("collective_kinds", []() {
     nb::list out;
-    for (jax_symm::CollectiveKind kind : jax_symm::kCollectiveKinds) {
-      out.append(jax_symm::CollectiveKindName(kind));
-    }
+    for (const jax_symm::KindRow& row : jax_symm::kKindRows) out.append(row.name);
     return nb::tuple(out);
   }, "The collectives the handlers implement, by the names every other call uses.");
   m.def("collective_layouts", []() {
     nb::dict d;
-    for (jax_symm::CollectiveKind kind : jax_symm::kCollectiveKinds) {
-      jax_symm::KindLayout layout = jax_symm::LayoutOf(kind);
-      d[jax_symm::CollectiveKindName(kind)] = nb::make_tuple(
-          jax_symm::ChunksName(layout.in), jax_symm::ChunksName(layout.out));
+    for (const jax_symm::KindRow& row : jax_symm::kKindRows) {
+      d[row.name] = nb::make_tuple(jax_symm::ChunksName(row.layout.in),
+                                   jax_symm::ChunksName(row.layout.out));
     }
     return d;
   }, "{kind: (chunks in, chunks out)}, each 'one' or 'world', as the handlers check buffers.");
+  m.def("collective_sums", []() {
+    nb::dict d;
+    for (const jax_symm::KindRow& row : jax_symm::kKindRows) d[row.name] = row.sums;
+    return d;
+  }, "{kind: whether it sums}: the NCCL handlers ask a sum's dtype for an NCCL type and "
+     "move the others' bytes whatever their dtype.");
   m.def("host_sum_dtypes", []() {
     nb::list out;
     for (const std::string& name : jax_symm::host_reduce::SummableTypeNames()) out.append(name);
@@ -119,62 +135,33 @@ NB_MODULE(_jax_symm, m) {
     return nb::tuple(out);
   }, "numpy names of the element types the NCCL transport sums.");
   m.def("host_targets", []() {
-    using K = jax_symm::CollectiveKind;
-    return Targets<XLA_FFI_Error*(XLA_FFI_CallFrame*)>(
-        "jax_symm_host_", {{K::kAllGather, jax_symm::HostAllGather},
-                           {K::kReduceScatter, jax_symm::HostReduceScatter},
-                           {K::kAllReduce, jax_symm::HostAllReduce},
-                           {K::kAllToAll, jax_symm::HostAllToAll}});
+    return Targets("jax_symm_host_", &KindHandlers::host);
   }, "{op: (FFI target name, handler capsule)} of the host transport (XLA:CPU).");
   m.def("nccl_targets", []() {
-    using K = jax_symm::CollectiveKind;
-    return Targets<XLA_FFI_Error*(XLA_FFI_CallFrame*)>(
-        "jax_symm_nccl_", {{K::kAllGather, jax_symm::NcclAllGather},
-                           {K::kReduceScatter, jax_symm::NcclReduceScatter},
-                           {K::kAllReduce, jax_symm::NcclAllReduce},
-                           {K::kAllToAll, jax_symm::NcclAllToAll}});
+    return Targets("jax_symm_nccl_", &KindHandlers::nccl);
   }, "{op: (FFI target name, handler capsule)} of the NCCL transport (XLA:GPU).");
   m.def("nccl_version_floors", []() {
     nb::dict d;
-    d["half_window"] = jax_symm::kHalfWindowVersion;
-    d["pdl_fixed"] = jax_symm::kPdlFixedVersion;
+    for (const jax_symm::NcclVersionFloor& floor : jax_symm::kNcclVersionFloors) {
+      d[floor.name] = floor.version;
+    }
     d["win_coll_symmetric"] = jax_symm::kNcclWinCollSymmetric;
     return d;
-  }, "NCCL versions where its symmetric kernels' rules change (nccl_api.h: "
-     "'half_window', from which only the all-gather's receive and the "
-     "reduce-scatter's send buffer need a window; 'pdl_fixed', from which its "
-     "kernels wait for their input's producer), and NCCL_WIN_COLL_SYMMETRIC.");
+  }, "NCCL versions (ncclGetVersion codes) where what jax_symm does changes "
+     "(nccl_versions.h: 'symmetric_windows', 'all_to_all' (ncclAlltoAll), 'half_window' "
+     "(from it only the all-gather's receive and the reduce-scatter's send buffer need a "
+     "window), 'multi_node_symmetric' (symmetric kernels over several NCCL hosts), "
+     "'pdl_fixed' (from it NCCL's kernels wait for their input's producer)), and "
+     "NCCL_WIN_COLL_SYMMETRIC.");
   m.def("nccl_xla_targets", [](bool captured) {
-    using K = jax_symm::CollectiveKind;
-    using Fn = XLA_FFI_Error*(XLA_FFI_CallFrame*);
-    struct Stages {
-      K kind;
-      Fn* prepare;
-      Fn* execute;
-      Fn* captured;
-    };
-    const Stages stages[] = {
-        {K::kAllGather, jax_symm::NcclXlaAllGatherPrepare, jax_symm::NcclXlaAllGather,
-         jax_symm::NcclXlaAllGatherCaptured},
-        {K::kReduceScatter, jax_symm::NcclXlaReduceScatterPrepare,
-         jax_symm::NcclXlaReduceScatter, jax_symm::NcclXlaReduceScatterCaptured},
-        {K::kAllReduce, jax_symm::NcclXlaAllReducePrepare, jax_symm::NcclXlaAllReduce,
-         jax_symm::NcclXlaAllReduceCaptured},
-        {K::kAllToAll, jax_symm::NcclXlaAllToAllPrepare, jax_symm::NcclXlaAllToAll,
-         jax_symm::NcclXlaAllToAllCaptured},
-    };
     const std::string prefix = captured ? "jax_symm_nccl_xla_captured_" : "jax_symm_nccl_xla_";
     nb::dict d;
-    for (K kind : jax_symm::kCollectiveKinds) {
-      const Stages* found = nullptr;
-      for (const Stages& s : stages) {
-        if (s.kind == kind) found = &s;
-      }
-      const char* op = jax_symm::CollectiveKindName(kind);
-      if (found == nullptr) throw std::logic_error(prefix + op + " has no handler");
+    for (size_t i = 0; i < jax_symm::kNumKinds; ++i) {
+      const KindHandlers& h = kKindHandlers[i];
+      const char* op = jax_symm::kKindRows[i].name;
       nb::dict by_stage;
-      by_stage["prepare"] = Capsule(found->prepare);
-      by_stage["execute"] = Capsule(captured ? found->captured : found->execute);
+      by_stage["prepare"] = Capsule(h.nccl_xla_prepare);
+      by_stage["execute"] = Capsule(captured ? h.nccl_xla_captured : h.nccl_xla_execute);
       d[op] = nb::make_tuple(prefix + op, by_stage);
     }
     return d;

@@ -17,6 +17,7 @@
 #include <string>
 
 #include "ffi_common.h"
+#include "nccl_versions.h"
 
 namespace jax_symm {
 
@@ -49,20 +50,6 @@ constexpr int kNcclSum = 0;                  // ncclSum
 constexpr ncclResult_t kNcclSuccess = 0;
 constexpr ncclResult_t kNcclInProgress = 7;
 constexpr int kNcclWinCollSymmetric = 0x01;  // NCCL_WIN_COLL_SYMMETRIC
-
-// Which copies through the window NCCL `version` (e.g. 22809) lets a call
-// skip. From 2.29 only the all-gather's receive buffer and the
-// reduce-scatter's send buffer must lie in a window. But 2.28.3 to 2.30.6
-// launch their symmetric kernels with programmatic dependent launch and no
-// cudaGridDependencySynchronize (fixed in 2.30.7), so such a kernel may read
-// its input before the *kernel* before it on the stream has flushed it. PDL
-// never overlaps a kernel with a preceding memcpy, so below 2.30.7 the
-// all-gather keeps its copy-in: a memcpy is always what precedes NCCL.
-// Pure functions of the version, so the rule is tested without a GPU.
-constexpr int kPdlFixedVersion = 23007;       // 2.30.7
-constexpr int kHalfWindowVersion = 22900;     // 2.29.0
-constexpr bool GatherSendsInPlace(int version) { return version >= kPdlFixedVersion; }
-constexpr bool ScatterReceivesInPlace(int version) { return version >= kHalfWindowVersion; }
 
 struct NcclApi {
   // driver
@@ -119,8 +106,9 @@ struct NcclApi {
   // >= 2.28: aborts a communicator's work but keeps it (no wait for CUDA
   // graphs that captured it, unlike ncclCommAbort); null when older.
   ncclResult_t (*ncclCommRevoke)(ncclComm_t, int);
-  // The all-to-all (nccl_enqueue.h): ncclAlltoAll from 2.28.3, else grouped
-  // point-to-point calls (>= 2.7); null when the loaded NCCL lacks them.
+  // The all-to-all (nccl_enqueue.h): ncclAlltoAll from 2.28.3
+  // (kAllToAllVersion), else grouped point-to-point calls (>= 2.7); null
+  // when the loaded NCCL lacks them.
   ncclResult_t (*ncclAlltoAll)(const void*, void*, size_t, int, ncclComm_t, CUstream);
   ncclResult_t (*ncclSend)(const void*, size_t, int, int, ncclComm_t, CUstream);
   ncclResult_t (*ncclRecv)(void*, size_t, int, int, ncclComm_t, CUstream);
@@ -128,7 +116,7 @@ struct NcclApi {
   int nccl_version = 0;      // e.g. 22809 for 2.28.9
   std::string nccl_path;     // the file the symbols came from
   bool symmetric_windows() const {
-    return ncclCommWindowRegister != nullptr && nccl_version >= 22703;
+    return ncclCommWindowRegister != nullptr && nccl_version >= kSymmetricWindowsVersion;
   }
   bool gather_sends_in_place() const { return GatherSendsInPlace(nccl_version); }
   bool scatter_receives_in_place() const { return ScatterReceivesInPlace(nccl_version); }

@@ -87,7 +87,7 @@ Error NcclCollective(CollectiveKind kind, CUstream stream, int32_t ordinal,
   char* win = r.arena_base;
   const char* src = static_cast<const char*>(in.untyped_data());
   char* dst = static_cast<char*>(out.untyped_data());
-  // Which copies NCCL lets us skip, and which the PDL bug keeps (nccl_api.h).
+  // Which copies NCCL lets us skip, and which the PDL bug keeps (nccl_versions.h).
   const bool send_in_place = api.gather_sends_in_place();
   const bool receive_in_place = api.scatter_receives_in_place();
 
@@ -156,13 +156,11 @@ auto BindNcclCall() {
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(NcclAllGather, NcclHandler<CollectiveKind::kAllGather>,
-                              BindNcclCall(), {ffi::Traits::kCmdBufferCompatible});
-XLA_FFI_DEFINE_HANDLER_SYMBOL(NcclReduceScatter, NcclHandler<CollectiveKind::kReduceScatter>,
-                              BindNcclCall(), {ffi::Traits::kCmdBufferCompatible});
-XLA_FFI_DEFINE_HANDLER_SYMBOL(NcclAllReduce, NcclHandler<CollectiveKind::kAllReduce>,
-                              BindNcclCall(), {ffi::Traits::kCmdBufferCompatible});
-XLA_FFI_DEFINE_HANDLER_SYMBOL(NcclAllToAll, NcclHandler<CollectiveKind::kAllToAll>,
-                              BindNcclCall(), {ffi::Traits::kCmdBufferCompatible});
+// Nccl<Name> for each row of the table of kinds (ffi_kinds.h).
+#define JAX_SYMM_DEFINE_NCCL_HANDLER(Name, ...)                                     \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(Nccl##Name, NcclHandler<CollectiveKind::k##Name>, \
+                                BindNcclCall(), {ffi::Traits::kCmdBufferCompatible});
+JAX_SYMM_COLLECTIVE_KINDS(JAX_SYMM_DEFINE_NCCL_HANDLER)
+#undef JAX_SYMM_DEFINE_NCCL_HANDLER
 
 }  // namespace jax_symm

@@ -1,13 +1,16 @@
 // One NCCL collective from a send to a receive buffer: the one place each
-// kind's NCCL call is written, for both NCCL paths (jax_symm's own arenas,
+// kind's NCCL call is written (Enqueue<Name>, one per row of the table of
+// kinds, ffi_kinds.h), for both NCCL paths (jax_symm's own arenas,
 // nccl_collectives.cc; XLA's buffers and communicator,
-// nccl_xla_collectives.cc). Where the buffers lie is the caller's business.
+// nccl_xla_collectives.cc) and the raw timer (nccl_timer.cc), all through
+// EnqueueNcclCall. Where the buffers lie is the caller's business.
 #pragma once
 
 #include <cstddef>
 #include <utility>
 
 #include "ffi_common.h"
+#include "ffi_kinds.h"
 #include "nccl_api.h"
 #include "nccl_types.h"
 
@@ -24,13 +27,14 @@ struct NcclCall {
 };
 
 // The NCCL call for `kind` on chunks of `chunk` bytes of `dtype` in a group
-// of `world` ranks: all-gather and all-to-all move bytes (any dtype); the
-// sums need an NCCL type for `dtype`.
+// of `world` ranks: a kind that does not sum (its row's `sums`: the
+// all-gather, the all-to-all) moves bytes, whatever the dtype; the sums need
+// an NCCL type for `dtype`.
 inline ErrorOr<NcclCall> PlanNcclCall(CollectiveKind kind, ffi::DataType dtype,
                                       const void* send, void* recv, size_t chunk,
                                       int64_t world) {
   const int ranks = static_cast<int>(world);
-  if (kind == CollectiveKind::kAllGather || kind == CollectiveKind::kAllToAll) {
+  if (!KindSums(kind)) {
     return NcclCall{kind, send, recv, chunk, kNcclInt8, ranks, chunk};
   }
   ErrorOr<std::pair<int, size_t>> type = NcclSumType(dtype, chunk);
@@ -39,19 +43,29 @@ inline ErrorOr<NcclCall> PlanNcclCall(CollectiveKind kind, ffi::DataType dtype,
 }
 
 inline const char* NcclCallName(CollectiveKind kind) {
-  switch (kind) {
-    case CollectiveKind::kAllGather: return "ncclAllGather";
-    case CollectiveKind::kReduceScatter: return "ncclReduceScatter";
-    case CollectiveKind::kAllReduce: return "ncclAllReduce";
-    case CollectiveKind::kAllToAll: return "ncclAlltoAll (or grouped ncclSend/ncclRecv)";
-  }
-  return "an NCCL collective";
+  const KindRow* row = RowOf(kind);
+  return row != nullptr ? row->nccl_call : "an NCCL collective";
 }
 
-// The all-to-all: NCCL's own where the loaded NCCL has it (2.28.3+), else
-// one send and one receive per peer in a group, which NCCL runs as one
-// operation. Chunk j of `send` goes to rank j; chunk i of `recv` comes from
-// rank i. Never in place (NCCL refuses that).
+inline ncclResult_t EnqueueAllGather(const NcclApi& api, const NcclCall& c, ncclComm_t comm,
+                                     CUstream stream) {
+  return api.ncclAllGather(c.send, c.recv, c.count, c.type, comm, stream);
+}
+
+inline ncclResult_t EnqueueReduceScatter(const NcclApi& api, const NcclCall& c,
+                                         ncclComm_t comm, CUstream stream) {
+  return api.ncclReduceScatter(c.send, c.recv, c.count, c.type, kNcclSum, comm, stream);
+}
+
+inline ncclResult_t EnqueueAllReduce(const NcclApi& api, const NcclCall& c, ncclComm_t comm,
+                                     CUstream stream) {
+  return api.ncclAllReduce(c.send, c.recv, c.count, c.type, kNcclSum, comm, stream);
+}
+
+// The all-to-all: NCCL's own where the loaded NCCL has it (2.28.3+,
+// kAllToAllVersion), else one send and one receive per peer in a group,
+// which NCCL runs as one operation. Chunk j of `send` goes to rank j; chunk
+// i of `recv` comes from rank i. Never in place (NCCL refuses that).
 inline ncclResult_t EnqueueAllToAll(const NcclApi& api, const NcclCall& c, ncclComm_t comm,
                                     CUstream stream) {
   if (api.ncclAlltoAll != nullptr && !AllToAllBySendRecv()) {
@@ -74,17 +88,15 @@ inline ncclResult_t EnqueueAllToAll(const NcclApi& api, const NcclCall& c, ncclC
   return result != kNcclSuccess ? result : end;
 }
 
+// The call of `c.kind`: Enqueue<Name> of its row.
 inline ncclResult_t EnqueueNcclCall(const NcclApi& api, const NcclCall& c, ncclComm_t comm,
                                     CUstream stream) {
   switch (c.kind) {
-    case CollectiveKind::kAllGather:
-      return api.ncclAllGather(c.send, c.recv, c.count, c.type, comm, stream);
-    case CollectiveKind::kReduceScatter:
-      return api.ncclReduceScatter(c.send, c.recv, c.count, c.type, kNcclSum, comm, stream);
-    case CollectiveKind::kAllReduce:
-      return api.ncclAllReduce(c.send, c.recv, c.count, c.type, kNcclSum, comm, stream);
-    case CollectiveKind::kAllToAll:
-      return EnqueueAllToAll(api, c, comm, stream);
+#define JAX_SYMM_ENQUEUE_CASE(Name, ...) \
+  case CollectiveKind::k##Name:          \
+    return Enqueue##Name(api, c, comm, stream);
+    JAX_SYMM_COLLECTIVE_KINDS(JAX_SYMM_ENQUEUE_CASE)
+#undef JAX_SYMM_ENQUEUE_CASE
   }
   return 5;  // ncclInvalidArgument
 }

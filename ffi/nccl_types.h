@@ -41,8 +41,7 @@ inline ErrorOr<std::pair<int, size_t>> NcclSumType(ffi::DataType dtype, size_t b
   for (const NcclSumTypeEntry& t : kNcclSumTypes) {
     if (t.dtype == dtype) return std::pair<int, size_t>(t.nccl_type, bytes / t.nccl_bytes);
   }
-  return InvalidArgument("NCCL has no sum for element type " +
-                         std::to_string(static_cast<int>(dtype)));
+  return InvalidArgument("NCCL has no sum for element type " + DataTypeName(dtype));
 }
 
 inline std::vector<std::string> NcclSummableTypeNames() {

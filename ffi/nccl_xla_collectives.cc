@@ -27,7 +27,7 @@ struct NcclXlaCallAttrs {
   int64_t windows;           // kWindowOperand | kWindowResult: which buffers lie in windows
   int64_t communication_id;  // XLA's clique: the same for every call of a group
   int64_t window_flags;      // passed to XLA's window registration (ncclCommWindowRegister)
-  int64_t pdl_fence;         // 1: break PDL before the NCCL call (NCCL < 2.30.7, nccl_api.h)
+  int64_t pdl_fence;         // 1: break PDL before the NCCL call (NCCL < 2.30.7, nccl_versions.h)
   NcclXlaCallAttrs(Int64Span groups, int64_t group_size, int64_t chunk_bytes, int64_t windows,
                    int64_t communication_id, int64_t window_flags, int64_t pdl_fence)
       : call{groups, group_size, chunk_bytes},
@@ -143,17 +143,16 @@ auto BindExecute() {
 
 }  // namespace
 
-#define JAX_SYMM_XLA_PATH_HANDLERS(Name, Kind)                                              \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NcclXla##Name##Prepare, Prepare<Kind>, BindPrepare());     \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NcclXla##Name, Execute<Kind>, BindExecute());             \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NcclXla##Name##Captured, Execute<Kind>, BindExecute(),     \
-                                {ffi::Traits::kCmdBufferCompatible});
-
-JAX_SYMM_XLA_PATH_HANDLERS(AllGather, CollectiveKind::kAllGather)
-JAX_SYMM_XLA_PATH_HANDLERS(ReduceScatter, CollectiveKind::kReduceScatter)
-JAX_SYMM_XLA_PATH_HANDLERS(AllReduce, CollectiveKind::kAllReduce)
-JAX_SYMM_XLA_PATH_HANDLERS(AllToAll, CollectiveKind::kAllToAll)
-
+// NcclXla<Name>Prepare, NcclXla<Name> and NcclXla<Name>Captured for each row
+// of the table of kinds (ffi_kinds.h).
+#define JAX_SYMM_XLA_PATH_HANDLERS(Name, ...)                                                \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NcclXla##Name##Prepare, Prepare<CollectiveKind::k##Name>,   \
+                                BindPrepare());                                             \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NcclXla##Name, Execute<CollectiveKind::k##Name>,            \
+                                BindExecute());                                             \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NcclXla##Name##Captured, Execute<CollectiveKind::k##Name>,  \
+                                BindExecute(), {ffi::Traits::kCmdBufferCompatible});
+JAX_SYMM_COLLECTIVE_KINDS(JAX_SYMM_XLA_PATH_HANDLERS)
 #undef JAX_SYMM_XLA_PATH_HANDLERS
 
 }  // namespace jax_symm

@@ -4,19 +4,16 @@
 // CUDA graphs).
 #pragma once
 
+#include "ffi_kinds.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace jax_symm {
-XLA_FFI_DECLARE_HANDLER_SYMBOL(NcclXlaAllGatherPrepare);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(NcclXlaAllGather);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(NcclXlaAllGatherCaptured);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(NcclXlaReduceScatterPrepare);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(NcclXlaReduceScatter);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(NcclXlaReduceScatterCaptured);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(NcclXlaAllReducePrepare);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(NcclXlaAllReduce);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(NcclXlaAllReduceCaptured);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(NcclXlaAllToAllPrepare);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(NcclXlaAllToAll);
-XLA_FFI_DECLARE_HANDLER_SYMBOL(NcclXlaAllToAllCaptured);
+// NcclXla<Name>Prepare, NcclXla<Name> and NcclXla<Name>Captured for each row
+// of the table of kinds (ffi_kinds.h).
+#define JAX_SYMM_DECLARE_NCCL_XLA_HANDLERS(Name, ...)     \
+  XLA_FFI_DECLARE_HANDLER_SYMBOL(NcclXla##Name##Prepare); \
+  XLA_FFI_DECLARE_HANDLER_SYMBOL(NcclXla##Name);          \
+  XLA_FFI_DECLARE_HANDLER_SYMBOL(NcclXla##Name##Captured);
+JAX_SYMM_COLLECTIVE_KINDS(JAX_SYMM_DECLARE_NCCL_XLA_HANDLERS)
+#undef JAX_SYMM_DECLARE_NCCL_XLA_HANDLERS
 }  // namespace jax_symm

@@ -47,6 +47,10 @@ from .all_reduce import all_reduce, psum  # noqa: E402
 from .all_to_all import all_to_all  # noqa: E402
 from .reduce_scatter import psum_scatter, reduce_scatter  # noqa: E402
 from .scope import use_symmetric_memory  # noqa: E402
+from . import _kinds  # noqa: E402
+
+# A kind that lacks its primitive, op, lax twin, reroute or cost figure fails here.
+_kinds.check_op_registry()
 from ._nccl import NcclCommunicatorAborted  # noqa: E402
 
 # `info` the function shadows `info` the module (still `python -m jax_symm.info`).

@@ -6,8 +6,10 @@ NCCL arena (`_nccl`), the copies of the cost model (`_dispatch`), the
 leading-axis relayout (`_lowering`: which parameters name the input axis cut
 into world chunks and the output axis they are stacked along) and whether a
 dtype needs a sum. C++ has
-its own table (ffi/ffi_common.h `LayoutOf`, with which the handlers check
-buffers); the two are compared at import, so they cannot drift apart.
+its own table (ffi/ffi_kinds.h `JAX_SYMM_COLLECTIVE_KINDS`: the handlers
+check buffers with its layouts and ask NCCL for a type only where it sums);
+the two are compared at import (names, order, layouts, sums), so they cannot
+drift apart.
 
 The dtypes each transport sums come from C++ too (ffi/host_reduce.cc
 `kHostSumTypes`, ffi/nccl_types.h `kNcclSumTypes`), the lists the kernels
@@ -99,16 +101,60 @@ def kind(name: str) -> Kind:
 
 
 def check_against_native() -> None:
-    """ImportError if the C++ module's kinds or layouts differ from `KINDS`
-    (a stale build, or one table edited without the other)."""
+    """ImportError if the C++ module's kinds, layouts or sums differ from
+    `KINDS` (a stale build, or one table edited without the other)."""
     native = tuple(ext.collective_kinds())
-    layouts = dict(ext.collective_layouts())
-    ours = {k.name: (k.chunks_in, k.chunks_out) for k in KINDS.values()}
-    if native != tuple(KINDS) or {n: tuple(v) for n, v in layouts.items()} != ours:
+    sums = dict(ext.collective_sums())
+    theirs = {n: (*v, sums.get(n)) for n, v in ext.collective_layouts().items()}
+    ours = {k.name: (k.chunks_in, k.chunks_out, k.sums) for k in KINDS.values()}
+    if native != tuple(KINDS) or theirs != ours:
         raise ImportError(
-            f"jax_symm: the compiled extension's collectives {native} with layouts "
-            f"{layouts} do not match jax_symm/_kinds.py's {ours}. Rebuild it "
+            f"jax_symm: the compiled extension's collectives {native} with (layout, sums) "
+            f"{theirs} do not match jax_symm/_kinds.py's {ours}. Rebuild it "
             "(pip install .), or edit both tables together.")
+
+
+def check_one_per_kind(where: str, names) -> None:
+    """ImportError unless `names` (a table keyed by kind name) are exactly the
+    kinds of `KINDS`: a kind missing from it fails at import, not at a call."""
+    names = list(names)
+    missing = [k for k in KINDS if k not in names]
+    extra = [n for n in names if n not in KINDS]
+    if missing or extra:
+        raise ImportError(f"jax_symm: {where} must have one entry per kind of "
+                          f"_kinds.KINDS; missing {missing}, not kinds {extra}")
+
+
+def check_op_registry() -> None:
+    """ImportError unless every kind has what each layer keeps of it apart
+    from this table: its primitive (`_primitives`, "jax_symm_<kind>"), its
+    public op (`jax_symm.<kind>`), lax's twin primitive (`_compat`, lax's
+    fallback at lowering) and function (`jax.lax.<lax_function>`), the
+    scope's reroute of that twin (`scope._REROUTES`) and the cost model's
+    figure (`_dispatch._SAVED_AT_ZERO_US`). jax_symm/__init__.py calls it
+    once every op is imported; the bench checks its own measures
+    (`bench/ops.py`)."""
+    import jax
+    import jax_symm
+    from . import _compat, _dispatch, _primitives, scope
+
+    def lax_has(kind: Kind) -> bool:
+        try:
+            _compat.lax_primitive(kind.lax_twin)
+        except KeyError:
+            return False
+        return callable(getattr(jax.lax, kind.lax_function, None))
+
+    prims = [v.name for n, v in vars(_primitives).items() if n.endswith("_p")]
+    check_one_per_kind("_primitives.py (jax_symm_<kind>)",
+                       [p.removeprefix("jax_symm_") for p in prims])
+    check_one_per_kind("jax_symm's public ops",
+                       [n for n in KINDS if callable(getattr(jax_symm, n, None))])
+    check_one_per_kind("_compat's lax primitives and jax.lax (each kind's lax twin)",
+                       [k.name for k in KINDS.values() if lax_has(k)])
+    check_one_per_kind("scope._REROUTES (each kind's lax twin)",
+                       [k.name for k in KINDS.values() if k.lax_twin in scope._REROUTES])
+    check_one_per_kind("_dispatch._SAVED_AT_ZERO_US", _dispatch._SAVED_AT_ZERO_US)
 
 
 def _dtypes(names) -> frozenset:

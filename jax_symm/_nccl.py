@@ -125,6 +125,13 @@ def version_string(code: int) -> str:
     return f"{code // 10000}.{code // 100 % 100}.{code % 100}"
 
 
+def floor(name: str) -> int:
+    """The NCCL version (code) from which a rule of jax_symm's holds
+    (ffi/nccl_versions.h: "symmetric_windows", "all_to_all", "half_window",
+    "multi_node_symmetric", "pdl_fixed")."""
+    return ext.nccl_version_floors()[name]
+
+
 def usable() -> bool:
     return bool(load()["symmetric_windows"])
 
@@ -220,7 +227,7 @@ def groups_info() -> list[dict]:
         g = dict(g)
         spans = known and groups_span_nccl_hosts(np.asarray([g["members"]], dtype=np.int64))
         g["symmetric_kernels"] = (bool(g["symmetric_windows"]) and known
-                                  and (version >= 22900 or not spans))
+                                  and (version >= floor("multi_node_symmetric") or not spans))
         out.append(g)
     return out
 
@@ -245,7 +252,8 @@ def unusable_reason(kind: str, dtype) -> str | None:
                 "own collective.")
     if not info["symmetric_windows"]:
         return (f"jax_symm: NCCL {version_string(info['version'])} has no symmetric windows "
-                f"(needs >= 2.27.3); jax_symm.{kind} uses XLA's own collective.")
+                f"(needs >= {version_string(floor('symmetric_windows'))}); jax_symm.{kind} "
+                "uses XLA's own collective.")
     if kind == "all_to_all" and not info.get("all_to_all", "ncclAlltoAll"):
         return (f"jax_symm: NCCL {version_string(info['version'])} has neither ncclAlltoAll "
                 "nor ncclSend/ncclRecv; jax_symm.all_to_all uses XLA's own collective.")

@@ -121,7 +121,7 @@ def window_buffers(kind: str, nccl_version: int) -> int:
 
 def needs_pdl_fence(nccl_version: int) -> bool:
     """Whether the XLA path must break programmatic dependent launch before
-    NCCL's kernel (NCCL < 2.30.7, ffi/nccl_api.h): its input comes straight
+    NCCL's kernel (NCCL < 2.30.7, ffi/nccl_versions.h): its input comes straight
     from the kernel that wrote it, with no copy between them."""
     from ._native import ext
 

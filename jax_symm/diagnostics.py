@@ -28,7 +28,8 @@ def nccl_available() -> tuple[bool, str]:
 
     try:
         if not _nccl.usable():
-            return False, "the loaded NCCL has no symmetric windows (needs >= 2.27.3)"
+            needs = _nccl.version_string(_nccl.floor("symmetric_windows"))
+            return False, f"the loaded NCCL has no symmetric windows (needs >= {needs})"
     except Exception as e:  # NCCL could not be loaded at all
         return False, f"NCCL unavailable: {e}"
     return True, ""

@@ -4,6 +4,7 @@ what its handler decodes. Runs on CPU: the NCCL handler's attribute decoding
 is checked by registering its capsule on the CPU platform, where XLA decodes
 everything it can and reports each operand it cannot (the CUDA stream)."""
 
+import dataclasses
 import re
 
 import numpy as np
@@ -43,9 +44,9 @@ def test_arena_rule():
     (23203, True, True),    # 2.32.3: what pip brings today
 ])
 def test_nccl_copy_rules_follow_the_pdl_floor(version, gather_in_place, scatter_in_place):
-    """The version floor of README "NCCL versions", decided in C++ beside the
-    copies it governs: below 2.30.7 a memcpy always precedes NCCL's kernel,
-    so the missing grid-dependency sync cannot bite."""
+    """The version floors of README "NCCL versions", decided in C++
+    (ffi/nccl_versions.h): below 2.30.7 a memcpy always precedes NCCL's
+    kernel, so the missing grid-dependency sync cannot bite."""
     rules = ext.nccl_copy_rules(version)
     assert rules == {"gather_sends_in_place": gather_in_place,
                      "scatter_receives_in_place": scatter_in_place}
@@ -147,6 +148,7 @@ def test_kind_layouts_come_from_cpp():
     assert layouts == {"all_gather": ("one", "world"), "reduce_scatter": ("world", "one"),
                        "all_reduce": ("one", "one"), "all_to_all": ("world", "world")}
     assert tuple(_kinds.KINDS) == ext.collective_kinds()
+    assert ext.collective_sums() == {k.name: k.sums for k in _kinds.KINDS.values()}
     for name, kind in _kinds.KINDS.items():
         assert (kind.chunks_in, kind.chunks_out) == layouts[name]
         # a sum never outputs world chunks (it shrinks or keeps the data)
@@ -162,10 +164,19 @@ def test_a_side_of_world_chunks_names_its_axis():
         _kinds.Kind("x", _kinds.ONE, _kinds.ONE, sums=False, lax_twin="psum", split="d")
 
 
-def test_a_table_that_differs_from_cpp_fails_the_import(monkeypatch):
-    monkeypatch.setattr(_kinds, "KINDS", dict(
-        _kinds.KINDS, all_reduce=_kinds.Kind("all_reduce", _kinds.WORLD, _kinds.ONE,
-                                             sums=True, lax_twin="psum", split="axes")))
+@pytest.mark.parametrize("edit", ["layout", "sums", "missing row", "order"])
+def test_a_table_that_differs_from_cpp_fails_the_import(monkeypatch, edit):
+    kinds = dict(_kinds.KINDS)
+    if edit == "layout":
+        kinds["all_reduce"] = _kinds.Kind("all_reduce", _kinds.WORLD, _kinds.ONE, sums=True,
+                                          lax_twin="psum", split="axes")
+    elif edit == "sums":
+        kinds["all_to_all"] = dataclasses.replace(kinds["all_to_all"], sums=True)
+    elif edit == "missing row":
+        del kinds["all_to_all"]
+    else:
+        kinds = dict(reversed(kinds.items()))
+    monkeypatch.setattr(_kinds, "KINDS", kinds)
     with pytest.raises(ImportError, match="do not match jax_symm/_kinds.py"):
         _kinds.check_against_native()
 
@@ -198,3 +209,55 @@ def test_chunk_of_a_call():
     assert _kinds.kind("reduce_scatter").chunk_bytes(384, 4) == 96
     assert _kinds.kind("all_reduce").chunk_bytes(96, 4) == 96
     assert _kinds.kind("all_to_all").chunk_bytes(384, 4) == 96
+
+
+def test_a_native_error_names_the_dtype(monkeypatch):
+    """C++ names an element type as numpy does, not by XLA's enum number:
+    here the host sum's last line of defence, reached past Python's dtype
+    check (which refuses float8 sums at trace time)."""
+    from jax.sharding import PartitionSpec as P
+    from _util import cpu_mesh, shard
+
+    f8 = np.dtype(jnp.float8_e4m3fn)
+    monkeypatch.setattr(_kinds, "SUMMABLE", _kinds.SUMMABLE | {f8})
+    mesh = cpu_mesh((2,), ("x",))
+    f = jax.jit(jax.shard_map(lambda a: jax_symm.psum(a, "x"), mesh=mesh, in_specs=P("x"),
+                              out_specs=P("x")))
+    with pytest.raises(Exception, match=r"no host sum for element type float8_e4m3fn(?!\w)"):
+        f(shard(np.ones(64, f8), mesh, P("x"))).block_until_ready()
+
+
+# ---- what each layer keeps per kind (jax_symm/__init__.py checks it at import) ----
+
+def test_every_kind_has_its_primitive_op_twin_reroute_and_cost_figure():
+    _kinds.check_op_registry()  # what the import ran
+    from jax_symm.bench import ops
+
+    assert tuple(ops.OPS) == tuple(_kinds.KINDS)
+
+
+@pytest.mark.parametrize("layer", ["_primitives", "public ops", "lax", "scope", "_dispatch"])
+def test_a_kind_missing_from_a_layer_fails_the_import(monkeypatch, layer):
+    """Each layer that keeps something per kind, without all_to_all's."""
+    from jax_symm import _primitives, scope
+
+    if layer == "_primitives":
+        monkeypatch.delattr(_primitives, "all_to_all_p")
+    elif layer == "public ops":
+        monkeypatch.delattr(jax_symm, "all_to_all")
+    elif layer == "lax":
+        monkeypatch.setitem(_kinds.KINDS, "all_to_all", dataclasses.replace(
+            _kinds.KINDS["all_to_all"], lax_twin="ragged_all_to_all"))
+    elif layer == "scope":
+        monkeypatch.delitem(scope._REROUTES, "all_to_all")
+    else:
+        monkeypatch.delitem(_dispatch._SAVED_AT_ZERO_US, "all_to_all")
+    with pytest.raises(ImportError, match=re.escape(layer) + r".*missing \['all_to_all'\]"):
+        _kinds.check_op_registry()
+
+
+def test_a_new_row_without_its_layers_fails_the_import(monkeypatch):
+    monkeypatch.setitem(_kinds.KINDS, "broadcast", _kinds.Kind(
+        "broadcast", _kinds.ONE, _kinds.ONE, sums=False, lax_twin="psum"))
+    with pytest.raises(ImportError, match=r"missing \['broadcast'\]"):
+        _kinds.check_op_registry()

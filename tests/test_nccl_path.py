@@ -22,7 +22,9 @@ OLD_NCCL, NEW_NCCL = 22809, 23203  # the GPU image's 2.28.9; a fresh install's 2
 
 
 def test_floors_are_the_documented_versions():
-    assert FLOORS == {"half_window": 22900, "pdl_fixed": 23007, "win_coll_symmetric": 1}
+    assert FLOORS == {"symmetric_windows": 22703, "all_to_all": 22803, "half_window": 22900,
+                      "multi_node_symmetric": 22900, "pdl_fixed": 23007,
+                      "win_coll_symmetric": 1}
 
 
 @pytest.mark.parametrize("requested", ["auto", "xla"])

@@ -145,11 +145,7 @@ _MEASURE: dict[str, Measure] = {
 
 
 def _ops() -> dict[str, Op]:
-    missing = [k for k in _kinds.KINDS if k not in _MEASURE]
-    extra = [k for k in _MEASURE if k not in _kinds.KINDS]
-    if missing or extra:
-        raise ImportError(f"jax_symm.bench.ops: _MEASURE must have one entry per kind of "
-                          f"_kinds.KINDS; missing {missing}, not kinds {extra}")
+    _kinds.check_one_per_kind("jax_symm.bench.ops._MEASURE", _MEASURE)
     return {name: Op(kind, _MEASURE[name]) for name, kind in _kinds.KINDS.items()}
 
 

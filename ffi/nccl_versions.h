@@ -20,13 +20,14 @@ inline constexpr int kSymmetricWindowsVersion = 22703;  // 2.27.3
 // (nccl_enqueue.h EnqueueAllToAll).
 inline constexpr int kAllToAllVersion = 22803;  // 2.28.3
 
-// From 2.29 only the all-gather's receive buffer and the reduce-scatter's
+// From 2.29.2 only the all-gather's receive buffer and the reduce-scatter's
 // send buffer must lie in a window for NCCL's full set of symmetric kernels
-// (before, both buffers of a call). So the own path's reduce-scatter receives
+// (before, both buffers of a call; 2.29's notes announce it, and 2.29.2 is
+// the first release known to behave so, DESIGN.md). So the own path's reduce-scatter receives
 // straight into XLA's output (its copy-out skipped, ScatterReceivesInPlace),
 // and the XLA path windows only those two buffers (jax_symm/_nccl_path.py
 // `window_buffers`). The all-gather's copy-in waits for kPdlFixedVersion.
-inline constexpr int kHalfWindowVersion = 22900;  // 2.29.0
+inline constexpr int kHalfWindowVersion = 22902;  // 2.29.2
 
 // From 2.29 NCCL also runs symmetric kernels on communicators whose ranks lie
 // on several NCCL hosts (multi-node kernels; before, on one host only); where

@@ -98,7 +98,7 @@ def current() -> PathChoice:
 
 def window_buffers(kind: str, nccl_version: int) -> int:
     """Which buffers of a call the XLA path puts in windows (WINDOW_OPERAND |
-    WINDOW_RESULT): from NCCL 2.29 only the all-gather's receive and the
+    WINDOW_RESULT): from NCCL 2.29.2 only the all-gather's receive and the
     reduce-scatter's send buffer need one for the full symmetric kernel set;
     before, both. The all-reduce needs both, one buffer aliased; the
     all-to-all gets both."""

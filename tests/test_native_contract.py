@@ -38,7 +38,8 @@ def test_arena_rule():
 @pytest.mark.parametrize("version, gather_in_place, scatter_in_place", [
     (22703, False, False),  # 2.27.3: the first with windows; both buffers in them
     (22809, False, False),  # 2.28.9: the device image's
-    (22900, False, True),   # 2.29: the scatter's receive may leave the window...
+    (22901, False, False),  # 2.29.1: still both buffers in windows
+    (22902, False, True),   # 2.29.2: the scatter's receive may leave the window...
     (23006, False, True),   # ...but the gather's send waits for the PDL fix
     (23007, True, True),    # 2.30.7: cudaGridDependencySynchronize is back
     (23203, True, True),    # 2.32.3: what pip brings today

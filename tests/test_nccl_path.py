@@ -22,7 +22,7 @@ OLD_NCCL, NEW_NCCL = 22809, 23203  # the GPU image's 2.28.9; a fresh install's 2
 
 
 def test_floors_are_the_documented_versions():
-    assert FLOORS == {"symmetric_windows": 22703, "all_to_all": 22803, "half_window": 22900,
+    assert FLOORS == {"symmetric_windows": 22703, "all_to_all": 22803, "half_window": 22902,
                       "multi_node_symmetric": 22900, "pdl_fixed": 23007,
                       "win_coll_symmetric": 1}
 
@@ -88,12 +88,13 @@ def test_the_running_jaxlibs_extension_matches_its_release():
     ("all_to_all", 3, 3),
 ])
 def test_window_buffers_by_kind_and_nccl(kind, old, new):
-    """NCCL 2.28 wants both buffers in windows; from 2.29 the all-gather's
+    """NCCL 2.28 wants both buffers in windows; from 2.29.2 the all-gather's
     receive and the reduce-scatter's send buffer suffice; all-reduce both; the
     all-to-all (no symmetric kernel) both."""
     assert _nccl_path.window_buffers(kind, OLD_NCCL) == old
     assert _nccl_path.window_buffers(kind, NEW_NCCL) == new
     assert _nccl_path.window_buffers(kind, FLOORS["half_window"]) == new
+    assert _nccl_path.window_buffers(kind, FLOORS["half_window"] - 1) == old
 
 
 def test_pdl_fence_below_2_30_7():

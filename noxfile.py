@@ -3,7 +3,7 @@
     nox -s newest_jax      # newest jax pip gives the newest Python here (>= 3.12)
     nox -s jax_floor       # the oldest jax jax_symm supports (jax_symm._compat.MIN_JAX)
     nox -s older_jax       # jax 0.11.2 installed first, then `pip install .` as the README says
-    nox -s newest_jax -- -x tests/test_demo.py     # arguments after -- go to pytest
+    nox -s newest_jax -- -x tests/tools/test_demo.py     # arguments after -- go to pytest
 
 Each session runs the README's test command, `pip install ".[test]" && pytest`,
 in its own virtualenv under .nox/ (`nox -r` reuses it). `.ci/run` runs
@@ -127,8 +127,8 @@ def newest_jax(session):
 # jax_symm as their parent. The whole suite runs on two other jax releases
 # (the default run and newest_jax); CI's 30 minutes leave room for this part.
 OLDER_JAX = "0.11.2"
-OLDER_JAX_TESTS = ["tests/test_build.py", "tests/test_parity.py",
-                   "tests/test_multiprocess.py", "tests/test_first_contact.py"]
+OLDER_JAX_TESTS = ["tests/install/test_build.py", "tests/ops/test_parity.py",
+                   "tests/multiprocess/test_multiprocess.py", "tests/install/test_first_contact.py"]
 
 
 @nox.session(python=oldest_python(NEWEST_JAX_MIN_PYTHON) or

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device-machine call for the multi-rank GPU work: build, the 1-rank GPU
 # tests, NCCL's own log of a 2-process job on one GPU, then the multi-rank
-# suite (tests/test_gpu_multirank.py) for the parts named in $PARTS
+# suite (tests/gpu/test_gpu_multirank.py) for the parts named in $PARTS
 # (w2, w4, faults, overhead). Logs go to $OUT (device tool) or ./device_out.
 set -uo pipefail
 OUT=${OUT:-device_out}; mkdir -p "$OUT"
@@ -21,7 +21,7 @@ for part in $PARTS; do case $part in
     py -m pip install -q --no-build-isolation --no-deps . > "$OUT/build.log" 2>&1
     echo "== build rc=$?"; grep -iE "error|warning:" "$OUT/build.log" | head -20 ;;
   gpu1)
-    run_tests gpu1 240 "$R/tests/test_gpu.py" "$R/tests/test_native_contract.py" ;;
+    run_tests gpu1 240 "$R/tests/gpu/test_gpu.py" "$R/tests/lowering/test_native_contract.py" ;;
   log)
     (cd /tmp && NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,NET,REG timeout 120 python3 -c "
 import sys; sys.path.insert(0, '$R/tests')
@@ -35,9 +35,9 @@ print('INFO', out[0])
 ") > "$OUT/nccl_log.txt" 2>&1
     echo "== nccl log rc=$?"
     grep -E "NCCL version|nRanks|Using network|via NET|[Rr]egist|[Ww]indow|comm 0x.*rank|INFO \{|Error|error" "$OUT/nccl_log.txt" | cut -c1-220 | head -30 ;;
-  w2) run_tests w2 500 "$R/tests/test_gpu_multirank.py" -k w2 ;;
-  w4) run_tests w4 500 "$R/tests/test_gpu_multirank.py" -k w4 ;;
-  faults) run_tests faults 400 "$R/tests/test_gpu_multirank.py" -k "${FAULTS_K:-killed or stalled}" -s ;;
+  w2) run_tests w2 500 "$R/tests/gpu/test_gpu_multirank.py" -k w2 ;;
+  w4) run_tests w4 500 "$R/tests/gpu/test_gpu_multirank.py" -k w4 ;;
+  faults) run_tests faults 400 "$R/tests/gpu/test_gpu_multirank.py" -k "${FAULTS_K:-killed or stalled}" -s ;;
   overhead)  # the progress beacon's cost per captured call: with it, and without
     for t in 0 300; do echo "== overhead JAX_SYMM_GPU_TIMEOUT_S=$t"
       (cd /tmp && JAX_SYMM_GPU_TIMEOUT_S=$t timeout 200 jax-symm-bench overhead) 2>&1 | tail -7

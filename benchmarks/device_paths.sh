@@ -69,17 +69,17 @@ print('$c', 'jax', jax.__version__, 'build', jax_symm._native.ext.build_info(),
     done ;;
   gpu1-*)
     IFS=- read -r _ jax path nccl <<< "$part"
-    run_tests "$part" 240 "$jax" "$path" "$nccl" "$R/tests/test_gpu.py" "$R/tests/test_native_contract.py" -s ;;
+    run_tests "$part" 240 "$jax" "$path" "$nccl" "$R/tests/gpu/test_gpu.py" "$R/tests/lowering/test_native_contract.py" -s ;;
   a2a-*)
     IFS=- read -r _ jax path nccl <<< "$part"
     EXTRA_ENV=JAX_SYMM_NCCL_ALL_TO_ALL=send_recv run_tests "$part-1" 240 "$jax" "$path" "$nccl" \
-      "$R/tests/test_gpu.py" -k "all_to_all or loaded_nccls_rules"
+      "$R/tests/gpu/test_gpu.py" -k "all_to_all or loaded_nccls_rules"
     EXTRA_ENV=JAX_SYMM_NCCL_ALL_TO_ALL=send_recv run_tests "$part-w" 400 "$jax" "$path" "$nccl" \
-      "$R/tests/test_gpu_multirank.py" -k "all_to_all or suite_report" -s ;;
+      "$R/tests/gpu/test_gpu_multirank.py" -k "all_to_all or suite_report" -s ;;
   faults-*)
     IFS=- read -r _ jax path nccl <<< "$part"
-    run_tests "$part" 420 "$jax" "$path" "$nccl" "$R/tests/test_gpu_multirank.py" -k "killed or stalled" -s ;;
+    run_tests "$part" 420 "$jax" "$path" "$nccl" "$R/tests/gpu/test_gpu_multirank.py" -k "killed or stalled" -s ;;
   w2-*|w4-*)
     IFS=- read -r w jax path nccl <<< "$part"
-    run_tests "$part" 500 "$jax" "$path" "$nccl" "$R/tests/test_gpu_multirank.py" -k "$w and not killed and not stalled" -s ;;
+    run_tests "$part" 500 "$jax" "$path" "$nccl" "$R/tests/gpu/test_gpu_multirank.py" -k "$w and not killed and not stalled" -s ;;
 esac; done

@@ -12,10 +12,10 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT
 python3 -m pip install -q --no-build-isolation --no-deps . 2>&1 | tail -3
 cd /tmp  # import the installed package, not the source tree
 python3 -m jax_symm.info > "$OUT/info.txt" 2>&1; head -5 "$OUT/info.txt"
-timeout 300 python3 -m pytest -q -x --rootdir "$R" "$R/tests/test_gpu.py" -p no:cacheprovider \
+timeout 300 python3 -m pytest -q -x --rootdir "$R" "$R/tests/gpu/test_gpu.py" -p no:cacheprovider \
   > "$OUT/gpu_tests.log" 2>&1
 echo "gpu tests rc=$?"; tail -2 "$OUT/gpu_tests.log"
-timeout 200 python3 -m pytest -q --rootdir "$R" "$R/tests/test_bench.py" -k gpu -p no:cacheprovider \
+timeout 200 python3 -m pytest -q --rootdir "$R" "$R/tests/tools/test_bench.py" -k gpu -p no:cacheprovider \
   > "$OUT/gpu_bench_test.log" 2>&1
 echo "gpu bench test (device time, raw NCCL timer) rc=$?"; tail -2 "$OUT/gpu_bench_test.log"
 NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,REG,TUNING timeout 200 python3 -m jax_symm.bench nccl-log \
@@ -29,5 +29,5 @@ JAX_SYMM_SINGLETON_CALLS=1 timeout 540 python3 -m jax_symm.bench --full --platfo
   --max-bytes $((64 << 20)) --no-progress --out "$OUT/bench1gpu" > "$OUT/bench1gpu.log" 2>&1
 echo "bench rc=$?"; tail -45 "$OUT/bench1gpu.log"
 JAX_PLATFORMS=cpu timeout 400 python3 -m pytest -q --rootdir "$R" "$R/tests" \
-  --deselect "$R/tests/test_gpu.py" -p no:cacheprovider > "$OUT/cpu_tests.log" 2>&1
+  --deselect "$R/tests/gpu/test_gpu.py" -p no:cacheprovider > "$OUT/cpu_tests.log" 2>&1
 echo "cpu tests rc=$?"; tail -3 "$OUT/cpu_tests.log"

@@ -6,7 +6,7 @@
 // admitted jaxlib's FFI headers (FFI API 0.3), which predate the extension, so
 // that one build serves every admitted jaxlib. The extension is a C ABI
 // versioned by struct_size and by its id's major/minor version; these are the
-// fields jax_symm reads, in the ABI's order. tests/test_xla_collectives_abi.py
+// fields jax_symm reads, in the ABI's order. tests/lowering/test_xla_collectives_abi.py
 // compiles them against the running jaxlib's own header, where it ships one,
 // and checks every offset and size.
 //

@@ -9,7 +9,7 @@ A private name is used directly, so that a jax release that moves it fails at
 import or at its first use, never by skipping what it did; a name that only
 some supported releases have is reached through `since` (an explicit version
 branch). Where jax_symm changes JAX's own objects is listed in `PATCHES` (and
-by `jax_symm.info()`). tests/test_compat.py checks every private name used
+by `jax_symm.info()`). tests/install/test_compat.py checks every private name used
 here against the installed jax.
 """
 

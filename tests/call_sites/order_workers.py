@@ -1,10 +1,17 @@
-"""Workers for tests/test_order.py (2 processes x 2 CPU devices)."""
+"""Workers for tests/call_sites/test_order.py (2 processes x 2 CPU devices)."""
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 
 import numpy as np
+
+# tests/, home of the shared helpers: a worker process has only this folder on sys.path.
+_TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
 
 from _mp_util import global_array as _put, local_copy as _local, mesh_1d as _mesh
 

@@ -1,6 +1,6 @@
 """jax_symm across processes: 2 JAX processes x 2 CPU devices, via jax_symm.testing.
 
-The worker functions live in tests/mp_workers.py; the tests pass the function
+The worker functions live in tests/multiprocess/mp_workers.py; the tests pass the function
 objects, and the launcher puts their directory on the workers' sys.path.
 """
 

@@ -1,11 +1,18 @@
-"""Worker for tests/test_all_to_all.py: all-to-all in a jax.distributed CPU
+"""Worker for tests/ops/test_all_to_all.py: all-to-all in a jax.distributed CPU
 job of 2 processes x 2 devices (run by jax_symm.testing.run_multiprocess)."""
 
 from __future__ import annotations
 
 import itertools
+import os
+import sys
 
 import numpy as np
+
+# tests/, home of the shared helpers: a worker process has only this folder on sys.path.
+_TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
 
 import _a2a_ref
 from _mp_util import global_array

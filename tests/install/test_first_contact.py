@@ -37,7 +37,7 @@ def test_pyproject_pins_match_the_version_check():
     jaxlib accepts (an unbounded or newest-jaxlib build pin compiled handlers
     that older jaxlibs refuse)."""
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     with open(os.path.join(root, "pyproject.toml"), "rb") as f:
         project = tomllib.load(f)
     lo = ".".join(map(str, _compat.MIN_JAX))

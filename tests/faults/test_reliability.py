@@ -3,7 +3,7 @@ several groups at once, long runs (memory, shared-memory segments), bad input
 against lax, and growing call sizes.
 
 Multi-process cases run 2 JAX processes x 2 CPU devices through
-jax_symm.testing (workers in tests/reliability_workers.py); the rest run in
+jax_symm.testing (workers in tests/faults/reliability_workers.py); the rest run in
 this process on the 8 virtual CPU devices tests/conftest.py provides.
 
 JAX_SYMM_LONG_RUN=1 makes the long-run tests do 10,000 calls instead of the

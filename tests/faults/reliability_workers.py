@@ -1,8 +1,8 @@
-"""Worker functions for tests/test_reliability.py, run by jax_symm.testing.
+"""Worker functions for tests/faults/test_reliability.py, run by jax_symm.testing.
 
 Each runs inside one process of a jax.distributed CPU job (2 processes x 2
 devices unless the test says otherwise). Top-level functions of this module so
-that a fresh interpreter can import them (the launcher puts tests/ on the
+that a fresh interpreter can import them (the launcher puts tests/faults/ on the
 workers' sys.path because the tests pass the function objects).
 
 Workers that outlive a dead peer cannot return through the launcher (it stops
@@ -15,10 +15,16 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 
 import numpy as np
+
+# tests/, home of the shared helpers: a worker process has only this folder on sys.path.
+_TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
 
 from _mp_util import (check_gather_scatter as _check_gather_scatter, gather_scatter_fn as _gather_scatter_fn,
                       global_array as _global_array,

@@ -28,7 +28,7 @@ def nccl_stub(monkeypatch):
     already: what lowering asks of NCCL, answered without a GPU."""
     monkeypatch.setattr(_nccl, "load", lambda: {"version": 22809, "symmetric_windows": True,
                                                 "path": ""})
-    # jax_symm's own communicators and arenas (tests/test_nccl_path.py: the XLA path)
+    # jax_symm's own communicators and arenas (tests/lowering/test_nccl_path.py: the XLA path)
     monkeypatch.setattr(_nccl_path, "choice", lambda: _nccl_path.PathChoice("own", "test"))
     monkeypatch.setattr(_nccl, "ensure_groups", lambda groups: None)
     monkeypatch.setattr(_nccl, "ensure_arenas",

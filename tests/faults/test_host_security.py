@@ -27,7 +27,7 @@ live job's are, so that concurrent jax_symm processes on the host (whose scans
 rightly remove unlocked ones) cannot interfere.
 
 Multi-process cases run 2 JAX processes x 2 CPU devices (workers in
-tests/host_security_workers.py). Anything that changes the extension's global
+tests/faults/host_security_workers.py). Anything that changes the extension's global
 host configuration runs in a subprocess. Tests that need root, a second Unix
 user (uid 65534), `unshare` or `mount` skip with the reason when the machine
 does not allow them.
@@ -60,8 +60,8 @@ from jax_symm.testing import free_port, run_multiprocess
 
 import host_security_workers as hw
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(TESTS)
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
 SHM = "/dev/shm"
 GROUP = hw.GROUP
 NOBODY = 65534
@@ -180,7 +180,7 @@ def _as_nobody_write(path: str, content: bytes) -> None:
 def _py_env(devices: int | None = None) -> dict[str, str]:
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(
-        [ROOT, TESTS] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        [ROOT, HERE] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     flags = re.sub(r"--xla_force_host_platform_device_count=\S*", "",
                    env.get("XLA_FLAGS", "")).strip()
     if devices is not None:
@@ -252,7 +252,7 @@ class _Job:
                    "--fn", f"host_security_workers:{fn}", "--process-id", str(i),
                    "--num-processes", "2", "--devices", "2",
                    "--coordinator", f"127.0.0.1:{port}", "--input", in_path,
-                   "--output", os.path.join(self.dir, f"out{i}.pkl"), "--path", TESTS]
+                   "--output", os.path.join(self.dir, f"out{i}.pkl"), "--path", HERE]
             with open(self.logs[i], "wb") as log:
                 self.procs.append(subprocess.Popen(
                     cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

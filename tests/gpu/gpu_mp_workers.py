@@ -1,4 +1,4 @@
-"""Workers for tests/test_gpu_multirank.py: one JAX process per GPU rank.
+"""Workers for tests/gpu/test_gpu_multirank.py: one JAX process per GPU rank.
 
 Each process of a `run_multiprocess(..., platform="gpu")` job runs every case
 of the suite (one launch per world size keeps CUDA start-up out of each case)
@@ -15,11 +15,17 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
 
 import numpy as np
+
+# tests/, home of the shared helpers: a worker process has only this folder on sys.path.
+_TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
 
 import _a2a_ref
 from _mp_util import captured_chain, global_array, write_json

@@ -1,13 +1,19 @@
-"""Workers for tests/test_liveness.py: when a process counts as leaving the
+"""Workers for tests/faults/test_liveness.py: when a process counts as leaving the
 job (issue 28, finding 4)."""
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 
 import numpy as np
+
+# tests/, home of the shared helpers: a worker process has only this folder on sys.path.
+_TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
 
 from _mp_util import global_array, mesh_1d, write_json
 

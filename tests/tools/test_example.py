@@ -10,7 +10,7 @@ import jax
 
 import jax_symm
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "examples"))
 import tp_transformer as tp  # noqa: E402
 
 
@@ -45,7 +45,7 @@ def test_example_main_reports_a_verdict_and_why(tmp_path):
 
     from jax_symm import _child_environment
 
-    script = pathlib.Path(__file__).resolve().parents[1] / "examples" / "tp_transformer.py"
+    script = pathlib.Path(__file__).resolve().parents[2] / "examples" / "tp_transformer.py"
     env = dict(os.environ, **_child_environment.changes(os.environ, platform="cpu"))
     env["XLA_FLAGS"] = _child_environment.without_device_count(env.get("XLA_FLAGS", ""))
     proc = subprocess.run([sys.executable, str(script), "--steps", "6", "--seq", "64",

@@ -1,4 +1,4 @@
-"""Workers for tests/test_peer_watch.py (CPU processes, no NCCL needed).
+"""Workers for tests/faults/test_peer_watch.py (CPU processes, no NCCL needed).
 
 The peer watch (jax_symm/_peer_watch.py) tells the NCCL layer which peer
 processes are gone; here that call is replaced by one that records it, so
@@ -13,6 +13,11 @@ import signal
 import sys
 import threading
 import time
+
+# tests/, home of the shared helpers: a worker process has only this folder on sys.path.
+_TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
 
 from _mp_util import write_json
 

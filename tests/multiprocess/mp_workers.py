@@ -1,4 +1,4 @@
-"""Worker functions for tests/test_multiprocess.py, run by jax_symm.testing.
+"""Worker functions for tests/multiprocess/test_multiprocess.py, run by jax_symm.testing.
 
 Each runs inside one process of a jax.distributed CPU job (the launcher has
 already initialised it). They are top-level functions of this module so that
@@ -18,6 +18,11 @@ import sys
 import time
 
 import numpy as np
+
+# tests/, home of the shared helpers: a worker process has only this folder on sys.path.
+_TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
 
 from _mp_util import global_array as _global_array
 

@@ -1,4 +1,4 @@
-"""Worker functions for tests/test_host_security.py (issue #10: the host
+"""Worker functions for tests/faults/test_host_security.py (issue #10: the host
 transport's shared-memory windows belong to the job).
 
 Multi-process workers run inside one process of a jax.distributed CPU job
@@ -24,10 +24,16 @@ import os
 import re
 import signal
 import stat
+import sys
 import threading
 import time
 
 import numpy as np
+
+# tests/, home of the shared helpers: a worker process has only this folder on sys.path.
+_TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
 
 from _mp_util import (check_gather_scatter as _check_gather_scatter, gather_scatter_fn as _gather_scatter_fn,
                       global_array as _global_array,

@@ -24,7 +24,8 @@ import jax_symm as _jax_symm_for_the_test
 print("README_TEST_HOST_WINDOWS", len(_jax_symm_for_the_test.info()["host_windows"]))
 """
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                      "README.md")
 
 
 def python_blocks() -> list[tuple[int, str]]:

@@ -15,7 +15,7 @@ import pytest
 
 from jax_symm import _nccl_path
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _CHECKS = r"""
 #include <cstddef>

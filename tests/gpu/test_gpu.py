@@ -115,7 +115,7 @@ def test_tp_step_copies_on_the_xla_path():
     import pathlib
     import sys
 
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "examples"))
     import tp_transformer as tp
 
     d = tp.Dims(seq=64, dim=64, heads=8, ffn=128)

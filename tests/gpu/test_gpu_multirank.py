@@ -8,7 +8,7 @@ across processes) on real NCCL, not NCCL's symmetric kernels or speed.
 
 Skipped where JAX sees no GPU (CI); run on a GPU machine with
 
-    pytest -q tests/test_gpu_multirank.py
+    pytest -q tests/gpu/test_gpu_multirank.py
 
 Each world size is one job that runs every case of `gpu_mp_workers.suite`;
 each case is a test here, so a failure names its case.

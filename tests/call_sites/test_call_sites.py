@@ -104,6 +104,7 @@ def test_mixed_ops_inside_scan_and_cond(rng, mesh):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(120)
 def test_multiprocess_same_shape_gathers_are_never_mixed_up():
     out = run_multiprocess(csw.same_shape_gathers, args=(10, 8, 1234), timeout_s=100,
@@ -112,6 +113,7 @@ def test_multiprocess_same_shape_gathers_are_never_mixed_up():
         assert p["wrong"] == 0, out
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(150)
 def test_multiprocess_threads_running_different_programs():
     """Two threads per process run different programs. JAX runs a process's
@@ -128,6 +130,7 @@ def test_multiprocess_threads_running_different_programs():
             assert "jax_symm" in err and ("same order" in err or "out of step" in err), err
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(120)
 def test_multiprocess_large_all_reduce_shares():
     out = run_multiprocess(csw.large_all_reduces, args=((2047, 4096, 70001), 7), timeout_s=100,
@@ -174,6 +177,7 @@ def test_collectives_in_divergent_branches_fail_with_the_cause(tmp_path):
     assert "XLA:CPU" in out.stdout and "block_until_ready" in out.stdout, out.stdout
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(150)
 def test_multiprocess_rebuild_after_clear_caches():
     """Issue 28, finding 5: a window's name was a pure function of the job's
@@ -187,6 +191,7 @@ def test_multiprocess_rebuild_after_clear_caches():
     assert [p["wrong"] for p in out] == [0, 0], out
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(150)
 def test_multiprocess_per_process_constant_before_a_collective():
     """Issue 28, finding 6: psum(v * (1 + process_index)) gave lax's sum

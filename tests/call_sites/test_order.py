@@ -165,6 +165,7 @@ def test_persistent_cache_one_process(tmp_path):
     assert runs[0] == runs[1]
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(300)
 def test_persistent_cache_two_processes(tmp_path):
     """Two processes run jax_symm's program (and lax's) twice over one cache
@@ -194,6 +195,8 @@ def test_persistent_cache_two_processes(tmp_path):
 
 # --- call sites named by what they are (issue 19, items 3 and 4) -------------
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_programs_lowered_in_opposite_orders_pair_correctly():
     out = run_multiprocess(ow.opposite_lowering_order, args=(20,), timeout_s=130,
@@ -205,6 +208,7 @@ def test_programs_lowered_in_opposite_orders_pair_correctly():
             assert "jax_symm" in err and "same order" in err, err
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(150)
 def test_concurrent_first_lowerings():
     out = run_multiprocess(ow.concurrent_first_lowerings, args=(6,), timeout_s=130,

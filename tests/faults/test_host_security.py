@@ -292,6 +292,7 @@ def two_jobs():
     return jobs
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(120)
 def test_window_names_are_secret_per_site_and_shared_by_the_job(two_jobs):
     """Finding 1 (squatting), names: every window is /jax_symm-<32 hex>, each
@@ -327,6 +328,7 @@ def test_window_names_are_secret_per_site_and_shared_by_the_job(two_jobs):
     assert not {n.lstrip("/") for n in first | second} & set(os.listdir(SHM))
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(120)
 def test_setup_from_two_threads_at_once(two_jobs):
     """Finding 4c: in every process of both jobs, jax_symm._host.setup() was
@@ -339,6 +341,7 @@ def test_setup_from_two_threads_at_once(two_jobs):
             assert p["setup_errors"] == [], p["setup_errors"]
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(120)
 def test_slot_is_sized_to_the_call_not_a_power_of_two(two_jobs):
     """Finding 6b: a 2 x 2 job all-gathering 4,160 bytes per device maps a
@@ -687,6 +690,7 @@ print('NS', json.dumps(dict(pid=os.getpid(), job_pid_visible=job_pid_visible,
 """
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(180)
 def test_job_in_another_pid_namespace_leaves_live_windows_alone(tmp_path):
     """Finding 3 (PID namespaces): while a 2 x 2 job runs collectives, a
@@ -756,6 +760,7 @@ def _assert_gone_message(msg: str, pid: int) -> None:
     assert f"pid {pid}" in msg, msg
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(120)
 def test_zombie_peer_is_seen_as_gone(tmp_path):
     """Finding 4a: process 1 of a 2 x 2 job is SIGKILLed while process 0
@@ -783,6 +788,7 @@ def test_zombie_peer_is_seen_as_gone(tmp_path):
         job.stop()
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(120)
 def test_peer_that_exits_normally_is_seen_as_gone(tmp_path):
     """Finding 4b: process 1 lowers the program and leaves with os._exit(0)
@@ -810,6 +816,7 @@ def test_peer_that_exits_normally_is_seen_as_gone(tmp_path):
         job.stop()
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(120)
 def test_peer_killed_with_a_forked_child_alive_is_seen_as_gone(tmp_path):
     """Liveness (found while testing 4a): process 1 forks a child that only
@@ -845,6 +852,8 @@ def test_peer_killed_with_a_forked_child_alive_is_seen_as_gone(tmp_path):
 # ========================================================= 5. messages carry the cause
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_absent_peer_error_names_the_cause_on_every_device(tmp_path):
     """Finding 5: process 1 of a 2 x 2 job lowers the program and never calls
@@ -888,6 +897,7 @@ def test_absent_peer_error_names_the_cause_on_every_device(tmp_path):
         assert 3.0 <= res["elapsed"] < 10.0, res
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(120)
 def test_cause_recorded_in_another_process_reaches_every_rank(tmp_path):
     """Finding 5, deterministically: 3 processes x 2 devices in one group;

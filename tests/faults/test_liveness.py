@@ -19,6 +19,8 @@ from jax_symm.testing import free_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+pytestmark = pytest.mark.multiprocess
+
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("end", ["returns", "raises"])

@@ -25,6 +25,7 @@ def _run(tmp_path, how, attack="", descriptors=0):
         json.loads(abort.read_text()) if abort.exists() else None)
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("how,words", [("kill", "is gone"),
                                        ("raise", "uncaught exception")])
@@ -36,6 +37,7 @@ def test_a_failed_peer_is_reported_at_once(tmp_path, how, words):
     assert abort["t"] - left["t"] < 2.0, abort
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(120)
 def test_a_peer_that_says_goodbye_is_not_a_failure(tmp_path):
     _, _, abort = _run(tmp_path, "bye")
@@ -47,6 +49,7 @@ def _report(tmp_path, name):
     return json.loads(path.read_text()) if path.exists() else None
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(120)
 def test_a_slow_client_delays_nobody(tmp_path):
     # Issue 28, finding 1: a client sending one byte every 0.5 s (no token,
@@ -60,6 +63,7 @@ def test_a_slow_client_delays_nobody(tmp_path):
     assert delay <= 1.0, started
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(120)
 def test_forged_greetings_are_refused(tmp_path):
     # Issue 28, finding 3: an index >= the process count, a non-ASCII digit,
@@ -72,6 +76,7 @@ def test_forged_greetings_are_refused(tmp_path):
     assert "process 1" in abort["cause"] and "is gone" in abort["cause"], abort
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(120)
 def test_an_impostor_of_a_peer_makes_the_real_peer_fail_loudly(tmp_path):
     # One connection per index, the first valid one: a connection that
@@ -88,6 +93,7 @@ def test_an_impostor_of_a_peer_makes_the_real_peer_fail_loudly(tmp_path):
     assert "could not start" in refused["again"] and "claimed index 1" in refused["again"]
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(120)
 def test_the_watch_works_with_descriptors_above_1024(tmp_path):
     # Issue 28, finding 2: select.select raised ValueError in the watcher
@@ -100,6 +106,7 @@ def test_the_watch_works_with_descriptors_above_1024(tmp_path):
     assert abort["t"] - left["t"] < 2.0, abort
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(120)
 def test_a_failing_watcher_marks_what_it_guards_failed(tmp_path):
     # Any exception in the watcher thread is fatal and loud: the

@@ -35,6 +35,7 @@ from _util import cpu_mesh, random_array
 
 LONG_RUN = os.environ.get("JAX_SYMM_LONG_RUN", "0") not in ("", "0", "false", "False")
 N_CALLS = 10_000 if LONG_RUN else 1_000
+long_run = pytest.mark.slow if LONG_RUN else (lambda test: test)  # ~10x longer with LONG_RUN
 GROUP = "[0,1,2048,2049]"  # the 4 global devices of a 2 x 2 job, as the handlers print them
 
 
@@ -139,6 +140,7 @@ def test_rank_giving_up_mid_call_in_one_process_leaves_no_peer_writing(tmp_path)
 # -------------------------------------------------------- 1. a peer killed mid-run
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(90)
 def test_peer_killed_mid_collective_raises_promptly_and_is_reaped(tmp_path):
     """Process 1 SIGKILLs itself in the middle of its 6th call; process 0 gets
@@ -199,6 +201,7 @@ def test_peer_killed_mid_collective_raises_promptly_and_is_reaped(tmp_path):
 # ---------------------------------------------------------- 2. a peer never arrives
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(90)
 def test_absent_peer_times_out_and_bootstrap_fetch_times_out(tmp_path):
     """JAX_SYMM_TIMEOUT_S=3: process 0 calls, process 1 (alive) never does;
@@ -237,6 +240,7 @@ def test_absent_peer_times_out_and_bootstrap_fetch_times_out(tmp_path):
     assert again["elapsed"] < 2.0, again
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(120)
 def test_stopped_peer_is_named_as_stopped(tmp_path):
     """Issue 28, finding 8: a peer stopped with SIGSTOP was described as
@@ -350,6 +354,8 @@ def test_concurrent_threads_on_different_groups():
 # ------------------------------------------------------------------- 4. long runs
 
 
+@pytest.mark.multiprocess
+@long_run
 @pytest.mark.timeout(240 if LONG_RUN else 90)
 def test_long_run_multiprocess_memory_segments_and_cleanup():
     """N_CALLS calls (1,000; 10,000 with JAX_SYMM_LONG_RUN=1) of all_gather +
@@ -378,6 +384,7 @@ def test_long_run_multiprocess_memory_segments_and_cleanup():
     assert not left, f"left in /dev/shm after a normal exit: {left}"
 
 
+@long_run
 @pytest.mark.timeout(120 if LONG_RUN else 60)
 def test_long_run_single_process_memory():
     """The same in one process, 8 devices (segments are unlinked at once, so
@@ -584,6 +591,7 @@ def _assert_names_the_departure(report, exited, how):
     assert GROUP in msg and "call site" in msg, msg
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("how", ["exception", "sigint", "return"])
 def test_peer_leaving_through_interpreter_exit_is_noticed(tmp_path, how):
@@ -596,6 +604,7 @@ def test_peer_leaving_through_interpreter_exit_is_noticed(tmp_path, how):
     _assert_names_the_departure(report, exited, how)
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("how", ["kill", "exception"])
 def test_peer_gone_before_a_new_program_is_noticed(tmp_path, how):
@@ -607,6 +616,7 @@ def test_peer_gone_before_a_new_program_is_noticed(tmp_path, how):
     _assert_names_the_departure(report, exited, how)
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("who,how", [(1, "exception"), (1, "return"), (0, "exception"),
                                      (0, "sigint")])
@@ -628,6 +638,7 @@ def test_peer_leaving_before_its_first_call_is_noticed(tmp_path, who, how):
     assert took < 5, f"{took:.1f} s: {msg}"
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(90)
 def test_peer_killed_before_its_first_call_is_named_when_the_wait_ends(tmp_path):
     """The limit of the above: process 1 is SIGKILLed before its first
@@ -651,6 +662,7 @@ def test_peer_killed_before_its_first_call_is_named_when_the_wait_ends(tmp_path)
     assert 3.0 <= report["t_raised"] - report["t_call"] < 10.0, report
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(150)
 def test_creator_setup_failure_reaches_its_peer(tmp_path):
     """Item 7: process 0, which makes the windows, has no file descriptor
@@ -710,6 +722,7 @@ def test_windows_are_freed_with_their_executables():
     assert not (of_kept & names())
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(150)
 def test_many_call_sites_keep_descriptors_bounded_and_free_shared_memory():
     """Item 8, 2 processes: 40 programs (one call site each) take no file

@@ -22,8 +22,8 @@ from jax_symm import _nccl, _nccl_path
 from _mp_util import captured_chain
 from _util import GATHER_DTYPES, SUM_DTYPES, assert_same, random_array, shard
 
-pytestmark = pytest.mark.skipif(
-    not any(d.platform == "gpu" for d in jax.devices()), reason="needs a GPU")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
+    not any(d.platform == "gpu" for d in jax.devices()), reason="needs a GPU")]
 
 
 # Which NCCL path this process takes (JAX_SYMM_NCCL_PATH; auto: XLA's where

@@ -31,8 +31,9 @@ import gpu_mp_workers as gw
 from jax_symm import _nccl_path
 from jax_symm.testing import MultiProcessError, run_multiprocess
 
-pytestmark = pytest.mark.skipif(
-    not any(d.platform == "gpu" for d in jax.devices()), reason="needs a GPU")
+# slow: one job per world size runs every case (minutes on a GPU).
+pytestmark = [pytest.mark.gpu, pytest.mark.multiprocess, pytest.mark.slow, pytest.mark.skipif(
+    not any(d.platform == "gpu" for d in jax.devices()), reason="needs a GPU")]
 
 WORLDS = (2, 4)
 _results: dict[int, dict] = {}

@@ -156,6 +156,7 @@ def _installed_package() -> str:
     return str(metadata.distribution("jax_symm").locate_file("jax_symm"))
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("jax_symm_from", ["install", "folder_added_at_run_time"])
 def test_every_child_imports_the_overlays_jax(tmp_path, jax_symm_from):
@@ -191,6 +192,7 @@ def test_every_child_imports_the_overlays_jax(tmp_path, jax_symm_from):
         assert child == parent  # the overlay's jax, the parent's jax_symm
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(150)
 def test_a_child_with_another_jax_says_so(tmp_path):
     """Children given a PYTHONPATH that shadows the parent's jax (through

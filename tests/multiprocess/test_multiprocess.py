@@ -45,6 +45,7 @@ def _check(out: list, n_processes: int = 2, n_devices: int = 2) -> None:
     assert shapes[0] == shapes[1]
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(90)
 def test_1d_mesh_matches_lax_and_numpy():
     out = run_multiprocess(mp_workers.check_1d, args=(SEED,), timeout_s=75)
@@ -55,6 +56,7 @@ def test_1d_mesh_matches_lax_and_numpy():
     assert r["psum_scatter tiled int32"]["shard_shapes"] == [(2, 5)]
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(90)
 def test_2d_mesh_each_axis_and_both():
     out = run_multiprocess(mp_workers.check_2d, args=(SEED,), timeout_s=75)
@@ -65,6 +67,7 @@ def test_2d_mesh_each_axis_and_both():
         assert f"psum_scatter {axes} int32" in names
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(60)
 def test_worker_exception_is_reported():
     with pytest.raises(MultiProcessError) as info:
@@ -78,6 +81,8 @@ def test_worker_exception_is_reported():
         assert not _alive(pid)
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_hanging_worker_times_out_and_is_killed(tmp_path):
     start = time.monotonic()

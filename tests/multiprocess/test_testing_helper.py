@@ -22,6 +22,7 @@ def report(tag):
     return (__name__, jax.process_index(), jax.device_count())
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(150)
 def test_function_of_a_test_module_and_output_on_success(capsys):
     out = run_multiprocess(report, num_processes=2, devices_per_process=1,
@@ -33,6 +34,7 @@ def test_function_of_a_test_module_and_output_on_success(capsys):
     assert "[process 1] hello: process 1 of 2" in printed
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(150)
 def test_module_function_string_from_the_callers_cwd(tmp_path, monkeypatch):
     (tmp_path / "my_workers_h13.py").write_text(textwrap.dedent("""
@@ -47,6 +49,7 @@ def test_module_function_string_from_the_callers_cwd(tmp_path, monkeypatch):
     assert out.logs == out.logs and len(out.logs) == 2  # quiet on success unless asked
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(150)
 def test_function_of_a_script_run_as_main(tmp_path):
     script = tmp_path / "my_script.py"
@@ -135,6 +138,7 @@ def test_run_multiprocess_on_gpu_without_a_gpu_says_so(monkeypatch):
         run_multiprocess(report, share_gpus=True)
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(150)
 def test_heartbeat_timeout_reaches_jax_distributed_initialize():
     """A job started with a heartbeat bound runs (jax.distributed.initialize

@@ -262,6 +262,7 @@ def test_unbound_axis_and_scalar(mesh):
 
 # ---- several processes ----
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(150)
 def test_two_processes_match_lax_and_numpy():
     from jax_symm.testing import run_multiprocess

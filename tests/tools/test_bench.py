@@ -59,6 +59,7 @@ def _check_rows(rows, world, processes, min_ok):
     assert len(ok) >= min_ok, [(r["op"], r["method"], r["error"]) for r in rows]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_tiny_cpu_sweep(tmp_path):
     proc, rows = _bench(tmp_path, "--min-bytes", "1KiB", "--max-bytes", "2KiB",
@@ -87,6 +88,7 @@ def test_tiny_cpu_sweep(tmp_path):
     assert env_facts["host"]["jax"] and env_facts["workers"][0]["facts"]["world"] == 8
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(120)
 def test_multiprocess_cpu_sweep(tmp_path):
     """--processes 2 x 2 devices through jax.distributed (run_multiprocess)."""
@@ -462,6 +464,7 @@ def _gpu():
     return jax.default_backend() == "gpu"
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not _gpu(), reason="needs a GPU")
 @pytest.mark.timeout(120)
 def test_gpu_device_time_and_raw_nccl():

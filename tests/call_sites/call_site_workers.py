@@ -119,7 +119,7 @@ def _psum_program(mesh, scale):
 
 def rebuilt_after_clear_caches(rounds: int) -> dict:
     """The program is built, run, dropped with jax.clear_caches() and built
-    again, `rounds` times (issue 28, finding 5). Process 0 makes the windows
+    again, `rounds` times. Process 0 makes the windows
     (it serves rank 0); it drops its program late in every other round, so
     that process 1 lowers anew while the old window's name still exists."""
     import gc
@@ -149,7 +149,7 @@ def rebuilt_after_clear_caches(rounds: int) -> dict:
 
 def per_process_constant(steps: int) -> dict:
     """psum(v * (1 + process_index)): a constant that differs between the
-    processes but not the collective's shape (issue 28, finding 6)."""
+    processes but not the collective's shape."""
     import jax
     from jax.sharding import PartitionSpec as P
 

@@ -21,7 +21,7 @@ def _programs(mesh):
     (one module name, one call each, same kind and shape): only what they are
     tells their call sites apart. They differ in their operations (2a as a
     product, 3a as two sums), not merely in a constant's value: constants'
-    values are not part of a call site (issue 28, finding 6), and programs
+    values are not part of a call site, and programs
     that differ only there, run concurrently, pair wrongly with lax (gloo) as
     with jax_symm (README, "Supported, and not")."""
     import jax

@@ -180,11 +180,11 @@ def test_collectives_in_divergent_branches_fail_with_the_cause(tmp_path):
 @pytest.mark.multiprocess
 @pytest.mark.timeout(150)
 def test_multiprocess_rebuild_after_clear_caches():
-    """Issue 28, finding 5: a window's name was a pure function of the job's
-    secret and the call site, so a process that lowered anew while the old
-    window's name still existed reopened the old segment while its creator
-    made a new one; both waited until the timeout. Every (re)creation is now
-    a generation of its own (in the name and the fingerprint)."""
+    """A process that lowers anew while the old window's name still exists
+    must not reopen the old segment while its creator makes a new one (were
+    the name only a function of the job's secret and the call site, both
+    would wait until the timeout): every (re)creation is a generation of its
+    own, in the name and the fingerprint."""
     out = run_multiprocess(csw.rebuilt_after_clear_caches, args=(6,), timeout_s=120,
                            env={"JAX_SYMM_TIMEOUT_S": "20",
                                 "JAX_SYMM_BOOTSTRAP_TIMEOUT_S": "20"})
@@ -194,11 +194,11 @@ def test_multiprocess_rebuild_after_clear_caches():
 @pytest.mark.multiprocess
 @pytest.mark.timeout(150)
 def test_multiprocess_per_process_constant_before_a_collective():
-    """Issue 28, finding 6: psum(v * (1 + process_index)) gave lax's sum
-    with lax, while jax_symm's processes named the call site differently
-    (its digest hashed the preceding constants' values) and waited for
-    each other's window until the bootstrap timeout. Values that do not
-    change the collective's shape must not split its call site."""
+    """psum(v * (1 + process_index)) gives lax's sum: values that do not
+    change the collective's shape must not split its call site (were the
+    preceding constants' values hashed into it, the processes would name it
+    differently and wait for each other's window until the bootstrap
+    timeout)."""
     out = run_multiprocess(csw.per_process_constant, args=(5,), timeout_s=120,
                            env={"JAX_SYMM_TIMEOUT_S": "20",
                                 "JAX_SYMM_BOOTSTRAP_TIMEOUT_S": "20"})

@@ -1,4 +1,4 @@
-"""CPU collectives without an order token (issues 21 and 19, items 1-4 and 9).
+"""CPU collectives without an order token.
 
 The host handlers never hold an XLA thread while they wait for peers, so
 jax_symm's primitives carry no JAX effect of their own: remat recomputes them
@@ -39,7 +39,7 @@ def _subprocess(code: str, *args: str, timeout: int = 120) -> subprocess.Complet
                           text=True, timeout=timeout)
 
 
-# --- remat treats jax_symm's collectives as lax's (issue 21) ----------------
+# --- remat treats jax_symm's collectives as lax's ----------------------------
 
 def _count(jaxpr, names) -> int:
     n = 0
@@ -83,7 +83,7 @@ def test_checkpointed_all_gather_is_recomputed_in_the_backward_pass(rng, mesh):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
-# --- float8 gradients are decided at trace time (issue 19, item 9) ------------
+# --- float8 gradients are decided at trace time ------------------------------
 
 def _f8_grad(gather, mesh, x):
     f = jax.shard_map(lambda v: gather(v, "x", tiled=True).astype(jnp.float32).sum()[None],
@@ -109,7 +109,7 @@ def test_float8_gather_gradient(rng, mesh):
                                np.tile(np.asarray(y).reshape(8, 4).sum(0), 8), rtol=1e-5)
 
 
-# --- nested smap under the scope (issue 19, item 2) --------------------------
+# --- nested smap under the scope ---------------------------------------------
 
 _NESTED_SMAP = """
 import numpy as np, jax
@@ -135,7 +135,7 @@ def test_nested_smap_psum_under_the_scope():
     assert done.returncode == 0 and "SAME" in done.stdout, done.stderr[-3000:]
 
 
-# --- the persistent compilation cache (issue 19, item 1) ---------------------
+# --- the persistent compilation cache ----------------------------------------
 
 _CACHED = """
 import json, sys
@@ -193,7 +193,7 @@ def test_persistent_cache_two_processes(tmp_path):
     assert len(entries) <= 4, entries  # per process, ours and lax's: none added
 
 
-# --- call sites named by what they are (issue 19, items 3 and 4) -------------
+# --- call sites named by what they are ---------------------------------------
 
 @pytest.mark.multiprocess
 @pytest.mark.slow
@@ -217,7 +217,7 @@ def test_concurrent_first_lowerings():
         assert p["errors"] == [] and p["wrong"] == 0, out
 
 
-# --- where a waiting call waits (issue 21) -----------------------------------
+# --- where a waiting call waits ----------------------------------------------
 
 _SCANNED_OPS = """
 import numpy as np, jax

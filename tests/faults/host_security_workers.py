@@ -1,4 +1,4 @@
-"""Worker functions for tests/faults/test_host_security.py (issue #10: the host
+"""Worker functions for tests/faults/test_host_security.py (the host
 transport's shared-memory windows belong to the job).
 
 Multi-process workers run inside one process of a jax.distributed CPU job
@@ -60,12 +60,12 @@ def _file_facts(name: str) -> dict:
                 uid=st.st_uid, size=st.st_size, ino=st.st_ino)
 
 
-# ------------------------------------ names, sizes, set-up from two threads (1a, 4c, 6b)
+# ------------------------------------------------ names, sizes, set-up from two threads
 
 
 def names_sizes_and_setup(concurrent_setup: bool) -> dict:
     """Optionally calls jax_symm._host.setup() from two threads at once as the
-    very first jax_symm use (finding 4c), then lowers and runs three programs:
+    very first jax_symm use, then lowers and runs three programs:
 
     - "gather4160": all_gather of 1040 float32 (4,160 bytes) per device;
     - "two_gathers": two independent same-shape all_gathers in one body (two
@@ -152,7 +152,7 @@ def names_sizes_and_setup(concurrent_setup: bool) -> dict:
                 setup_hung=setup_hung, windows=windows, all_windows=_windows(), files=files)
 
 
-# ------------------------------------------ a live job while another namespace starts (3)
+# ---------------------------------------------- a live job while another namespace starts
 
 
 def live_until_flag(report_dir: str, max_s: float) -> dict:
@@ -210,7 +210,7 @@ def live_until_flag(report_dir: str, max_s: float) -> dict:
                 stopped_by_flag=os.path.exists(stop_path), elapsed=time.monotonic() - t0)
 
 
-# ----------------------------------------------------- liveness: dead peers (4a, 4b, extra)
+# ----------------------------------------------------------------- liveness: dead peers
 
 
 def _survivor_report(report_dir: str, t_call: float, err: BaseException | None,
@@ -296,7 +296,7 @@ def peer_exits_after_lowering(report_dir: str) -> dict:
     return {}
 
 
-# ------------------------------------------------------ every rank names the cause (5)
+# ---------------------------------------------------------- every rank names the cause
 
 
 def absent_peer_many(report_dir: str, n_programs: int) -> dict:

@@ -1,5 +1,5 @@
 """Workers for tests/faults/test_liveness.py: when a process counts as leaving the
-job (issue 28, finding 4)."""
+job."""
 
 from __future__ import annotations
 

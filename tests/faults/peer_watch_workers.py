@@ -54,7 +54,7 @@ def _dial(address: str):
 
 
 def _slow_client(address: str, stop: threading.Event) -> None:
-    """The attack of issue 28: one byte every 0.5 s, never a whole line."""
+    """A stray client: one byte every 0.5 s, never a whole line."""
     conn = _dial(address)
     while not stop.wait(0.5):
         try:
@@ -75,8 +75,8 @@ def _attack(how: str, report_dir: str) -> None:
         threading.Thread(target=_slow_client, args=(address, threading.Event()),
                          daemon=True).start()
     elif how == "forged":
-        # Each would have been taken for a peer, or crashed the acceptor, on
-        # a72f81a: an index >= the process count, a non-ASCII digit (isdigit()
+        # Each must be refused, neither taken for a peer nor crashing the
+        # acceptor: an index >= the process count, a non-ASCII digit (isdigit()
         # is true, int() raises), our own index, a sign, a wrong token.
         for line in [f"{token}:5", f"{token}:\u00b2", f"{token}:0", f"{token}:-1",
                      f"{token}:+1", f"{'0' * len(token)}:1", f"{token}:1x"]:

@@ -254,7 +254,7 @@ def long_run(n_calls: int, warmup: int, sizes: tuple, check_every: int) -> dict:
     return out
 
 
-# ------------------------------------------- case 5-7: a peer that fails in Python
+# --------------------------------------------- case 7: a peer that fails in Python
 
 
 def _interpreter_exit(report_dir: str, exc_info=None) -> None:
@@ -330,7 +330,7 @@ def _survivor_report(report_dir: str, fn, **extra) -> None:
 
 
 def peer_leaves_mid_run(report_dir: str, how: str) -> dict:
-    """Item 5: both processes run a gather + scatter program once; process 1
+    """Both processes run a gather + scatter program once; process 1
     then leaves the job `how` (its interpreter's normal exit, with its locks
     held), while process 0 calls the same program again and must fail."""
     import jax
@@ -353,7 +353,7 @@ def peer_leaves_mid_run(report_dir: str, how: str) -> dict:
 
 
 def peer_gone_before_new_program(report_dir: str, how: str) -> dict:
-    """Item 6: both run a program; process 0 lowers and compiles a new one
+    """Both run a program; process 0 lowers and compiles a new one
     (making its windows), and only then process 1, which never lowered it
     (so never claimed a rank in its windows), leaves `how`; process 0 runs
     the new program and must fail."""
@@ -388,7 +388,7 @@ def peer_gone_before_new_program(report_dir: str, how: str) -> dict:
 
 
 def peer_leaves_before_first_use(report_dir: str, how: str, who: int) -> dict:
-    """Items 5-6 before set-up: process `who` leaves the job `how` before its
+    """Before set-up: process `who` leaves the job `how` before its
     first jax_symm call, so it never joins the liveness record nor publishes
     its part of the set-up (the window secret and the record from process 0,
     every process's host name); the other process lowers and runs a program,
@@ -408,7 +408,7 @@ def peer_leaves_before_first_use(report_dir: str, how: str, who: int) -> dict:
 
 
 def creator_fails_setup(report_dir: str) -> dict:
-    """Item 7: after a first program, process 0 (which makes every window:
+    """After a first program, process 0 (which makes every window:
     it serves rank 0) lowers a second program with no file descriptor left,
     so it cannot create the window; process 1 lowers the same program and
     waits to open that window. Both report what their lowering raised."""
@@ -446,7 +446,7 @@ def creator_fails_setup(report_dir: str) -> dict:
 
 
 def many_call_sites(programs: int) -> dict:
-    """Item 8: lowers and runs `programs` programs of one all-gather each;
+    """Lowers and runs `programs` programs of one all-gather each;
     counts this process's open descriptors and windows before, after, and
     after the programs are freed (del + jax.clear_caches), and which of this
     job's window names are still in /dev/shm once both processes freed theirs."""

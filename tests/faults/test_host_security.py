@@ -1,7 +1,7 @@
-"""Regression tests for issue #10: the CPU host transport's shared-memory
-windows belong to the job, and nothing else found in /dev/shm is trusted.
+"""The CPU host transport's shared-memory windows belong to the job, and
+nothing else found in /dev/shm is trusted.
 
-Findings covered (numbers as in the issue's review of the host transport):
+What is covered (the sections below carry the same numbers):
 
 1. squatting: secret, per-call-site window names; exclusive creation; openers
    refuse foreign, malformed and non-regular files with a clear error, never
@@ -295,7 +295,7 @@ def two_jobs():
 @pytest.mark.multiprocess
 @pytest.mark.timeout(120)
 def test_window_names_are_secret_per_site_and_shared_by_the_job(two_jobs):
-    """Finding 1 (squatting), names: every window is /jax_symm-<32 hex>, each
+    """Squatting, names: every window is /jax_symm-<32 hex>, each
     call site (even two same-shape gathers in one body) has its own, both
     processes of a job map the same name for the same window, and a second job
     running the same program uses names that share nothing with the first's:
@@ -331,7 +331,7 @@ def test_window_names_are_secret_per_site_and_shared_by_the_job(two_jobs):
 @pytest.mark.multiprocess
 @pytest.mark.timeout(120)
 def test_setup_from_two_threads_at_once(two_jobs):
-    """Finding 4c: in every process of both jobs, jax_symm._host.setup() was
+    """Set-up from two threads: in every process of both jobs, jax_symm._host.setup() was
     called from two threads at the same moment as the first jax_symm use: no
     exception, no hang, and the collectives run afterwards were correct (the
     worker checks every result against numpy)."""
@@ -344,7 +344,7 @@ def test_setup_from_two_threads_at_once(two_jobs):
 @pytest.mark.multiprocess
 @pytest.mark.timeout(120)
 def test_slot_is_sized_to_the_call_not_a_power_of_two(two_jobs):
-    """Finding 6b: a 2 x 2 job all-gathering 4,160 bytes per device maps a
+    """Slots sized to the call: a 2 x 2 job all-gathering 4,160 bytes per device maps a
     window of exactly the header plus 2 buffers x 4 ranks x 4,160 bytes, and
     its file in /dev/shm has that size; every other window's slot is a
     multiple of 64 bytes."""
@@ -505,7 +505,7 @@ def prepare_results(tmp_path_factory, header_format):
 
 @pytest.mark.timeout(120)
 def test_prepare_cases_never_crash_or_hang(prepare_results):
-    """Findings 1 and 3: the subprocess that ran every case (FIFOs included)
+    """Squatting and the start-up scan: the subprocess that ran every case (FIFOs included)
     ended by itself with status 0: no SIGBUS/SIGSEGV (negative status), no
     hang."""
     r = prepare_results
@@ -518,7 +518,7 @@ def test_prepare_cases_never_crash_or_hang(prepare_results):
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("case", list(_PREPARE_CASES))
 def test_prepare_refuses_foreign_and_malformed_files(prepare_results, case):
-    """Finding 1 (squatting), b and c: a creator refuses a name that exists
+    """Squatting, creators and openers: a creator refuses a name that exists
     already, whatever it is, and leaves it alone; an opener refuses a file of
     another user, a mode other than 0600, a FIFO, a symbolic link (even to a
     valid-looking window, which stays untouched), a directory, a socket, an
@@ -561,7 +561,7 @@ def test_prepare_refuses_foreign_and_malformed_files(prepare_results, case):
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("case", ["open_directory", "open_unix_socket"])
 def test_directory_and_socket_are_named_as_such(prepare_results, case):
-    """Finding 1c, the wording: an opener that meets a directory or a socket
+    """Squatting, the wording: an opener that meets a directory or a socket
     under a window's name says what it found (not a regular file / a
     directory / a socket), as it does for a FIFO."""
     rec = prepare_results["records"][case]
@@ -592,7 +592,7 @@ def _program_code(devices: int) -> str:
 
 @pytest.mark.timeout(120)
 def test_startup_scan_skips_foreign_entries_and_removes_only_dead_segments(tmp_path):
-    """Finding 3 (start-up scan): /dev/shm holds, under jax_symm's exact name
+    """The start-up scan: /dev/shm holds, under jax_symm's exact name
     form, a FIFO, a directory, a symbolic link (to a stale file of ours with
     another name), another user's file, a 4 KiB file of ours with the right
     magic and world = 2^58, a stale segment of ours, and a live one (held by
@@ -693,7 +693,7 @@ print('NS', json.dumps(dict(pid=os.getpid(), job_pid_visible=job_pid_visible,
 @pytest.mark.multiprocess
 @pytest.mark.timeout(180)
 def test_job_in_another_pid_namespace_leaves_live_windows_alone(tmp_path):
-    """Finding 3 (PID namespaces): while a 2 x 2 job runs collectives, a
+    """PID namespaces: while a 2 x 2 job runs collectives, a
     jax_symm program starts in a new PID namespace that shares /dev/shm (as
     containers with --ipc=host do): it sees the job's windows but not the
     job's pids, and its stale scan (at start-up, and once more explicitly)
@@ -763,7 +763,7 @@ def _assert_gone_message(msg: str, pid: int) -> None:
 @pytest.mark.multiprocess
 @pytest.mark.timeout(120)
 def test_zombie_peer_is_seen_as_gone(tmp_path):
-    """Finding 4a: process 1 of a 2 x 2 job is SIGKILLed while process 0
+    """A zombie peer: process 1 of a 2 x 2 job is SIGKILLed while process 0
     waits in a collective, and stays a zombie (the test, its parent, does not
     reap it until process 0 has reported). JAX_SYMM_TIMEOUT_S=60: process 0
     still fails within 5 s of the kill, saying the peer exited or was killed."""
@@ -791,7 +791,7 @@ def test_zombie_peer_is_seen_as_gone(tmp_path):
 @pytest.mark.multiprocess
 @pytest.mark.timeout(120)
 def test_peer_that_exits_normally_is_seen_as_gone(tmp_path):
-    """Finding 4b: process 1 lowers the program and leaves with os._exit(0)
+    """A peer that exited: process 1 lowers the program and leaves with os._exit(0)
     without calling it; its parent (the test) reaps it only after process 0
     has reported, as a launcher that waits for all its workers at the end
     would. Process 0's call (JAX_SYMM_TIMEOUT_S=60) fails within 5 s, saying
@@ -856,7 +856,7 @@ def test_peer_killed_with_a_forked_child_alive_is_seen_as_gone(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_absent_peer_error_names_the_cause_on_every_device(tmp_path):
-    """Finding 5: process 1 of a 2 x 2 job lowers the program and never calls
+    """The cause on every device: process 1 of a 2 x 2 job lowers the program and never calls
     it (alive); process 0 (JAX_SYMM_TIMEOUT_S=3) raises whichever of its two
     devices' errors XLA reports, and that error must name the group, say
     "timed out", name the missing ranks 2 and 3 and their pid. Four separate
@@ -900,14 +900,14 @@ def test_absent_peer_error_names_the_cause_on_every_device(tmp_path):
 @pytest.mark.multiprocess
 @pytest.mark.timeout(120)
 def test_cause_recorded_in_another_process_reaches_every_rank(tmp_path):
-    """Finding 5, deterministically: 3 processes x 2 devices in one group;
-    process 2 (alive) never calls, process 1 calls at once, process 0 two
-    seconds later (JAX_SYMM_TIMEOUT_S=3). Process 1's ranks time out first and
-    record why; process 0's ranks learn of the failure while still waiting
-    (well before their own timeout), and the error process 0 raises, whichever
-    of its devices XLA reports, still says "timed out" and names the missing
-    ranks 4 and 5 and their pid (before the fix: "another rank of group ...
-    gave up on this call site", on every run)."""
+    """The cause on every rank, deterministically: 3 processes x 2 devices in
+    one group; process 2 (alive) never calls, process 1 calls at once, process
+    0 two seconds later (JAX_SYMM_TIMEOUT_S=3). Process 1's ranks time out
+    first and record why; process 0's ranks learn of the failure while still
+    waiting (well before their own timeout), and the error process 0 raises,
+    whichever of its devices XLA reports, still says "timed out" and names the
+    missing ranks 4 and 5 and their pid, not merely "another rank of group ...
+    gave up on this call site"."""
     p0, p1, p2 = run_multiprocess(hw.cause_from_another_process, args=(str(tmp_path), 2.0),
                                   num_processes=3, timeout_s=80,
                                   env={"JAX_SYMM_TIMEOUT_S": "3"})
@@ -948,7 +948,7 @@ print('TMPFS', json.dumps(dict(bytes=vfs.f_blocks * vfs.f_frsize, err=err, big=b
 
 @pytest.mark.timeout(60)
 def test_failed_reservation_leaves_nothing_behind(tmp_path):
-    """Finding 6a: in a private mount namespace whose /dev/shm is a 1 MiB
+    """A failed reservation: in a private mount namespace whose /dev/shm is a 1 MiB
     tmpfs, creating a window of 4 KiB + 4 MiB fails with "cannot reserve" and
     leaves /dev/shm empty; a 260 KiB window then fits (so it was the size)."""
     if os.geteuid() != 0:
@@ -1015,7 +1015,7 @@ def test_window_created_during_another_processs_scan_stays_reachable(tmp_path):
 
 @pytest.mark.timeout(60)
 def test_failed_claim_after_creation_leaves_nothing_behind(tmp_path):
-    """Finding 6a, another failure after creation: the process that creates a
+    """A failure after creation: the process that creates a
     window runs out of file descriptors while claiming its rank. Either the
     window is made and registered, or the call fails and nothing named after
     it is left in /dev/shm (where a peer would open it and wait for a rank

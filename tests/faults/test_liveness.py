@@ -1,8 +1,8 @@
-"""When a process is leaving the job (issue 28, finding 4): only once no
-jax_symm call of it can start any more. On a72f81a the "leaving" mark was
-written from threading's exit hook, before non-daemon threads are joined: a
-worker thread that outlived the main program failed its peer ("process 1 is
-exiting: its main program ended") while lax ran all its steps."""
+"""When a process is leaving the job: only once no jax_symm call of it can
+start any more. A worker thread that outlives the main program must run all
+its steps, as lax's does: a "leaving" mark written from threading's exit
+hook, before non-daemon threads are joined, would fail its peer ("process 1
+is exiting: its main program ended")."""
 
 from __future__ import annotations
 

@@ -52,9 +52,9 @@ def _report(tmp_path, name):
 @pytest.mark.multiprocess
 @pytest.mark.timeout(120)
 def test_a_slow_client_delays_nobody(tmp_path):
-    # Issue 28, finding 1: a client sending one byte every 0.5 s (no token,
-    # never a whole line) connects first; process 0 must still accept the
-    # real peer at once (on a72f81a it read the stray client for minutes).
+    # A client sending one byte every 0.5 s (no token, never a whole line)
+    # connects first; process 0 must still accept the real peer at once, not
+    # read the stray client for minutes.
     _run(tmp_path, "kill", attack="slow")
     started = [_report(tmp_path, f"started{p}.json") for p in (0, 1)]
     assert None not in started, started
@@ -66,10 +66,10 @@ def test_a_slow_client_delays_nobody(tmp_path):
 @pytest.mark.multiprocess
 @pytest.mark.timeout(120)
 def test_forged_greetings_are_refused(tmp_path):
-    # Issue 28, finding 3: an index >= the process count, a non-ASCII digit,
-    # our own index, a sign, a wrong token, trailing junk: none may become a
-    # peer (on a72f81a index 5 was taken for one and the real process 1 was
-    # never watched), and the real peer's death is still noticed.
+    # An index >= the process count, a non-ASCII digit, our own index, a
+    # sign, a wrong token, trailing junk: none may become a peer (a forged
+    # index 5 taken for one would leave the real process 1 unwatched), and
+    # the real peer's death is still noticed.
     left, survivor, abort = _run(tmp_path, "kill", attack="forged")
     assert abort is not None, "the watch reported nothing"
     assert abort["ids"] == survivor["devices_of"]["1"], (abort, survivor)
@@ -96,9 +96,9 @@ def test_an_impostor_of_a_peer_makes_the_real_peer_fail_loudly(tmp_path):
 @pytest.mark.multiprocess
 @pytest.mark.timeout(120)
 def test_the_watch_works_with_descriptors_above_1024(tmp_path):
-    # Issue 28, finding 2: select.select raised ValueError in the watcher
-    # for a descriptor >= 1024 and the thread died silently; a peer killed
-    # afterwards was never noticed.
+    # Descriptors >= 1024 (where select.select raises ValueError, which
+    # would end the watcher thread silently): a peer killed afterwards is
+    # still noticed at once.
     left, survivor, abort = _run(tmp_path, "kill", descriptors=1100)
     assert min(_report(tmp_path, "started0.json")["sockets"]) >= 1024
     assert abort is not None, "the watch reported nothing"

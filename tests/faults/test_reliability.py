@@ -243,9 +243,9 @@ def test_absent_peer_times_out_and_bootstrap_fetch_times_out(tmp_path):
 @pytest.mark.multiprocess
 @pytest.mark.timeout(120)
 def test_stopped_peer_is_named_as_stopped(tmp_path):
-    """Issue 28, finding 8: a peer stopped with SIGSTOP was described as
-    "alive and elsewhere". The timeout names its pid and that it is not
-    running (read from /proc), and which ranks arrived."""
+    """A peer stopped with SIGSTOP is not "alive and elsewhere": the timeout
+    names its pid and that it is not running (read from /proc), and which
+    ranks arrived."""
     out = run_multiprocess(rw.stopped_peer, args=(str(tmp_path),), timeout_s=100,
                            env={"JAX_SYMM_TIMEOUT_S": "3"})
     p0 = out[0]
@@ -553,10 +553,10 @@ def test_growing_call_sizes_in_one_process():
         np.testing.assert_array_equal(got, ints.reshape(n, -1).sum(0), err_msg=f"{size} KiB")
 
 
-# ------------------------------------- 7. a peer that fails in Python (issue 19: 5-7)
+# ------------------------------------------------------ 7. a peer that fails in Python
 
-# Long enough that the code before issue 19 (which waited these out) fails
-# these tests by its message, short enough for the tests' own timeouts.
+# Long enough that waiting these out fails these tests by its message (the
+# failure must be noticed, not timed out), short enough for the tests' own timeouts.
 _SLOW_WAITS = {"JAX_SYMM_TIMEOUT_S": "40", "JAX_SYMM_BOOTSTRAP_TIMEOUT_S": "40"}
 
 _LEFT_BECAUSE = {
@@ -595,7 +595,7 @@ def _assert_names_the_departure(report, exited, how):
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("how", ["exception", "sigint", "return"])
 def test_peer_leaving_through_interpreter_exit_is_noticed(tmp_path, how):
-    """Item 5: process 1 leaves through the interpreter's normal exit (an
+    """Process 1 leaves through the interpreter's normal exit (an
     uncaught exception, Ctrl-C, the end of its main program) and stays stuck
     on the way out with its locks held, as jax.distributed's shutdown keeps
     it; process 0, in its next collective, fails at once (not after
@@ -608,7 +608,7 @@ def test_peer_leaving_through_interpreter_exit_is_noticed(tmp_path, how):
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("how", ["kill", "exception"])
 def test_peer_gone_before_a_new_program_is_noticed(tmp_path, how):
-    """Item 6: process 1 dies (SIGKILL) or leaves (uncaught exception) after
+    """Process 1 dies (SIGKILL) or leaves (uncaught exception) after
     a first program; process 0 then lowers and runs a new one, whose windows
     process 1 never opened (no rank of it claimed there): it fails at once,
     naming process 1 and why."""
@@ -621,7 +621,7 @@ def test_peer_gone_before_a_new_program_is_noticed(tmp_path, how):
 @pytest.mark.parametrize("who,how", [(1, "exception"), (1, "return"), (0, "exception"),
                                      (0, "sigint")])
 def test_peer_leaving_before_its_first_call_is_noticed(tmp_path, who, how):
-    """Items 5-6, before set-up: process `who` leaves `how` before its first
+    """Before set-up: process `who` leaves `how` before its first
     jax_symm call, so it never joined the job's liveness record; the other
     process's first lowering waits for its part of the set-up in the
     key-value store (process 0's window secret, process 1's host name) and
@@ -665,7 +665,7 @@ def test_peer_killed_before_its_first_call_is_named_when_the_wait_ends(tmp_path)
 @pytest.mark.multiprocess
 @pytest.mark.timeout(150)
 def test_creator_setup_failure_reaches_its_peer(tmp_path):
-    """Item 7: process 0, which makes the windows, has no file descriptor
+    """Process 0, which makes the windows, has no file descriptor
     left when it lowers a program; its lowering fails with the cause, and
     process 1, waiting to open that window, fails at once (not after
     JAX_SYMM_BOOTSTRAP_TIMEOUT_S) with process 0's cause and the call site."""
@@ -680,12 +680,12 @@ def test_creator_setup_failure_reaches_its_peer(tmp_path):
     assert "waited" not in msg, msg  # told, not timed out
 
 
-# --------------------------------------- 8. resources follow the program (issue 19: 8)
+# ---------------------------------------------------- 8. resources follow the program
 
 
 @pytest.mark.timeout(60)
 def test_windows_are_freed_with_their_executables():
-    """Item 8, one process: a window lives as long as an executable that uses
+    """One process: a window lives as long as an executable that uses
     it; `del f; jax.clear_caches()` frees it, while a compiled program still
     held keeps its own window and runs."""
     import gc
@@ -725,7 +725,7 @@ def test_windows_are_freed_with_their_executables():
 @pytest.mark.multiprocess
 @pytest.mark.timeout(150)
 def test_many_call_sites_keep_descriptors_bounded_and_free_shared_memory():
-    """Item 8, 2 processes: 40 programs (one call site each) take no file
+    """2 processes: 40 programs (one call site each) take no file
     descriptor per window (the job keeps one per process for liveness), and
     once they are freed (del + jax.clear_caches) no window is mapped and none
     of their names is left in /dev/shm."""

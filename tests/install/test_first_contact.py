@@ -1,6 +1,6 @@
 """What a new user meets first: the jax version check and a source checkout
-that shadows the installed package (issue #13, items 1 and 2); the pins in
-pyproject.toml and `python -m jax_symm.info` (issue #20, item 7)."""
+that shadows the installed package; the pins in pyproject.toml and
+`python -m jax_symm.info`."""
 
 from __future__ import annotations
 

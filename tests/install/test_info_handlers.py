@@ -1,5 +1,5 @@
 """`info()` / `jax-symm-info` read from XLA whether it holds jax_symm's FFI
-handlers (issue 30, item 5): a handler XLA refused, or one that never reached
+handlers: a handler XLA refused, or one that never reached
 it, is reported as not registered, with a non-zero exit status, instead of a
 normal-looking report."""
 
@@ -52,7 +52,7 @@ def test_handlers_that_never_reach_xla_are_reported(tmp_path):
 
 @pytest.mark.timeout(150)
 def test_handlers_xla_refuses_are_reported_with_its_error(tmp_path):
-    """The API-version refusal of issue 30: XLA's message is in the report."""
+    """A handler refused for its FFI API version: XLA's message is in the report."""
     proc, st = _info_with(tmp_path, """
         import jax.ffi
         from jax._src.lib import xla_client

@@ -1,9 +1,9 @@
-"""Range checks of every JAX_SYMM_* setting (issue 28, finding 7): a nan
-timeout never expired, an inf patience made calls 32x slower (and its
-conversion to a time point is undefined behaviour in C++), a nan bootstrap
-timeout raised a bare ValueError. Each must be refused with an error that
-names the variable, the value and the range, in Python and where the value
-enters C++."""
+"""Range checks of every JAX_SYMM_* setting. Nonsense values do harm when
+let through: a nan timeout never expires, an inf patience makes calls 32x
+slower (and its conversion to a time point is undefined behaviour in C++), a
+nan bootstrap timeout raises a bare ValueError. Each must be refused with an
+error that names the variable, the value and the range, in Python and where
+the value enters C++."""
 
 from __future__ import annotations
 

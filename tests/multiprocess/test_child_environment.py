@@ -116,7 +116,7 @@ def test_a_bench_group_adds_its_flags_after_the_shared_part(monkeypatch):
     assert all(env[k] == v for k, v in changes.items())
 
 
-# --- Children import what their parent imports (issue 30, item 2) ----------
+# --- Children import what their parent imports -----------------------------
 
 def _overlay(tmp_path):
     """A PYTHONPATH overlay that holds jax: a link to the installed jax package,

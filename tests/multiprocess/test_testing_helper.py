@@ -1,6 +1,6 @@
 """jax_symm.testing.run_multiprocess finds the functions users write where
 they write them (a script, a test module, 'module:function' from the cwd) and
-hands back the workers' output on success too (issue #13, item 5)."""
+hands back the workers' output on success too."""
 
 from __future__ import annotations
 

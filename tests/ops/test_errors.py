@@ -83,7 +83,7 @@ def test_native_error_becomes_python_exception(mesh):
     np.testing.assert_array_equal(np.asarray(f(x))[:64], np.arange(64, dtype=np.float32))
 
 
-# --- at least as helpful as lax for the same mistake (issue #13, item 6) ----
+# --- at least as helpful as lax for the same mistake -----------------------
 
 _OPS = [
     ("psum", lambda a: jax_symm.psum(a, "x"), lambda a: jax.lax.psum(a, "x")),
@@ -129,7 +129,7 @@ _TYPO_OPS = [
 @pytest.mark.parametrize("name,ours,lax_fn", _TYPO_OPS, ids=[o[0] for o in _TYPO_OPS])
 def test_mistyped_axis_inside_shard_map_names_it_and_the_mesh_axes(name, ours, lax_fn):
     """Inside shard_map, "please call ... under jax.shard_map" points the wrong
-    way (issue 30, item 5): the error names the unknown axis, lists the bound
+    way: the error names the unknown axis, lists the bound
     axes and the mesh's, suggests the close one, and says at least what lax
     says (lax's all_gather: "unbound axis name: pt"; its psum: a bare
     AssertionError)."""

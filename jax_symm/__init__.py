@@ -48,6 +48,7 @@ from .all_to_all import all_to_all  # noqa: E402
 from .reduce_scatter import psum_scatter, reduce_scatter  # noqa: E402
 from .scope import use_symmetric_memory  # noqa: E402
 from ._nccl import NcclCommunicatorAborted  # noqa: E402
+from ._programs import ProgramMismatchError  # noqa: E402
 
 # `info` the function shadows `info` the module (still `python -m jax_symm.info`).
 from .info import info  # noqa: E402
@@ -55,4 +56,4 @@ from .info import info  # noqa: E402
 
 __all__ = ["all_gather", "reduce_scatter", "psum_scatter", "all_reduce", "psum", "all_to_all",
            "use_symmetric_memory",
-           "info", "NcclCommunicatorAborted"]
+           "info", "NcclCommunicatorAborted", "ProgramMismatchError"]

@@ -164,3 +164,15 @@ def test_two_threads_lowering_in_opposite_orders_beyond_the_grace(same_name):
     for r in out:
         assert not r["hung"] and r["errors"] == [], out
         assert r["results"] == [True, True], out
+
+
+if __name__ == "__main__":
+    # Time to failure per mismatch kind, in each process:
+    #   python tests/test_program_mismatch.py [kind ...]
+    import sys
+
+    for kind in sys.argv[1:] or [m[0] for m in _MISMATCHES]:
+        out, wall = _run(pmw.mismatch, kind)
+        print(f"{kind:11s} job {wall:5.1f} s | " + " | ".join(
+            f"process {p}: {'raised' if r['error'] else 'returned'} after {r['elapsed']:.2f} s"
+            for p, r in enumerate(out)), flush=True)

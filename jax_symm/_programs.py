@@ -10,9 +10,9 @@ peers never reach: until JAX_SYMM_BOOTSTRAP_TIMEOUT_S or JAX_SYMM_TIMEOUT_S,
 unless something tells it why. So:
 
 - Every process publishes each jax_symm call it lowers to the job's
-  key-value store, as it lowers it: the program (module name, and how many
-  programs of that name this process has lowered: its *lowering*), the
-  call's ordinal in it, its call site, op, operand and result types, axes,
+  key-value store, as it lowers it: the program (module name and mesh, and
+  how many programs of that name and mesh this process has lowered: its
+  *lowering*), the call's ordinal in it, its call site, op, operand and result types, axes,
   groups and user source line; and, once JAX has finished lowering the
   program, how many calls it holds (jax.monitoring's event for it). One
   entry of a few hundred bytes per lowered call; nothing per executed call.
@@ -21,23 +21,27 @@ unless something tells it why. So:
   such waits for one thread here) reads what the processes it waits for have
   published and compares. It fails at once, naming both sides, when such a
   peer has not lowered this call site but has lowered another call at the
-  same point (same program name, same lowering, same ordinal), or finished
-  that program with fewer calls. Before it raises it publishes what it found
-  and fails the windows of that program (a window's failure stops every rank
-  waiting in it, in every process), so its peers stop with the same cause.
+  same point (same program name and mesh, same lowering, same ordinal), or
+  finished that program with fewer calls. Before it raises it says in the
+  store that it gave up on that program, and why, and fails the program's
+  windows (a window's failure stops every rank waiting in it, in every
+  process), so its peers stop with the same cause; a wait for a window that
+  times out does the same.
 - Nothing else counts as proof, and the wait goes on as before: a peer that
   has not lowered the program yet, or has lowered this very call site, or a
   call alike at the same point of another lowering of that name (threads may
   lower programs in different orders in different processes), or a call that
-  is alike and differs only in the operations before it (two programs of one
-  name lowered in opposite orders look like that). A wait that then times
+  is alike and differs only in the operations before it or its source line
+  (two programs of one name lowered in opposite orders look like that). A wait that then times
   out says what the peer had published there.
 
-Limits: two threads that lower programs of the same name but with different
-collectives, in opposite orders in different processes and more than the
-grace apart, look like a mismatch; so does a process that lowers a program
-of some name more often than its peers (a cache miss in one process only)
-before a program of that name whose lowering another process waits for.
+Limits: two threads that lower programs of the same name and mesh but with
+different collectives, in opposite orders in different processes and more
+than the grace apart, look like a mismatch; so does a process that lowers a
+program of some name and mesh more often than its peers (a cache miss in one
+process only) before a program of that name that another process waits in.
+A program lowered on a mesh of one process's own devices counts apart from
+the job's shared ones (its mesh differs).
 JAX_SYMM_MISMATCH_GRACE_S=0 turns the comparison off.
 
 The store is reachable by whoever reaches the coordinator: every entry read

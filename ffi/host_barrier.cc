@@ -8,8 +8,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <fstream>
+#include <map>
+#include <mutex>
 #include <set>
 #include <thread>
 
@@ -115,7 +118,88 @@ std::string TimeoutCause(const std::set<int32_t>& stopped, bool local_missing) {
 bool Passed(uint32_t generation, uint64_t epoch) {
   return static_cast<int32_t>(generation - static_cast<uint32_t>(epoch)) >= 0;
 }
+
+// The waits that last (NextLongWaits): how many waiters each (call site,
+// group) has now, and a count of changes, for the one diagnosing thread.
+struct LongWaitList {
+  std::mutex mu;
+  std::condition_variable changed;
+  std::map<std::pair<int64_t, std::vector<int64_t>>, int> waiting;
+  uint64_t changes = 0, seen = 0;
+  std::chrono::steady_clock::time_point returned{};
+  bool stopped = false;
+};
+
+LongWaitList& LongWaits() {
+  static auto* list = new LongWaitList();  // never freed: waiters may outlive exit
+  return *list;
+}
+
+// Lists one waiter of (site, members) from Start until it goes. Nothing is
+// copied or locked unless Start runs (a wait that lasts).
+class LongWaitMark {
+ public:
+  LongWaitMark(int64_t site, const std::vector<int64_t>& members)
+      : site_(site), members_(members) {}
+  LongWaitMark(const LongWaitMark&) = delete;
+  LongWaitMark& operator=(const LongWaitMark&) = delete;
+  ~LongWaitMark() {
+    if (!listed_) return;
+    LongWaitList& list = LongWaits();
+    std::lock_guard<std::mutex> lock(list.mu);
+    auto it = list.waiting.find(key_);
+    if (it != list.waiting.end() && --it->second <= 0) list.waiting.erase(it);
+    ++list.changes;
+  }
+  void Start() {
+    if (listed_) return;
+    listed_ = true;
+    key_ = {site_, members_};
+    LongWaitList& list = LongWaits();
+    {
+      std::lock_guard<std::mutex> lock(list.mu);
+      ++list.waiting[key_];
+      ++list.changes;
+    }
+    list.changed.notify_all();
+  }
+
+ private:
+  int64_t site_;
+  const std::vector<int64_t>& members_;  // the window's, which outlives the wait
+  std::pair<int64_t, std::vector<int64_t>> key_;
+  bool listed_ = false;
+};
 }  // namespace
+
+bool NextLongWaits(double recheck_s, std::vector<LongWait>* waits) {
+  LongWaitList& list = LongWaits();
+  std::unique_lock<std::mutex> lock(list.mu);
+  while (true) {
+    if (list.stopped) return false;
+    if (!list.waiting.empty()) {
+      const auto due = list.returned + WaitFor(recheck_s);
+      if (list.changes != list.seen || std::chrono::steady_clock::now() >= due) break;
+      list.changed.wait_until(lock, due);
+    } else {
+      list.changed.wait(lock);
+    }
+  }
+  list.seen = list.changes;
+  list.returned = std::chrono::steady_clock::now();
+  waits->clear();
+  for (const auto& [key, count] : list.waiting) waits->push_back({key.first, key.second});
+  return true;
+}
+
+void StopLongWaits() {
+  LongWaitList& list = LongWaits();
+  {
+    std::lock_guard<std::mutex> lock(list.mu);
+    list.stopped = true;
+  }
+  list.changed.notify_all();
+}
 
 Error HostWindow::FirstMeeting(int64_t rank, uint64_t epoch, Meeting& meeting) {
   if (!meeting.resume) {
@@ -158,6 +242,7 @@ Error HostWindow::Await(int64_t rank, uint64_t epoch) {
                             std::to_string(members_[rank]) + ", call " +
                             std::to_string(epoch) + " of call site " + std::to_string(site_) +
                             ", " + CollectiveKindName(kind_) + ")";
+  LongWaitMark long_wait(site_, members_);
   while (true) {
     const uint32_t gen = h->generation.load(std::memory_order_acquire);
     if (done(gen)) return Error::Success();
@@ -198,9 +283,13 @@ Error HostWindow::Await(int64_t rank, uint64_t epoch) {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (h->failed.load(std::memory_order_acquire) != 0) {
       // Our arrival stays counted, so this call site is out of step for good.
-      return Internal("a collective on " + where + " gave up because another rank failed: " +
-                      FailureReason() + " The group is out of step; restart the job.");
+      return Internal("a collective on " + where + " gave up, as every rank of its call site "
+                      "does once one has failed: " + FailureReason() +
+                      " The group is out of step; restart the job.");
     }
+    // Long enough to ask whether the processes' programs differ (Python
+    // compares them and, if they do, fails this window with the cause).
+    if (diagnose_after_s_ > 0 && waited > diagnose_after_s_) long_wait.Start();
     if (peer_gone || waited > timeout_s_) {
       // The call site stays failed (Admit), so the text says so itself.
       const std::string why =

@@ -75,6 +75,8 @@ Error SetHostConfig(const HostConfig& config) {
                                         config.open_timeout_s, 0, true));
   JAX_SYMM_RETURN_IF_ERROR(
       CheckSeconds("patience_s (JAX_SYMM_PATIENCE_US)", config.patience_s, 0, false));
+  JAX_SYMM_RETURN_IF_ERROR(CheckSeconds("diagnose_after_s (JAX_SYMM_MISMATCH_GRACE_S)",
+                                        config.diagnose_after_s, 0, false));
   if (config.spins < -1) {
     return InvalidArgument("spins (JAX_SYMM_SPINS) = " + std::to_string(config.spins) +
                            " is out of range: it must be -1 (by core count) or >= 0");
@@ -133,9 +135,13 @@ Error HostWindow::Prepare(const WindowSpec& spec) {
                     ") will never be ready: the process that makes it, " + why +
                     ". Restart the job.");
   };
+  if (!std::isfinite(spec.wait_s) || spec.wait_s > kMaxWaitSeconds) {
+    return InvalidArgument("a wait of " + std::to_string(spec.wait_s) + " s for a host window");
+  }
+  const double open_timeout_s = spec.wait_s >= 0 ? spec.wait_s : config.open_timeout_s;
   ErrorOr<SharedSegment*> segment =
       spec.create ? SharedSegment::Create(spec.name, total)
-                  : SharedSegment::Open(spec.name, total, config.open_timeout_s, abandon);
+                  : SharedSegment::Open(spec.name, total, open_timeout_s, abandon);
   if (segment.has_error()) return failed(segment.error());
 
   auto* window = new HostWindow();
@@ -153,6 +159,7 @@ Error HostWindow::Prepare(const WindowSpec& spec) {
   window->timeout_s_ = config.timeout_s;
   window->poll_s_ = config.poll_s;
   window->patience_s_ = config.patience_s;
+  window->diagnose_after_s_ = config.single_process ? 0 : config.diagnose_after_s;
   window->local_ranks_ = spec.local_ranks.size();
   Header* h = window->header_;
   // Whatever fails from here leaves nothing behind: a segment we created is
@@ -186,7 +193,7 @@ Error HostWindow::Prepare(const WindowSpec& spec) {
       h->ranks[r].claimed.store(0);
       h->ranks[r].pid.store(0);
     }
-  } else if (Error err = window->Validate(spec, config.open_timeout_s, abandon); err.failure()) {
+  } else if (Error err = window->Validate(spec, open_timeout_s, abandon); err.failure()) {
     return give_up(std::move(err));  // nothing written into a file we did not accept
   }
   // Who is alive is the job record's business (one lock per process), so a
@@ -246,6 +253,14 @@ uint64_t HostWindow::Generation(int64_t site, const std::vector<int64_t>& member
   auto it = Generations().find(key);
   const uint64_t last = it == Generations().end() ? 0 : it->second;
   return Windows().count(key) ? last : last + 1;
+}
+
+bool HostWindow::Fail(int64_t site, const std::vector<int64_t>& members, const std::string& why) {
+  std::lock_guard<std::mutex> lock(windows_mu);
+  auto it = Windows().find(WindowKey{site, members});
+  if (it == Windows().end()) return false;
+  it->second->RecordFailure(why);
+  return true;
 }
 
 ErrorOr<HostWindow*> HostWindow::Find(int64_t site, const std::vector<int64_t>& members) {

@@ -40,6 +40,10 @@ struct HostConfig {
   // scheduler time slice of a busy Linux machine, so that a peer that lost
   // its core for one slice is still met without the pool's hand-off.
   double patience_s = 5e-3;
+  // A barrier that has waited this long is reported to the process's
+  // diagnosis (LongWaits below: jax_symm/_programs.py compares the programs
+  // its peers lowered); 0: never (one process alone has nobody to compare).
+  double diagnose_after_s = 0;
 };
 // Refuses (and keeps the old configuration) a wait that is nan, inf,
 // negative or zero where that means nothing: a nan timeout never expires.
@@ -72,6 +76,10 @@ struct WindowSpec {
   uint64_t generation = 1;
   bool create = false;            // this process makes the segment
   std::vector<int64_t> local_ranks;  // ranks this process serves
+  // An opener's wait for the creator: < 0, HostConfig::open_timeout_s; else
+  // this long, after which Prepare returns DeadlineExceeded and may be called
+  // again (Python waits in slices, comparing programs in between).
+  double wait_s = -1;
 };
 
 class HostWindow {
@@ -88,6 +96,10 @@ class HostWindow {
   // does not have (a group without a device here): release only what it took.
   static bool Acquire(int64_t site, const std::vector<int64_t>& members);
   static void Release(int64_t site, const std::vector<int64_t>& members);
+  // Marks the window of (site, group) failed with `why`, as a rank that gives
+  // up does: its waiters in every process stop with this cause, and every
+  // later call fails with it. False where this process has no such window.
+  static bool Fail(int64_t site, const std::vector<int64_t>& members, const std::string& why);
 
   // A rank serves one call of a call site at a time: the calls of one site
   // cannot be told apart, so a second one while the first is under way (one
@@ -199,8 +211,21 @@ class HostWindow {
   bool direct_ = false;
   int spins_ = 0;
   std::unique_ptr<std::atomic<bool>[]> busy_;  // per rank, in this process
-  double timeout_s_ = 300.0, poll_s_ = 0.05, patience_s_ = 5e-3;
+  double timeout_s_ = 300.0, poll_s_ = 0.05, patience_s_ = 5e-3, diagnose_after_s_ = 0;
   size_t local_ranks_ = 0;  // ranks this process serves
 };
+
+// Barrier waits that last longer than HostConfig::diagnose_after_s, for the
+// one Python thread that diagnoses them (jax_symm/_programs.py). A wait is
+// listed from then until it ends, by (call site, group).
+struct LongWait {
+  int64_t site;
+  std::vector<int64_t> members;
+};
+// Blocks until some wait is listed and the list changed since the last
+// return, or it has been `recheck_s` since then with waits still listed;
+// fills `waits` with those listed now. Returns false once StopLongWaits ran.
+bool NextLongWaits(double recheck_s, std::vector<LongWait>* waits);
+void StopLongWaits();
 
 }  // namespace jax_symm

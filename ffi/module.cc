@@ -183,17 +183,19 @@ NB_MODULE(_jax_symm, m) {
   m.def(
       "set_host_config",
       [](double timeout_s, double poll_s, double open_timeout_s, bool single_process,
-         int spins, double patience_s) {
-        Raise(jax_symm::SetHostConfig(
-            {timeout_s, poll_s, open_timeout_s, single_process, spins, patience_s}));
+         int spins, double patience_s, double diagnose_after_s) {
+        Raise(jax_symm::SetHostConfig({timeout_s, poll_s, open_timeout_s, single_process, spins,
+                                       patience_s, diagnose_after_s}));
       },
       nb::arg("timeout_s"), nb::arg("poll_s"), nb::arg("open_timeout_s"),
-      nb::arg("single_process"), nb::arg("spins"), nb::arg("patience_s") = jax_symm::HostConfig{}.patience_s);
+      nb::arg("single_process"), nb::arg("spins"),
+      nb::arg("patience_s") = jax_symm::HostConfig{}.patience_s,
+      nb::arg("diagnose_after_s") = jax_symm::HostConfig{}.diagnose_after_s);
   m.def(
       "host_prepare",
       [](int64_t site, const std::string& kind, std::vector<int64_t> members,
          size_t slot_bytes, uint64_t fingerprint, std::string name, bool create,
-         std::vector<int64_t> local_ranks, uint64_t generation) {
+         std::vector<int64_t> local_ranks, uint64_t generation, double wait_s) -> std::string {
         jax_symm::WindowSpec spec;
         spec.generation = generation;
         spec.site = site;
@@ -204,13 +206,49 @@ NB_MODULE(_jax_symm, m) {
         spec.name = std::move(name);
         spec.create = create;
         spec.local_ranks = std::move(local_ranks);
-        nb::gil_scoped_release release;  // may wait for a peer process to create it
-        Raise(jax_symm::HostWindow::Prepare(spec));
+        spec.wait_s = wait_s;
+        jax_symm::Error err = jax_symm::Error::Success();
+        {
+          nb::gil_scoped_release release;  // may wait for a peer process to create it
+          err = jax_symm::HostWindow::Prepare(spec);
+        }
+        // A wait in slices (wait_s >= 0) that ran out says so in its result.
+        if (wait_s >= 0 && err.errc() == jax_symm::ErrorCode::kDeadlineExceeded) {
+          return err.message();
+        }
+        Raise(err);
+        return "";
       },
       nb::arg("site"), nb::arg("kind"), nb::arg("members"), nb::arg("slot_bytes"),
       nb::arg("fingerprint"), nb::arg("name"), nb::arg("create"), nb::arg("local_ranks"),
-      nb::arg("generation") = 1,
-      "Creates (or opens and validates) a call site's window and claims our ranks in it.");
+      nb::arg("generation") = 1, nb::arg("wait_s") = -1.0,
+      "Creates (or opens and validates) a call site's window and claims our ranks in it. "
+      "Returns ''; with wait_s >= 0, an opener that waited that long for the window "
+      "returns why instead of raising, and may call again.");
+  m.def(
+      "host_long_waits",
+      [](double recheck_s) -> nb::object {
+        std::vector<jax_symm::LongWait> waits;
+        bool running;
+        {
+          nb::gil_scoped_release release;
+          running = jax_symm::NextLongWaits(recheck_s, &waits);
+        }
+        if (!running) return nb::none();
+        nb::list out;
+        for (const auto& w : waits) out.append(nb::make_tuple(w.site, w.members));
+        return out;
+      },
+      nb::arg("recheck_s"),
+      "Blocks until some CPU barrier has waited longer than diagnose_after_s (and the list "
+      "changed, or recheck_s passed); returns [(site, members)] of those waiting now, or "
+      "None once host_stop_long_waits ran.");
+  m.def("host_stop_long_waits", &jax_symm::StopLongWaits,
+        "Ends host_long_waits (at exit).");
+  m.def("host_fail_window", &jax_symm::HostWindow::Fail, nb::arg("site"), nb::arg("members"),
+        nb::arg("why"),
+        "Marks the window of (site, group) failed with why: its waiters in every process "
+        "stop with it. False where this process has no such window.");
   m.def("host_window_generation", &jax_symm::HostWindow::Generation, nb::arg("site"),
         nb::arg("members"),
         "The generation the window of (site, group) has, or would have if made now.");

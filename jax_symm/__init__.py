@@ -52,6 +52,7 @@ from . import _kinds  # noqa: E402
 # A kind that lacks its primitive, op, lax twin, reroute or cost figure fails here.
 _kinds.check_op_registry()
 from ._nccl import NcclCommunicatorAborted  # noqa: E402
+from ._programs import ProgramMismatchError  # noqa: E402
 
 # `info` the function shadows `info` the module (still `python -m jax_symm.info`).
 from .info import info  # noqa: E402
@@ -59,4 +60,4 @@ from .info import info  # noqa: E402
 
 __all__ = ["all_gather", "reduce_scatter", "psum_scatter", "all_reduce", "psum", "all_to_all",
            "use_symmetric_memory",
-           "info", "NcclCommunicatorAborted"]
+           "info", "NcclCommunicatorAborted", "ProgramMismatchError"]

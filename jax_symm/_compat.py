@@ -112,6 +112,7 @@ class _FunctionCache(dict):
         super().__init__(entries)
         self.calls = 0      # jax_symm calls lowered into this module so far
         self.started = {}   # key -> calls when its lowering began (a cache miss)
+        self.program = None  # what _programs records of this module's lowering
 
     def _miss(self, key):
         self.started.setdefault(key, self.calls)
@@ -202,14 +203,44 @@ def call_ordinal(ctx) -> int:
     equations in one deterministic order, so (module, ordinal) names the call
     in every process alike, whatever other programs a process lowers
     meanwhile or in which order."""
+    cache = module_cache(ctx)
+    cache.calls += 1
+    return cache.calls
+
+
+def module_cache(ctx) -> _FunctionCache:
+    """The module's cache of lowered functions, installed on first use (one
+    object per module lowering: _programs keeps its record of it there)."""
     module_ctx = ctx.module_context
     cache = module_ctx.cached_primitive_lowerings
     if not isinstance(cache, _FunctionCache):  # patch 'module_function_cache'
         cache = _FunctionCache(cache)
         module_ctx.cached_primitive_lowerings = cache
         PATCHES["module_function_cache"].applied = True
-    cache.calls += 1
-    return cache.calls
+    return cache
+
+
+# JAX times each module's lowering (jaxpr to MLIR) through jax.monitoring:
+# the event ends, in the lowering thread, when lower_jaxpr_to_module returns
+# or raises. `fun_name` names the module (before sanitize_module_name).
+def on_module_lowered(callback: Callable[[str], None]) -> None:
+    """Calls callback(module name, as the module's sym_name has it) in the
+    lowering thread whenever JAX has finished lowering a module (or failed
+    to). Through jax.monitoring's public listener API, once per callback."""
+    from jax._src import dispatch
+
+    event = dispatch.JAXPR_TO_MLIR_MODULE_EVENT
+
+    def listener(name, duration, **kwargs):
+        if name == event:
+            callback(sanitize_module_name(str(kwargs.get("fun_name", ""))))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+
+
+def sanitize_module_name(name: str) -> str:
+    """A module name as lower_jaxpr_to_module writes it into sym_name."""
+    return mlir.sanitize_name(name).rstrip("_")
 
 
 def module_name(ctx) -> str:
@@ -232,6 +263,26 @@ def source_lines(ctx) -> str:
         return ";".join(f"{f.file_name}:{f.start_line}" for f in frames)
     except Exception:  # noqa: BLE001  (only part of a call's identity)
         return ""
+
+
+def user_location(ctx) -> str:
+    """The innermost user frame the call was traced from ("file.py:12"),
+    jax_symm's own files left out; "" when unknown."""
+    import os
+
+    from jax._src import source_info_util
+
+    tb = getattr(ctx, "traceback", None)
+    if tb is None:
+        return ""
+    ours = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    try:
+        for f in source_info_util.user_frames(tb):
+            if not os.path.abspath(f.file_name).startswith(ours):
+                return f"{f.file_name}:{f.start_line}"
+    except Exception:  # noqa: BLE001  (only in messages)
+        pass
+    return ""
 
 
 # Bounds the text hashed per call (preceding operations of its block).

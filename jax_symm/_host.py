@@ -23,7 +23,7 @@ import threading
 import numpy as np
 import jax
 
-from . import _bootstrap, _compat, _kinds, _liveness, settings
+from . import _bootstrap, _compat, _kinds, _liveness, _programs, settings
 from ._native import ext, publish_local_devices, register_ffi_target
 from ._transport import Call, Refusal
 
@@ -62,10 +62,14 @@ def setup() -> None:
         _secret = _job_secret(_bootstrap.agree_on("host_secret", lambda: secrets.token_hex(32),
                                                    "the job's window-name secret"))
         ext.set_host_config(settings.timeout_s(), 0.05, settings.bootstrap_timeout_s(),
-                            not multi, settings.spins(), settings.patience_s())
+                            not multi, settings.spins(), settings.patience_s(),
+                            settings.mismatch_grace_s() if multi else 0.0)
         if multi:
             # Who takes part: one record for the job, one lock per process.
             _liveness.join("/jax_symm-" + _digest("job liveness record", 16).hex())
+            # What each process lowered, for a wait that lasts to compare.
+            _programs.install()
+            _programs.start_monitor()
         atexit.register(ext.host_unlink_all)
         _ready = True
 
@@ -146,7 +150,7 @@ def call_site(kind: str, ctx, groups: np.ndarray, chunk_bytes: int, slot: int) -
     return site, what
 
 
-def lower(kind: str, ctx, x, *, groups: np.ndarray, chunk_bytes: int):
+def lower(kind: str, ctx, x, *, groups: np.ndarray, chunk_bytes: int, axes: tuple = ()):
     """Prepares this call site's windows and emits the custom call."""
     setup()
     world = groups.shape[1]
@@ -154,7 +158,8 @@ def lower(kind: str, ctx, x, *, groups: np.ndarray, chunk_bytes: int):
     site, what = call_site(kind, ctx, groups, chunk_bytes, slot)
     me = jax.process_index()
     owner = {d.id: d.process_index for d in jax.devices()}
-    for row in groups:
+    windows = []
+    for index, row in enumerate(groups):
         members = [int(g) for g in row]
         mine = [r for r, gid in enumerate(members) if owner[gid] == me]
         if not mine:
@@ -165,12 +170,24 @@ def lower(kind: str, ctx, x, *, groups: np.ndarray, chunk_bytes: int):
         # jax.clear_caches() can never open the previous window while its
         # creator still has to remove it.
         generation = ext.host_window_generation(site, members)
+        windows.append((index, members, mine, generation))
+    # Published before any wait, for peers that compare programs.
+    call = _programs.note(ctx, kind, site, groups, axes,
+                          {index: generation for index, _, _, generation in windows})
+    for index, members, mine, generation in windows:
         name = "/jax_symm-" + _digest(f"{site}|{kind}|{slot}|{members}|{generation}", 16).hex()
         # Checked by every opener against the window's header: a digest
         # collision or a stale segment is refused, not paired.
         fingerprint = int.from_bytes(_digest(f"{what}|{members}|{generation}", 8), "little")
-        ext.host_prepare(site, kind, members, slot, fingerprint, name,
-                         owner[members[0]] == me, mine, generation)
+        creator = owner[members[0]]
+        prepare = functools.partial(ext.host_prepare, site, kind, members, slot, fingerprint,
+                                    name, creator == me, mine, generation)
+        if creator == me:
+            prepare()
+        else:  # waits for the creator, comparing programs if that lasts
+            _programs.open_window(call, index, creator, name,
+                                  lambda wait_s: prepare(wait_s=wait_s))
+        _programs.prepared(call, site, members)
     # No token: the handler never holds an XLA thread while it waits, so the
     # calls need no order (ffi/host_collectives.cc).
     rule = jax.ffi.ffi_lowering(targets()[kind], has_side_effect=True)
@@ -197,7 +214,8 @@ class HostTransport:
         return None if why is None else Refusal(why, warn=True)
 
     def lower(self, call: Call, ctx, x) -> list:
-        return lower(call.kind.name, ctx, x, groups=call.groups, chunk_bytes=call.chunk_bytes)
+        return lower(call.kind.name, ctx, x, groups=call.groups, chunk_bytes=call.chunk_bytes,
+                     axes=call.axes)
 
 
 TRANSPORT = HostTransport()

@@ -50,7 +50,7 @@ def route(kind: Kind, transport: Transport, ctx, axes: tuple, axis_size: int) ->
     if manual is not None and set(manual) != set(mesh.axis_names):
         return Route(None, _eligibility.partially_manual(kind), warn=True)
     call = Call(kind, np.dtype(ctx.avals_in[0].dtype), _compat.replica_groups(axis_ctx, axes),
-                chunk_bytes(kind, ctx, axis_size))
+                chunk_bytes(kind, ctx, axis_size), tuple(axes))
     refusal = transport.refusal(call)
     if refusal is not None:
         return Route(None, refusal.why, refusal.warn)

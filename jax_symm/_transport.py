@@ -26,6 +26,7 @@ class Call:
     dtype: np.dtype
     groups: np.ndarray  # (num_groups, group_size) int64 global device ids
     chunk_bytes: int
+    axes: tuple = ()    # the mesh axis names it runs over (for messages)
 
     @property
     def world(self) -> int:

@@ -23,6 +23,7 @@ it), passed to the C++ core explicitly:
 | ``JAX_SYMM_TIMEOUT_S`` | 300 | longest wait for a live peer at a CPU barrier |
 | ``JAX_SYMM_GPU_TIMEOUT_S`` | 0 (no bound) | GPU: a collective that makes no progress this long has its communicator aborted; costs GPU time per call |
 | ``JAX_SYMM_BOOTSTRAP_TIMEOUT_S`` | 120 | longest wait for a value from another process (key-value store), or for a peer to create a window |
+| ``JAX_SYMM_MISMATCH_GRACE_S`` | 2 | CPU, several processes: a wait for a peer's window or at a barrier that lasts this long compares the programs the processes lowered, and fails at once where they differ (``jax_symm/_programs.py``); 0: never compare |
 | ``JAX_SYMM_SPINS`` | by core count | busy-wait iterations before a CPU barrier sleeps (2000, or 0 when a group has more ranks than the machine has cores) |
 | ``JAX_SYMM_PATIENCE_US`` | 5000 | longest wait for peers on XLA's own thread before a CPU call's wait moves to jax_symm's thread pool (0: move at once) |
 | ``JAX_SYMM_ARENA_MB`` | 64 | smallest symmetric arena per NCCL communicator (GPU) |
@@ -32,7 +33,7 @@ it), passed to the C++ core explicitly:
 
 Each is range-checked when read: not a number, nan, inf or outside its range
 raises a ValueError naming the variable, the value and the range (timeouts
-(0, 1e9] s, the GPU bound [0, 1e9] s, patience [0, 6e7] us, spins an integer
+(0, 1e9] s, the GPU bound and the mismatch grace [0, 1e9] s, patience [0, 6e7] us, spins an integer
 in [-1, 2^31-1], the arena (0, 2^20] MiB).
 
 ``JAX_SYMM_SKIP_VERSION_CHECK=1`` lets ``import jax_symm`` proceed on an
@@ -120,6 +121,12 @@ def bootstrap_timeout_s() -> float:
     """JAX_SYMM_BOOTSTRAP_TIMEOUT_S: the longest wait for another process."""
     return _number("JAX_SYMM_BOOTSTRAP_TIMEOUT_S", 120.0, low=0, low_open=True,
                    meaning="seconds")
+
+
+def mismatch_grace_s() -> float:
+    """JAX_SYMM_MISMATCH_GRACE_S: how long a wait for another process lasts
+    before the processes' programs are compared (0: never)."""
+    return _number("JAX_SYMM_MISMATCH_GRACE_S", 2.0, low=0, meaning="seconds, 0: never compare")
 
 
 def spins() -> int:

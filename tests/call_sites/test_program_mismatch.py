@@ -1,4 +1,4 @@
-"""Processes whose programs differ fail fast, naming the cause (issue 28, item 3).
+"""Processes whose programs differ fail fast, naming the cause.
 
 When the processes of a CPU job lower different programs (a collective of
 another shape, dtype, op or axis in one process, or one collective more),
@@ -48,6 +48,7 @@ _MISMATCHES = [
 ]
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(200)
 @pytest.mark.parametrize("kind,failing,names", _MISMATCHES, ids=[m[0] for m in _MISMATCHES])
 def test_mismatched_programs_fail_fast_naming_the_cause(kind, failing, names):
@@ -70,6 +71,7 @@ def test_mismatched_programs_fail_fast_naming_the_cause(kind, failing, names):
     assert wall < BOUND_S + 60, wall  # start-up and exit included
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(200)
 def test_malformed_entries_in_the_store_are_ignored():
     """Process 1 plants malformed values among process 0's published calls
@@ -110,6 +112,7 @@ def test_entries_are_validated():
     assert list(log.calls) == [("jit_step", "4 devices ab", 1, 2)] and log.ignored == 3
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(200)
 def test_programs_that_differ_only_before_a_collective_time_out_saying_so():
     """psum(v * 2) in one process, psum(v + v) in the other: alike collectives
@@ -130,6 +133,7 @@ def test_programs_that_differ_only_before_a_collective_time_out_saying_so():
     assert maker["elapsed"] < 11, out
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(200)
 def test_a_grace_of_zero_turns_the_comparison_off():
     out, _ = _run(pmw.mismatch, "shape",
@@ -140,6 +144,7 @@ def test_a_grace_of_zero_turns_the_comparison_off():
         assert "different programs" not in r["error"], out
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(200)
 @pytest.mark.parametrize("late", [0, 1])
 def test_a_process_that_lowers_late_with_other_programs_in_between(late):
@@ -151,12 +156,14 @@ def test_a_process_that_lowers_late_with_other_programs_in_between(late):
     assert [r["wrong"] for r in out] == [0, 0], out
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(200)
 def test_rebuilt_programs_of_new_shapes_with_a_late_process():
     out, _ = _run(pmw.late_rebuilds, 5, 3.0)
     assert [r["wrong"] for r in out] == [0, 0], out
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(200)
 @pytest.mark.parametrize("same_name", [True, False], ids=["same_name", "other_names"])
 def test_two_threads_lowering_in_opposite_orders_beyond_the_grace(same_name):

@@ -1,4 +1,4 @@
-"""Workers for tests/test_program_mismatch.py (2 processes x 2 CPU devices).
+"""Workers for tests/call_sites/test_program_mismatch.py (2 processes x 2 CPU devices).
 
 Each mismatch worker runs a program that differs between the processes in
 one way and reports what it raised and how long after its call; then it
@@ -8,10 +8,17 @@ its next step, and a peer that left would be reported as gone instead).
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 
 import numpy as np
+
+# tests/, home of the shared helpers: a worker process has only this folder on sys.path.
+_TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
 
 from _mp_util import global_array as _put, mesh_1d as _mesh
 

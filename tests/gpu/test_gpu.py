@@ -32,6 +32,12 @@ PATH = _nccl_path.choice().path if any(d.platform == "gpu" for d in jax.devices(
 own_path_only = pytest.mark.skipif(PATH != "own", reason="jax_symm's own arenas: the own path")
 
 
+def hlo_copies(compiled_text: str) -> int:
+    """The copy instructions of an optimized HLO module (memory-space moves
+    included: XLA writes them as copies)."""
+    return len(re.findall(r"= \S+ copy(-start)?\(", compiled_text))
+
+
 def target(op: str) -> str:
     """The custom call's target name for `op` on this process's path."""
     return (_nccl.xla_targets() if PATH == "xla" else _nccl.NCCL_TARGETS)[op]
@@ -99,7 +105,7 @@ def test_xla_path_adds_no_copies_per_call(mesh, rng):
 
     def copies(f):
         hlo = f.lower(x).compile().as_text()
-        return len(re.findall(r"= \S+ copy(-start)?\(", hlo))
+        return hlo_copies(hlo)
 
     short, long = copies(chain(1)), copies(chain(4))
     print(f"\ncopies in the optimized HLO: 1 step {short}, 4 steps {long}")
@@ -124,7 +130,7 @@ def test_tp_step_copies_on_the_xla_path():
     for how in ("lax", "jax_symm", "local"):
         lowered = tp.make_train_step(mesh, d, how=how).lower(params, *data[0])
         texts[how] = lowered.as_text()
-        counts[how] = len(re.findall(r"= \S+ copy(-start)?\(", lowered.compile().as_text()))
+        counts[how] = hlo_copies(lowered.compile().as_text())
     print(f"\ncopies in the TP step's optimized HLO: {counts}")
     assert texts["jax_symm"].count(f"custom_call @{target('all_gather')}") >= 2
     assert texts["jax_symm"].count(f"custom_call @{target('reduce_scatter')}") >= 2

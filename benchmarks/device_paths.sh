@@ -9,7 +9,10 @@
 #   time   per-call times at world 1, lax and both paths side by side (probe_paths.py --time),
 #          with the XLA path's handlers uncaptured and captured into CUDA graphs
 #   trace  memcpy and NCCL kernels per jax_symm call in a profiler trace of a
-#          captured chain (trace_copies.py), per path and NCCL
+#          captured chain (trace_copies.py), per path and NCCL (jax 0.12.1 with a
+#          staged CUPTI >= 13.4 where one came: nvidia-cuda-cupti==13.4.92)
+#   bench  jax-symm-bench at world 1: lax, lax_symm, jax_symm_xla, jax_symm_own
+#          (BENCH_NCCL=new|img, BENCH_REPEATS)
 #   gpu1-<jax>-<path>-<nccl>, w2-..., w4-...: the 1-rank GPU tests or the
 #          multi-rank suite (2 or 4 processes sharing the GPU), jax "img"
 #          (the image's 0.11.2) or "new" (0.12.1), path xla or own, NCCL "img"
@@ -39,8 +42,19 @@ for part in $PARTS; do case $part in
   setup)
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     bash .stage/tools/install.sh 2>&1 | tail -5
-    rm -rf /tmp/nccl_new && mkdir -p /tmp/nccl_new && mv /tmp/site_extra/nvidia /tmp/nccl_new/ \
-      && mv /tmp/site_extra/nvidia_nccl* /tmp/nccl_new/ 2>/dev/null
+    rm -rf /tmp/nccl_new /tmp/cupti_new && mkdir -p /tmp/nccl_new/nvidia \
+      && mv /tmp/site_extra/nvidia/nccl /tmp/nccl_new/nvidia/ && mv /tmp/site_extra/nvidia_nccl* /tmp/nccl_new/
+    if [ -d /tmp/site_extra/nvidia/cu13 ]; then
+      # A staged CUPTI (jax 0.12.1's profiler needs >= its build's 13.4): the
+      # plugin loads every CUDA library from the first nvidia/cu13 on the path,
+      # so /tmp/cupti_new holds links to the image's, the new CUPTI's in place.
+      img=$(cd /tmp && python3 -c "import nvidia.cu13 as m; print(m.__path__[0])")
+      mkdir -p /tmp/cupti_new/nvidia/cu13/lib
+      ln -s "$img"/lib/* /tmp/cupti_new/nvidia/cu13/lib/
+      mkdir -p /tmp/cupti_keep && rm -rf /tmp/cupti_keep/nvidia && mv /tmp/site_extra/nvidia /tmp/cupti_keep/
+      ln -sf /tmp/cupti_keep/nvidia/cu13/lib/* /tmp/cupti_new/nvidia/cu13/lib/
+      echo "staged CUPTI in /tmp/cupti_new (image's CUDA libraries from $img)"
+    fi
     python3 -m pip install -q --no-build-isolation --no-deps --target /tmp/js --upgrade \
       --config-settings=cmake.define.JAX_SYMM_FFI_INCLUDE_DIR="$R/.floor_ffi" . > "$OUT/build.log" 2>&1
     echo "== build rc=$?"; grep -iE "error|warning:" "$OUT/build.log" | head -20
@@ -63,10 +77,20 @@ print('$c', 'jax', jax.__version__, 'build', jax_symm._native.ext.build_info(),
     done ;;
   trace)
     for c in "new xla new" "new xla img" "img own img"; do
-      (cd /tmp && env $(env_for $c) JAX_SYMM_SINGLETON_CALLS=1 timeout 200 \
+      cupti=""; [ "${c%% *}" = new ] && [ -d /tmp/cupti_new ] && cupti=/tmp/cupti_new:
+      (cd /tmp && env $(env_for $c | sed "s|PYTHONPATH=|PYTHONPATH=$cupti|") JAX_SYMM_SINGLETON_CALLS=1 timeout 200 \
         python3 "$R/benchmarks/trace_copies.py") > "$OUT/trace-${c// /-}.log" 2>&1
       echo "== trace $c rc=$?"; grep -E "^TRACE|Error" "$OUT/trace-${c// /-}.log" | cut -c1-600 | head -8
     done ;;
+  bench)
+    # jax-symm-bench at world 1 (singleton calls kept): lax, lax with XLA's
+    # symmetric buffers, and jax_symm's two NCCL paths, side by side
+    (cd /tmp && env $(env_for new xla "${BENCH_NCCL:-new}") JAX_SYMM_SINGLETON_CALLS=1 timeout 480 \
+      python3 -m jax_symm.bench --platform gpu --devices 1 --dtypes float32 --size-step 2 \
+        --min-bytes 4KiB --max-bytes 64MiB --repeats ${BENCH_REPEATS:-9} --no-progress \
+        --methods lax,lax_symm,jax_symm_xla,jax_symm_own --out "$OUT/bench-${BENCH_NCCL:-new}") \
+      > "$OUT/bench-${BENCH_NCCL:-new}.log" 2>&1
+    echo "== bench rc=$?"; tail -45 "$OUT/bench-${BENCH_NCCL:-new}.log" ;;
   gpu1-*)
     IFS=- read -r _ jax path nccl <<< "$part"
     run_tests "$part" 240 "$jax" "$path" "$nccl" "$R/tests/gpu/test_gpu.py" "$R/tests/lowering/test_native_contract.py" -s ;;

@@ -72,6 +72,7 @@ use_symmetric_memory = _compat.config_state(
 # The variables the benchmark sets.
 CROSSOVER_ENV = "JAX_SYMM_CROSSOVER_BYTES"
 FORCE_WINDOW_ENV = "JAX_SYMM_FORCE_WINDOW"
+NCCL_PATH_ENV = "JAX_SYMM_NCCL_PATH"
 
 
 # ---- transports' set-up: read when first needed ----
@@ -167,7 +168,7 @@ NCCL_PATHS = ("auto", "xla", "own")
 def nccl_path() -> str:
     """JAX_SYMM_NCCL_PATH: which communicators and memory NCCL runs on (GPU):
     "xla" (XLA's), "own" (jax_symm's) or "auto"; read once per process."""
-    value = os.environ.get("JAX_SYMM_NCCL_PATH", "").strip().lower() or "auto"
+    value = os.environ.get(NCCL_PATH_ENV, "").strip().lower() or "auto"
     if value not in NCCL_PATHS:
         raise ValueError(f"jax_symm: JAX_SYMM_NCCL_PATH={value!r} is not one of "
                          f"{', '.join(NCCL_PATHS)}")

@@ -1,6 +1,6 @@
 """jax-symm-bench (python -m jax_symm.bench): jax_symm vs jax.lax collectives.
 
-Measures all-gather, reduce-scatter and all-reduce (--ops) for per-rank
+Measures all-gather, reduce-scatter, all-reduce and all-to-all (--ops) for per-rank
 message sizes from --min-bytes to --max-bytes and dtypes (--dtypes), with each
 method. The default sweep is short (float32, every 16th power of two: about a
 minute on CPU); --full sweeps every dtype and every power of two:
@@ -10,6 +10,10 @@ minute on CPU); --full sweeps every dtype and every power of two:
   jax_symm_window     jax_symm forced onto its window path at every size; listed
                       only when the installed jax_symm has a size-based dispatch
                       setting (JAX_SYMM_CROSSOVER_BYTES)
+  jax_symm_xla        jax_symm on XLA's communicator and collective memory (no
+                      copies; jaxlib >= 0.12.1), window path       GPU only
+  jax_symm_own        jax_symm on its own communicators and arenas (a copy
+                      in and out per call), window path             GPU only
   lax                 jax.lax collectives, XLA's default flags
   lax_symm            jax.lax with XLA's own NCCL symmetric-buffer path
                       (--xla_gpu_experimental_enable_nccl_symmetric_buffers,

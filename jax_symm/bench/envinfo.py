@@ -63,7 +63,8 @@ def summary_lines(host: dict, proc: dict | None) -> list[str]:
     if proc:
         nccl = proc.get("nccl") or {}
         nccl_s = (f"NCCL {nccl.get('version')} (symmetric windows: "
-                  f"{nccl.get('symmetric_windows')})" if nccl.get("version")
+                  f"{nccl.get('symmetric_windows')}; path {nccl.get('nccl_path')})"
+                  if nccl.get("version")
                   else ("NCCL: " + str(nccl.get("error")) if nccl else "NCCL: n/a (CPU)"))
         lines.append(f"backend {proc['backend']}: {proc['world']} x {proc['device_kind']}  "
                      f"jax_symm {proc['jax_symm']}  {nccl_s}")

@@ -65,6 +65,25 @@ METHODS["lax_scan"] = Method("lax_scan", "lax", form="scan",
 METHODS["jax_symm_window"] = Method("jax_symm_window", "jax_symm", env=(window_setting(),),
                                     gpu_only=True,
                                     doc="jax_symm forced onto its window path at every size")
+# The two NCCL paths side by side (README, "The NCCL paths"), both forced onto
+# the window path: XLA's communicator and collective memory (no copies; needs
+# jaxlib's collectives extension with windows), and jax_symm's own
+# communicators and arenas (a copy in and out per call).
+def nccl_path_setting(path: str) -> tuple[str, str]:
+    """(environment variable, value) choosing jax_symm's NCCL path."""
+    from jax_symm import settings
+
+    return settings.NCCL_PATH_ENV, path
+
+
+METHODS["jax_symm_xla"] = Method("jax_symm_xla", "jax_symm", gpu_only=True, collective_mem=True,
+                                 env=(window_setting(), nccl_path_setting("xla")),
+                                 doc="jax_symm on XLA's communicator and collective memory, "
+                                     "window path at every size")
+METHODS["jax_symm_own"] = Method("jax_symm_own", "jax_symm", gpu_only=True,
+                                 env=(window_setting(), nccl_path_setting("own")),
+                                 doc="jax_symm on its own communicators and arenas, "
+                                     "window path at every size")
 
 
 def nocmdbuf(m: Method) -> Method:

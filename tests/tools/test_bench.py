@@ -407,6 +407,19 @@ def test_window_method_forces_the_window_path_in_its_own_worker():
     assert [x.label for x in groups[1]] == ["jax_symm_window"]  # its own worker (env)
 
 
+def test_path_methods_choose_the_nccl_path_in_their_own_workers():
+    from jax_symm import settings
+    from jax_symm.bench import methods
+    xla, own = methods.METHODS["jax_symm_xla"], methods.METHODS["jax_symm_own"]
+    assert xla.gpu_only and own.gpu_only
+    assert dict(xla.env) == {settings.FORCE_WINDOW_ENV: "1", settings.NCCL_PATH_ENV: "xla"}
+    assert dict(own.env) == {settings.FORCE_WINDOW_ENV: "1", settings.NCCL_PATH_ENV: "own"}
+    # The XLA path's buffers live in XLA's collective memory, which must be sized.
+    assert xla.collective_mem and not own.collective_mem
+    groups = methods.groups([methods.METHODS["lax"], xla, own])
+    assert [[m.label for m in g] for g in groups] == [["lax"], ["jax_symm_xla"], ["jax_symm_own"]]
+
+
 def test_plot_title_names_cpu_once_and_clears_the_subplots(tmp_path):
     from jax_symm.bench import cli, report
     facts = {"backend": "cpu", "device_kind": "cpu", "world": 8, "jax": "0.10.2",

@@ -125,7 +125,15 @@ def check_parent_imports(environ: Mapping[str, str] | None = None) -> None:
     text = environ.get(PARENT_IMPORTS_ENV)
     if not text:
         return
-    parent = json.loads(text)
+    try:
+        parent = json.loads(text)
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json recurses
+        parent = None
+    if not isinstance(parent, dict):
+        raise ChildImportError(f"jax_symm: {PARENT_IMPORTS_ENV} is set but is not what "
+                               "jax_symm's launchers write (a JSON object of the parent's "
+                               f"imports): {text[:100]!r}. Unset it, or start this process "
+                               "with jax_symm.testing.run_multiprocess.")
     child = {"jax_symm_file": _INIT_FILE}
     jax = sys.modules.get("jax")
     if jax is not None:

@@ -280,7 +280,7 @@ def _parse(value) -> Call | tuple | None:
         return None
     try:
         d = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's
         return None
     if not isinstance(d, dict):
         return None
@@ -327,7 +327,7 @@ class _PeerLog:
         self.ignored = 0
         for key, value in entries:
             tail = key[len(prefix):] if isinstance(key, str) and key.startswith(prefix) else ""
-            entry = _parse(value) if tail.isdigit() else None
+            entry = _parse(value) if tail.isascii() and tail.isdigit() else None
             if entry is None:
                 self.ignored += 1
             elif isinstance(entry, tuple):
@@ -376,7 +376,7 @@ def _read_report(process: int, program: tuple) -> str | None:
         return None
     try:
         d = json.loads(value) if isinstance(value, str) and len(value) < 8192 else None
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(d, dict):
         return None

@@ -91,7 +91,9 @@ GARBAGE = ["not json", "[1, 2]", "{}", '{"t": "call"}', "x" * 20000,
            '{"t": "call", "m": "jit_step", "d": "4 devices 0", "i": true, "k": 1, "s": 1}',
            '{"t": "done", "m": "jit_step", "d": "' + "d" * 100 + '", "i": 1, "n": 0}',
            '{"t": "call", "m": "jit_step\u0007", "d": "x", "i": 1, "k": 1, "s": -5, '
-           '"op": "rm -rf", "a": "", "r": "", "x": [], "g": [[0]], "w": "", "n": []}']
+           '"op": "rm -rf", "a": "", "r": "", "x": [], "g": [[0]], "w": "", "n": []}',
+           # Nested deeper than the JSON parser recurses (RecursionError, not ValueError).
+           "[" * 10000, '{"t": "call", "g": ' + "[" * 6000 + "]" * 6000 + "}"]
 
 
 def mismatch(kind: str, plant: bool = False) -> dict:

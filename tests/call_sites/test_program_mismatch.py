@@ -108,8 +108,20 @@ def test_entries_are_validated():
     log = _programs._PeerLog([(prefix + "000000001", good.to_json()),
                               (prefix + "x", good.to_json()),
                               ("jax_symm/sites/1/000000001", good.to_json()),
-                              (prefix + "000000002", "garbage")], prefix)
-    assert list(log.calls) == [("jit_step", "4 devices ab", 1, 2)] and log.ignored == 3
+                              (prefix + "000000002", "garbage"),
+                              (prefix + "\u0663", good.to_json())], prefix)  # an Arabic 3
+    assert list(log.calls) == [("jit_step", "4 devices ab", 1, 2)] and log.ignored == 4
+
+
+def test_reports_nested_beyond_the_parser_are_ignored(monkeypatch):
+    from jax_symm import _compat, _programs
+
+    class Store:
+        def key_value_try_get(self, key):
+            return "[" * 5000  # under the report's size bound, deeper than json recurses
+
+    monkeypatch.setattr(_compat, "distributed_client", lambda: Store())
+    assert _programs._read_report(1, ("jit_step", "4 devices ab", 1)) is None
 
 
 @pytest.mark.multiprocess

@@ -217,3 +217,9 @@ def test_the_check_names_a_different_jax_version(monkeypatch):
     with pytest.raises(child_env.ChildImportError,
                        match=rf"jax_version: parent '0.0.1', this child '{jax.__version__}'"):
         child_env.check_parent_imports({child_env.PARENT_IMPORTS_ENV: json.dumps(parent)})
+
+
+@pytest.mark.parametrize("text", ["[]", "not json", "[" * 100000, '"a string"'])
+def test_a_malformed_parent_record_is_a_child_import_error(text):
+    with pytest.raises(child_env.ChildImportError, match="is not what jax_symm's launchers write"):
+        child_env.check_parent_imports({child_env.PARENT_IMPORTS_ENV: text})

@@ -274,15 +274,21 @@ def _int(v, low: int = 0, high: int = 2**63 - 1) -> int | None:
     return v
 
 
-def _parse(value) -> Call | tuple | None:
-    """A call, ("done", module, lowering, calls), or None if malformed."""
-    if not isinstance(value, str) or len(value) > _MAX_ENTRY_CHARS:
+def _json_object(value, limit: int) -> dict | None:
+    """`value` decoded as a JSON object of at most `limit` characters, else None."""
+    if not isinstance(value, str) or len(value) > limit:
         return None
     try:
         d = json.loads(value)
     except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's
         return None
-    if not isinstance(d, dict):
+    return d if isinstance(d, dict) else None
+
+
+def _parse(value) -> Call | tuple | None:
+    """A call, ("done", module, lowering, calls), or None if malformed."""
+    d = _json_object(value, _MAX_ENTRY_CHARS)
+    if d is None:
         return None
     module, devices = _text(d.get("m")), _text(d.get("d"), 64)
     lowering = _int(d.get("i"), 1, 2**31)
@@ -374,11 +380,8 @@ def _read_report(process: int, program: tuple) -> str | None:
         value = _compat.distributed_client().key_value_try_get(_report_key(process, program))
     except Exception:  # noqa: BLE001  (NOT_FOUND: none)
         return None
-    try:
-        d = json.loads(value) if isinstance(value, str) and len(value) < 8192 else None
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(d, dict):
+    d = _json_object(value, 8191)
+    if d is None:
         return None
     module, devices = _text(d.get("m")), _text(d.get("d"), 64)
     lowering, why = _int(d.get("i"), 1, 2**31), _text(d.get("why"), 4 * _MAX_WHY_CHARS)

@@ -170,7 +170,7 @@ def nccl_path() -> str:
     "xla" (XLA's), "own" (jax_symm's) or "auto"; read once per process."""
     value = os.environ.get(NCCL_PATH_ENV, "").strip().lower() or "auto"
     if value not in NCCL_PATHS:
-        raise ValueError(f"jax_symm: JAX_SYMM_NCCL_PATH={value!r} is not one of "
+        raise ValueError(f"jax_symm: {NCCL_PATH_ENV}={value!r} is not one of "
                          f"{', '.join(NCCL_PATHS)}")
     return value
 
